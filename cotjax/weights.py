@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+
+import numpy as np
 from pathlib import Path
 
 PRESETS = ("smollm2-135m-instruct", "gemma3-270m")
@@ -76,3 +78,372 @@ def load_tokenizer(spec: str):
         p = Path(src.path)
         return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
     return AutoTokenizer.from_pretrained(src.path, trust_remote_code=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# The key table: HF tensor name <-> cotjax parameter, with the reshape/transpose between them.
+# `{i}` is the layer index; our per-layer tensors are stacked on a leading `layers` axis.
+
+
+def _t_in(shape_fn):
+    """HF Linear weight [out, in] -> ours [in, *out_dims]."""
+    return lambda w, c: w.T.reshape(w.shape[1], *shape_fn(c))
+
+
+def _t_out(shape_fn):
+    """HF o_proj weight [D, N*H] -> ours [N, H, D]."""
+    return lambda w, c: w.T.reshape(*shape_fn(c), w.shape[0])
+
+
+def _same(w, c):
+    return w
+
+
+def _heads(w, c):
+    return w.reshape(c.num_heads, c.head_dim)
+
+
+def _kv_heads(w, c):
+    return w.reshape(c.num_kv_heads, c.head_dim)
+
+
+_NH = lambda c: (c.num_heads, c.head_dim)  # noqa: E731
+_KH = lambda c: (c.num_kv_heads, c.head_dim)  # noqa: E731
+
+# (HF name, our name, HF -> ours, ours -> HF)
+_GLOBAL_KEYS = [
+    ("model.embed_tokens.weight", "embed", _same, _same),
+    ("model.norm.weight", "final_norm", _same, _same),
+    ("lm_head.weight", "lm_head", lambda w, c: w.T, lambda w, c: w.T),
+]
+_LAYER_KEYS = [
+    ("input_layernorm.weight", "attn_norm", _same, _same),
+    ("self_attn.q_proj.weight", "wq", _t_in(_NH), lambda w, c: w.reshape(w.shape[0], -1).T),
+    ("self_attn.k_proj.weight", "wk", _t_in(_KH), lambda w, c: w.reshape(w.shape[0], -1).T),
+    ("self_attn.v_proj.weight", "wv", _t_in(_KH), lambda w, c: w.reshape(w.shape[0], -1).T),
+    ("self_attn.o_proj.weight", "wo", _t_out(_NH), lambda w, c: w.reshape(-1, w.shape[-1]).T),
+    ("self_attn.q_proj.bias", "bq", _heads, lambda w, c: w.reshape(-1)),
+    ("self_attn.k_proj.bias", "bk", _kv_heads, lambda w, c: w.reshape(-1)),
+    ("self_attn.v_proj.bias", "bv", _kv_heads, lambda w, c: w.reshape(-1)),
+    ("self_attn.o_proj.bias", "bo", _same, _same),
+    ("self_attn.q_norm.weight", "q_norm", _same, _same),
+    ("self_attn.k_norm.weight", "k_norm", _same, _same),
+    ("mlp.gate_proj.weight", "w_gate", lambda w, c: w.T, lambda w, c: w.T),
+    ("mlp.up_proj.weight", "w_up", lambda w, c: w.T, lambda w, c: w.T),
+    ("mlp.down_proj.weight", "w_down", lambda w, c: w.T, lambda w, c: w.T),
+    ("mlp.gate_proj.bias", "b_gate", _same, _same),
+    ("mlp.up_proj.bias", "b_up", _same, _same),
+    ("mlp.down_proj.bias", "b_down", _same, _same),
+]
+# The norm after attention is the pre-MLP norm in Llama-style blocks; Gemma has four norms.
+_NORM_KEYS = {
+    False: [("post_attention_layernorm.weight", "mlp_norm", _same, _same)],
+    True: [("post_attention_layernorm.weight", "post_attn_norm", _same, _same),
+           ("pre_feedforward_layernorm.weight", "mlp_norm", _same, _same),
+           ("post_feedforward_layernorm.weight", "post_mlp_norm", _same, _same)],
+}
+# Checkpoints of multimodal wrappers keep the text model under another prefix.
+_PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
+             ("language_model.lm_head.", "lm_head."))
+
+
+def _layer_table(cfg):
+    return _LAYER_KEYS + _NORM_KEYS[cfg.gemma]
+
+
+def hf_to_params(tensors: dict[str, np.ndarray], cfg, source: str = "checkpoint") -> dict[str, np.ndarray]:
+    """HF-named tensors -> cotjax parameter arrays ('embed', 'layers/wq', ...), shapes checked."""
+    from cotjax import model as model_lib
+
+    tensors = {_strip_prefix(k): v for k, v in tensors.items()}
+    expected = expected_shapes(cfg)
+    out: dict[str, np.ndarray] = {}
+    for hf, ours, to_ours, _ in _GLOBAL_KEYS:
+        if ours not in expected:
+            continue
+        out[ours] = _take(tensors, hf, source, lambda w: to_ours(w, cfg), expected[ours])
+    shapes = model_lib.layer_param_shapes(cfg)
+    for hf, ours, to_ours, _ in _layer_table(cfg):
+        if ours not in shapes:
+            continue
+        per_layer = [
+            _take(tensors, f"model.layers.{i}.{hf}", source, lambda w: to_ours(w, cfg), shapes[ours][0])
+            for i in range(cfg.num_layers)]
+        out[f"layers/{ours}"] = np.stack(per_layer)
+    return out
+
+
+def params_to_hf(params: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
+    """cotjax parameter arrays -> HF-named tensors (the inverse of `hf_to_params`)."""
+    out = {}
+    for hf, ours, _, to_hf in _GLOBAL_KEYS:
+        if ours in params:
+            out[hf] = np.ascontiguousarray(to_hf(params[ours], cfg))
+    for hf, ours, _, to_hf in _layer_table(cfg):
+        if f"layers/{ours}" in params:
+            for i, w in enumerate(params[f"layers/{ours}"]):
+                out[f"model.layers.{i}.{hf}"] = np.ascontiguousarray(to_hf(w, cfg))
+    return out
+
+
+def expected_shapes(cfg) -> dict[str, tuple[int, ...]]:
+    from cotjax import model as model_lib
+
+    D, V = cfg.d_model, cfg.vocab_size
+    shapes = {"embed": (V, D), "final_norm": (D,)}
+    if not cfg.tie_embeddings:
+        shapes["lm_head"] = (D, V)
+    for name, (shape, _) in model_lib.layer_param_shapes(cfg).items():
+        shapes[f"layers/{name}"] = (cfg.num_layers, *shape)
+    return shapes
+
+
+def _strip_prefix(key: str) -> str:
+    for old, new in _PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def _take(tensors, name, source, convert, shape):
+    if name not in tensors:
+        raise KeyError(f"{source}: tensor {name!r} is missing")
+    w = convert(np.asarray(tensors[name]))
+    if tuple(w.shape) != tuple(shape):
+        raise ValueError(f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
+                         f"which does not fit the expected {tuple(shape)}")
+    return w
+
+
+# ----------------------------------------------------------------------------------------------
+# GGUF: llama.cpp names and metadata -> HF names and config.json keys.
+
+_GGUF_LAYER_NAMES = {
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm",
+}
+_GGUF_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
+                      "output": "lm_head"}
+_GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
+
+
+def _gguf_reader(path: str):
+    import gguf
+
+    size = os.path.getsize(path)
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:  # the reader fails in many ways on a damaged file
+        raise ValueError(f"GGUF file {path} cannot be read (truncated or corrupt?): {e}") from e
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size:
+            raise ValueError(f"GGUF file {path} is truncated: tensor {t.name!r} runs past the end")
+    return reader
+
+
+def _gguf_field(reader, key, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def gguf_hf_config(reader, path: str) -> dict:
+    """The HF config.json dict described by a GGUF file's metadata."""
+    arch = _gguf_field(reader, "general.architecture")
+    if arch not in _GGUF_ARCHS:
+        raise ValueError(f"GGUF file {path}: unsupported architecture {arch!r}; "
+                         f"supported: {sorted(_GGUF_ARCHS)}")
+    g = lambda k, d=None: _gguf_field(reader, f"{arch}.{k}", d)  # noqa: E731
+    names = {t.name for t in reader.tensors}
+    if "rope_freqs.weight" in names:
+        raise ValueError(f"GGUF file {path}: rope frequency tensors (llama3 rope scaling) are not "
+                         "supported; load the HF safetensors checkpoint instead")
+    n_heads = g("attention.head_count")
+    hf = {
+        "model_type": _GGUF_ARCHS[arch],
+        "num_hidden_layers": g("block_count"),
+        "hidden_size": g("embedding_length"),
+        "intermediate_size": g("feed_forward_length"),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": g("attention.head_count_kv", n_heads),
+        "head_dim": g("attention.key_length", g("embedding_length") // n_heads),
+        "rms_norm_eps": g("attention.layer_norm_rms_epsilon"),
+        "rope_theta": g("rope.freq_base", 10000.0),
+        "max_position_embeddings": g("context_length"),
+        "vocab_size": g("vocab_size") or len(_gguf_field(reader, "tokenizer.ggml.tokens")),
+        "tie_word_embeddings": "output.weight" not in names,
+        "bos_token_id": _gguf_field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _gguf_field(reader, "tokenizer.ggml.eos_token_id"),
+        "pad_token_id": _gguf_field(reader, "tokenizer.ggml.padding_token_id"),
+    }
+    if arch == "qwen2":
+        hf["attention_bias"] = True
+    if arch == "gemma3":  # llama.cpp keeps only the window; the rest are Gemma 3's fixed values
+        hf.update(sliding_window=g("attention.sliding_window"), sliding_window_pattern=6,
+                  rope_local_base_freq=10000.0, query_pre_attn_scalar=256)
+    return hf
+
+
+def _unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's reordering of q/k projection rows (interleaved rope -> HF halves)."""
+    rows = w.shape[0]
+    return (w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def read_gguf(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(HF config dict, HF-named float32 tensors) from a GGUF file, dequantised with numpy."""
+    import gguf
+
+    reader = _gguf_reader(path)
+    hf = gguf_hf_config(reader, path)
+    tensors = {}
+    for t in reader.tensors:
+        base, _, kind = t.name.rpartition(".")
+        parts = base.split(".")
+        if parts[0] == "blk":
+            if parts[2] not in _GGUF_LAYER_NAMES:
+                raise ValueError(f"GGUF file {path}: unknown tensor {t.name!r}")
+            name = f"model.layers.{parts[1]}.{_GGUF_LAYER_NAMES[parts[2]]}.{kind}"
+            if hf["model_type"] == "gemma3_text" and parts[2] == "ffn_norm":
+                name = f"model.layers.{parts[1]}.pre_feedforward_layernorm.{kind}"
+        elif base in _GGUF_GLOBAL_NAMES:
+            name = f"{_GGUF_GLOBAL_NAMES[base]}.{kind}"
+        else:
+            raise ValueError(f"GGUF file {path}: unknown tensor {t.name!r}")
+        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        w = w.reshape(tuple(int(d) for d in reversed(t.shape)))
+        if hf["model_type"] == "llama" and parts[-1] in ("attn_q", "attn_k"):
+            heads = hf["num_attention_heads"] if parts[-1] == "attn_q" else hf["num_key_value_heads"]
+            w = _unpermute_rope_rows(w, heads)
+        if hf["model_type"] == "gemma3_text" and base.endswith("norm"):
+            w = w - 1.0  # llama.cpp stores Gemma's (1 + w) norm scales with the 1 added
+        tensors[name] = w
+    return hf, tensors
+
+
+# ----------------------------------------------------------------------------------------------
+# HF directories (config.json + safetensors, single file or sharded with an index).
+
+
+def read_hf_dir(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+    import json
+
+    import safetensors
+
+    d = Path(path)
+    cfg_file = d / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"HF checkpoint directory {path} has no config.json")
+    hf = json.loads(cfg_file.read_text())
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (d / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        bins = [p.name for p in d.glob("*.bin")] + [p.name for p in d.glob("*.pt")]
+        hint = f" (found {bins}: pickled weights are not loaded; convert them to safetensors)" if bins else ""
+        raise FileNotFoundError(f"HF checkpoint directory {path} has no model.safetensors "
+                                f"or model.safetensors.index.json{hint}")
+    missing = [f for f in files if not (d / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"HF checkpoint directory {path} is partial: shards {missing} "
+                                "named by its index are missing")
+    tensors = {}
+    for f in files:
+        # The 'flax' backend reads bfloat16, which numpy's cannot; keep the arrays on the host.
+        import jax
+
+        with jax.default_device(jax.devices("cpu")[0]), safetensors.safe_open(str(d / f), "flax") as st:
+            for k in st.keys():
+                tensors[k] = np.asarray(st.get_tensor(k))
+    return hf, tensors
+
+
+def _download_hub(repo_id: str) -> str:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
+    except Exception as e:
+        raise FileNotFoundError(f"cannot fetch hub model {repo_id!r} (no network or no such "
+                                f"repository?): {e}") from e
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a model from a source, and writing one back as a HF directory.
+
+
+def read_checkpoint(spec: str) -> tuple[dict, dict[str, np.ndarray]]:
+    src = resolve_source(spec)
+    if src.kind == "gguf":
+        return read_gguf(src.path)
+    path = _download_hub(src.path) if src.kind == "hub" else src.path
+    return read_hf_dir(path)
+
+
+def model_from_params(cfg, params: dict[str, np.ndarray], shardings=None):
+    """A Decoder holding `params`; `shardings(logical_axes)` may place each one (no full copy)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from cotjax import model as model_lib
+
+    graphdef, state = nnx.split(model_lib.abstract(cfg))
+    flat = nnx.to_flat_state(state)
+    dtype = jnp.dtype(cfg.param_dtype)
+    for path, var in flat:
+        key = "/".join(str(p) for p in path)
+        if key not in params:
+            raise KeyError(f"parameter {key!r} is missing from the weights")
+        arr = params[key]
+        if tuple(arr.shape) != tuple(var.value.shape):
+            raise ValueError(f"parameter {key!r} has shape {arr.shape}, expected {var.value.shape}")
+        arr = np.asarray(arr).astype(dtype)
+        sharding = shardings(var.logical_axes) if shardings else None
+        var.value = jax.device_put(arr, sharding) if sharding is not None else jnp.asarray(arr)
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def model_params(model) -> dict[str, np.ndarray]:
+    """Flat numpy copies of a Decoder's parameters ('embed', 'layers/wq', ...)."""
+    from flax import nnx
+
+    return {"/".join(str(p) for p in path): np.asarray(var.value)
+            for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def load_model(spec: str, *, param_dtype: str = "float32", compute_dtype: str = "float32",
+               shardings=None, **overrides):
+    """(Decoder, ModelConfig) from a preset, GGUF file, HF directory or hub id."""
+    from cotjax.model import ModelConfig
+
+    hf, tensors = read_checkpoint(spec)
+    cfg = ModelConfig.from_hf(hf, param_dtype=param_dtype, compute_dtype=compute_dtype, **overrides)
+    params = hf_to_params(tensors, cfg, source=spec)
+    return model_from_params(cfg, params, shardings), cfg
+
+
+def export_hf(model, out_dir: str, tokenizer=None, generation: dict | None = None) -> Path:
+    """Write a Decoder as a HF directory (config.json, model.safetensors, tokenizer files)."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    tensors = params_to_hf({k: v.astype(np.float32) for k, v in model_params(model).items()}, cfg)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
+    gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": list(cfg.eos_token_ids),
+           "pad_token_id": cfg.pad_token_id, "do_sample": False, **(generation or {})}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    return out

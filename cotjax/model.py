@@ -1,0 +1,543 @@
+"""One NNX decoder family: Llama/SmolLM2, Mistral, Qwen2/2.5, Qwen3 and Gemma 3 text.
+
+Layer parameters are stacked on a leading `layers` axis and the blocks run under `lax.scan`, so a
+30-layer model compiles as one block. Every parameter carries `logical_axes` metadata (vocab,
+embed, heads, kv_heads, head_dim, mlp, layers); `cotjax.sharding` maps them to mesh axes.
+
+Shape suffixes: B batch, T query length, S key length (cache slots), D embed, N query heads,
+K kv heads, G = N/K query heads per kv head, H head dim, F mlp, V vocab, L layers.
+
+Attention masks come from three per-token arrays, so one code path serves training on packed rows
+and cached decoding: segment ids (0 = padding/empty slot; tokens attend only within their
+segment), positions (rope, sliding window) and slot indices (causality).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+_HF_MODEL_TYPES = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma3_text": "gemma3",
+    "gemma3": "gemma3",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+    """Rotary embedding of one layer type. kind: default | linear | llama3."""
+
+    theta: float
+    kind: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    family: str
+    vocab_size: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    norm_eps: float
+    rope: RopeConfig
+    local_rope: RopeConfig | None = None  # Gemma 3 sliding layers use their own rope base
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()  # "full" | "sliding" per layer; empty: all full
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    act: str = "silu"  # silu | gelu_tanh
+    gemma: bool = False  # (1 + w) norms, post-attention/-mlp norms, sqrt(d) embedding scale
+    query_scale: float | None = None  # attention scale; default head_dim ** -0.5
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    max_position_embeddings: int = 8192
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unsupported model family {self.family!r}; supported: {FAMILIES}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.layer_types and len(self.layer_types) != self.num_layers:
+            raise ValueError(
+                f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
+        if "sliding" in self.layer_types and not self.sliding_window:
+            raise ValueError("sliding layers need a sliding_window")
+
+    @property
+    def is_sliding(self) -> tuple[bool, ...]:
+        return tuple(t == "sliding" for t in self.layer_types) or (False,) * self.num_layers
+
+    @property
+    def scale(self) -> float:
+        return self.query_scale if self.query_scale is not None else self.head_dim**-0.5
+
+    def replace(self, **kw) -> ModelConfig:
+        return dataclasses.replace(self, **kw)
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], **overrides) -> ModelConfig:
+        """Build from a HF `config.json` dict (transformers 4.x or 5.x key spellings)."""
+        if hf.get("model_type") == "gemma3" and "text_config" in hf:
+            hf = {**hf["text_config"], "model_type": "gemma3_text"}
+        mt = hf.get("model_type")
+        if mt not in _HF_MODEL_TYPES:
+            raise ValueError(
+                f"unsupported architecture model_type={mt!r} ({hf.get('architectures')}); "
+                f"supported model types: {sorted(_HF_MODEL_TYPES)}")
+        family = _HF_MODEL_TYPES[mt]
+        gemma = family == "gemma3"
+        n_heads = hf["num_attention_heads"]
+        head_dim = hf.get("head_dim") or hf["hidden_size"] // n_heads
+        n_layers = hf["num_hidden_layers"]
+        global_rope, local_rope = _hf_ropes(hf, gemma)
+        eos = hf.get("eos_token_id")
+        kw = dict(
+            family=family,
+            vocab_size=hf["vocab_size"],
+            d_model=hf["hidden_size"],
+            num_layers=n_layers,
+            num_heads=n_heads,
+            num_kv_heads=hf.get("num_key_value_heads") or n_heads,
+            head_dim=head_dim,
+            mlp_dim=hf["intermediate_size"],
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope=global_rope,
+            local_rope=local_rope,
+            sliding_window=hf.get("sliding_window"),
+            layer_types=_hf_layer_types(hf, family, n_layers),
+            tie_embeddings=hf.get("tie_word_embeddings", gemma),
+            qkv_bias=family == "qwen2" or bool(hf.get("attention_bias", False)),
+            o_bias=family != "qwen2" and bool(hf.get("attention_bias", False)),
+            mlp_bias=bool(hf.get("mlp_bias", False)),
+            qk_norm=family in ("qwen3", "gemma3"),
+            act="gelu_tanh" if gemma else "silu",
+            gemma=gemma,
+            query_scale=hf.get("query_pre_attn_scalar", 256) ** -0.5 if gemma else None,
+            attn_softcap=hf.get("attn_logit_softcapping"),
+            final_softcap=hf.get("final_logit_softcapping"),
+            max_position_embeddings=hf.get("max_position_embeddings", 8192),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_ids=tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ()),
+            pad_token_id=hf.get("pad_token_id"),
+        )
+        if "sliding" not in kw["layer_types"]:
+            kw["sliding_window"] = None
+        kw.update(overrides)
+        return cls(**kw)
+
+    def to_hf(self) -> dict[str, Any]:
+        """The HF `config.json` dict of this architecture (transformers loads it back)."""
+        model_type = {"gemma3": "gemma3_text"}.get(self.family, self.family)
+        arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                "gemma3": "Gemma3ForCausalLM"}[self.family]
+        d: dict[str, Any] = dict(
+            architectures=[arch], model_type=model_type, vocab_size=self.vocab_size,
+            hidden_size=self.d_model, num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
+            head_dim=self.head_dim, intermediate_size=self.mlp_dim, rms_norm_eps=self.norm_eps,
+            max_position_embeddings=self.max_position_embeddings,
+            tie_word_embeddings=self.tie_embeddings, torch_dtype="float32",
+            rope_theta=self.rope.theta, rope_scaling=_rope_to_hf(self.rope),
+        )
+        if self.bos_token_id is not None:
+            d["bos_token_id"] = self.bos_token_id
+        if self.eos_token_ids:
+            d["eos_token_id"] = list(self.eos_token_ids) if len(self.eos_token_ids) > 1 else self.eos_token_ids[0]
+        if self.pad_token_id is not None:
+            d["pad_token_id"] = self.pad_token_id
+        if self.family == "llama":
+            d.update(attention_bias=self.o_bias, mlp_bias=self.mlp_bias, hidden_act="silu")
+        elif self.family in ("mistral", "qwen2", "qwen3"):
+            d.update(hidden_act="silu", sliding_window=self.sliding_window,
+                     use_sliding_window=self.sliding_window is not None)
+            if self.family == "qwen3":
+                d["attention_bias"] = self.qkv_bias
+        if self.layer_types and self.family != "llama":
+            d["layer_types"] = [_HF_LAYER_NAMES[t] for t in self.layer_types]
+        if self.gemma:
+            d.update(hidden_activation="gelu_pytorch_tanh", sliding_window=self.sliding_window,
+                     query_pre_attn_scalar=round(self.scale**-2),
+                     rope_local_base_freq=self.local_rope.theta if self.local_rope else 10000.0,
+                     final_logit_softcapping=self.final_softcap,
+                     attn_logit_softcapping=self.attn_softcap)
+        return d
+
+
+_HF_LAYER_NAMES = {"full": "full_attention", "sliding": "sliding_attention"}
+
+
+def _rope_from_hf(theta: float, scaling: dict | None) -> RopeConfig:
+    if not scaling:
+        return RopeConfig(theta=float(theta))
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return RopeConfig(theta=float(theta))
+    if kind == "linear":
+        return RopeConfig(theta=float(theta), kind="linear", factor=float(scaling["factor"]))
+    if kind == "llama3":
+        return RopeConfig(
+            theta=float(theta), kind="llama3", factor=float(scaling["factor"]),
+            low_freq_factor=float(scaling["low_freq_factor"]),
+            high_freq_factor=float(scaling["high_freq_factor"]),
+            original_max_position=int(scaling["original_max_position_embeddings"]))
+    raise ValueError(f"unsupported rope scaling {kind!r}; supported: default, linear, llama3")
+
+
+def _rope_to_hf(rope: RopeConfig) -> dict | None:
+    if rope.kind == "default":
+        return None
+    if rope.kind == "linear":
+        return {"rope_type": "linear", "factor": rope.factor}
+    return {"rope_type": "llama3", "factor": rope.factor, "low_freq_factor": rope.low_freq_factor,
+            "high_freq_factor": rope.high_freq_factor,
+            "original_max_position_embeddings": rope.original_max_position}
+
+
+def _hf_ropes(hf: dict, gemma: bool) -> tuple[RopeConfig, RopeConfig | None]:
+    params = hf.get("rope_parameters")
+    if params and gemma and "full_attention" in params:  # transformers 5: per layer type
+        full, sliding = params["full_attention"], params.get("sliding_attention", {})
+        return (_rope_from_hf(full["rope_theta"], full),
+                _rope_from_hf(sliding.get("rope_theta", 10000.0), sliding))
+    if params:  # transformers 5: one dict holding theta and scaling
+        glob = _rope_from_hf(params.get("rope_theta", 10000.0), params)
+    else:
+        glob = _rope_from_hf(hf.get("rope_theta", 10000.0), hf.get("rope_scaling"))
+    local = RopeConfig(theta=float(hf.get("rope_local_base_freq", 10000.0))) if gemma else None
+    return glob, local
+
+
+def _hf_layer_types(hf: dict, family: str, n_layers: int) -> tuple[str, ...]:
+    names = {v: k for k, v in _HF_LAYER_NAMES.items()}
+    if hf.get("layer_types"):
+        types = tuple(names[t] for t in hf["layer_types"])
+    elif family == "gemma3":
+        pattern = hf.get("sliding_window_pattern", 6)
+        types = tuple("full" if (i + 1) % pattern == 0 else "sliding" for i in range(n_layers))
+    elif family == "mistral" and hf.get("sliding_window"):
+        types = ("sliding",) * n_layers
+    elif family in ("qwen2", "qwen3") and hf.get("use_sliding_window") and hf.get("sliding_window"):
+        first = hf.get("max_window_layers", n_layers)
+        types = tuple("sliding" if i >= first else "full" for i in range(n_layers))
+    else:
+        types = ("full",) * n_layers
+    if "sliding" not in types:
+        return ("full",) * n_layers
+    return types
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters
+
+
+def layer_param_shapes(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+    """Per-layer parameter shapes and logical axes (without the leading `layers` axis)."""
+    D, N, K, H, F = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
+    p = {
+        "attn_norm": ((D,), ("embed",)),
+        "wq": ((D, N, H), ("embed", "heads", "head_dim")),
+        "wk": ((D, K, H), ("embed", "kv_heads", "head_dim")),
+        "wv": ((D, K, H), ("embed", "kv_heads", "head_dim")),
+        "wo": ((N, H, D), ("heads", "head_dim", "embed")),
+        "mlp_norm": ((D,), ("embed",)),
+        "w_gate": ((D, F), ("embed", "mlp")),
+        "w_up": ((D, F), ("embed", "mlp")),
+        "w_down": ((F, D), ("mlp", "embed")),
+    }
+    if cfg.qkv_bias:
+        p.update(bq=((N, H), ("heads", "head_dim")), bk=((K, H), ("kv_heads", "head_dim")),
+                 bv=((K, H), ("kv_heads", "head_dim")))
+    if cfg.o_bias:
+        p["bo"] = ((D,), ("embed",))
+    if cfg.mlp_bias:
+        p.update(b_gate=((F,), ("mlp",)), b_up=((F,), ("mlp",)), b_down=((D,), ("embed",)))
+    if cfg.qk_norm:
+        p.update(q_norm=((H,), ("head_dim",)), k_norm=((H,), ("head_dim",)))
+    if cfg.gemma:
+        p.update(post_attn_norm=((D,), ("embed",)), post_mlp_norm=((D,), ("embed",)))
+    return p
+
+
+def _init_value(key, name: str, shape, cfg: ModelConfig, dtype):
+    if name.endswith("norm"):  # Gemma norms scale by (1 + w)
+        return jnp.zeros(shape, dtype) if cfg.gemma else jnp.ones(shape, dtype)
+    if name.startswith("b"):
+        return jnp.zeros(shape, dtype)
+    return (0.02 * jax.random.normal(key, shape)).astype(dtype)
+
+
+class Layers(nnx.Module):
+    """All decoder blocks' parameters, stacked on a leading `layers` axis."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        dtype = jnp.dtype(cfg.param_dtype)
+        for name, (shape, axes) in layer_param_shapes(cfg).items():
+            full = (cfg.num_layers, *shape)
+            value = _init_value(rngs.params(), name, full, cfg, dtype)
+            setattr(self, name, nnx.Param(value, logical_axes=("layers", *axes)))
+
+    def arrays(self) -> dict[str, jax.Array]:
+        return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+
+
+@struct.dataclass
+class KVCache:
+    """Keys/values of every layer for S slots, with the segment id and position of each slot."""
+
+    k_LBSKH: jax.Array
+    v_LBSKH: jax.Array
+    segment_ids_BS: jax.Array  # 0 = empty slot
+    positions_BS: jax.Array
+    index: jax.Array  # int32 scalar: slots filled so far
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, slots: int, dtype=None) -> KVCache:
+        dtype = jnp.dtype(dtype or cfg.compute_dtype)
+        shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                   jnp.zeros((batch, slots), jnp.int32), jnp.zeros((batch, slots), jnp.int32),
+                   jnp.zeros((), jnp.int32))
+
+
+class Decoder(nnx.Module):
+    """Decoder-only transformer; `__call__` maps tokens to next-token logits."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dtype = jnp.dtype(cfg.param_dtype)
+        V, D = cfg.vocab_size, cfg.d_model
+        self.embed = nnx.Param((0.02 * jax.random.normal(rngs.params(), (V, D))).astype(dtype),
+                               logical_axes=("vocab", "embed"))
+        self.layers = Layers(cfg, rngs)
+        self.final_norm = nnx.Param(_init_value(None, "final_norm", (D,), cfg, dtype),
+                                    logical_axes=("embed",))
+        if not cfg.tie_embeddings:
+            self.lm_head = nnx.Param(
+                (0.02 * jax.random.normal(rngs.params(), (D, V))).astype(dtype),
+                logical_axes=("embed", "vocab"))
+
+    def __call__(self, tokens_BT, positions_BT, segment_ids_BT=None, cache: KVCache | None = None):
+        """Logits [B, T, V] (float32) and the updated cache (None without one)."""
+        x_BTD, cache = self.hidden(tokens_BT, positions_BT, segment_ids_BT, cache)
+        return self.logits(x_BTD), cache
+
+    def hidden(self, tokens_BT, positions_BT, segment_ids_BT=None, cache: KVCache | None = None):
+        """Final-normed hidden states [B, T, D] and the updated cache."""
+        cfg = self.cfg
+        cdt = jnp.dtype(cfg.compute_dtype)
+        if segment_ids_BT is None:
+            segment_ids_BT = jnp.ones_like(tokens_BT)
+        x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(cdt)
+        if cfg.gemma:
+            x_BTD = x_BTD * jnp.asarray(math.sqrt(cfg.d_model), cdt)
+        masks = _attention_masks(cfg, positions_BT, segment_ids_BT, cache)
+        ropes = _rope_tables(cfg, positions_BT)
+        x_BTD, new_kv = _run_layers(cfg, self.layers.arrays(), x_BTD, masks, ropes, cache)
+        x_BTD = rms_norm(x_BTD, self.final_norm[...], cfg)
+        if cache is not None:
+            cache = _advance_cache(cache, new_kv, positions_BT, segment_ids_BT)
+        return x_BTD, cache
+
+    def logits(self, x_BTD):
+        cfg = self.cfg
+        w_DV = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
+        logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, w_DV.astype(x_BTD.dtype),
+                                preferred_element_type=jnp.float32)
+        if cfg.final_softcap:
+            logits_BTV = jnp.tanh(logits_BTV / cfg.final_softcap) * cfg.final_softcap
+        return logits_BTV
+
+
+# ----------------------------------------------------------------------------------------------
+# Blocks
+
+
+def rms_norm(x, w, cfg: ModelConfig):
+    """RMSNorm in float32; Gemma scales by (1 + w)."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
+    scale = (1.0 + w.astype(jnp.float32)) if cfg.gemma else w.astype(jnp.float32)
+    return (y * scale).astype(x.dtype)
+
+
+def _inv_freq(rope: RopeConfig, head_dim: int):
+    inv = 1.0 / (rope.theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if rope.kind == "linear":
+        return inv / rope.factor
+    if rope.kind == "llama3":  # smooth interpolation between scaled low and unscaled high freqs
+        low_wavelen = rope.original_max_position / rope.low_freq_factor
+        high_wavelen = rope.original_max_position / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        smooth = (rope.original_max_position / wavelen - rope.low_freq_factor) / (
+            rope.high_freq_factor - rope.low_freq_factor)
+        mid = (1 - smooth) * inv / rope.factor + smooth * inv
+        return jnp.where(wavelen > low_wavelen, inv / rope.factor,
+                         jnp.where(wavelen < high_wavelen, inv, mid))
+    return inv
+
+
+def _rope_tables(cfg: ModelConfig, positions_BT):
+    """(cos, sin) [B, T, H/2] for the global rope and, for Gemma 3, the local one."""
+    def table(rope):
+        ang = positions_BT.astype(jnp.float32)[..., None] * _inv_freq(rope, cfg.head_dim)
+        return jnp.cos(ang), jnp.sin(ang)
+    glob = table(cfg.rope)
+    return glob, (table(cfg.local_rope) if cfg.local_rope else glob)
+
+
+def _apply_rope(x_BTNH, cos_BTh, sin_BTh):
+    # HF's rotate_half layout: the first and second halves of each head form the pairs.
+    x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+    c, s = cos_BTh[:, :, None, :], sin_BTh[:, :, None, :]
+    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BTNH.dtype)
+
+
+def _attention_masks(cfg: ModelConfig, positions_BT, segment_ids_BT, cache):
+    """Boolean [B, T, S] masks (full, sliding) from segment ids, positions and slot order."""
+    T = positions_BT.shape[1]
+    if cache is None:
+        k_seg, k_pos = segment_ids_BT, positions_BT
+        q_slot = k_slot = jnp.arange(T)
+    else:
+        S = cache.segment_ids_BS.shape[1]
+        idx = cache.index + jnp.arange(T)
+        k_seg = jax.vmap(lambda c, n: jax.lax.dynamic_update_slice(c, n, (cache.index,)))(
+            cache.segment_ids_BS, segment_ids_BT)
+        k_pos = jax.vmap(lambda c, n: jax.lax.dynamic_update_slice(c, n, (cache.index,)))(
+            cache.positions_BS, positions_BT)
+        q_slot, k_slot = idx, jnp.arange(S)
+    full = ((segment_ids_BT[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
+            & (k_slot[None, None, :] <= q_slot[None, :, None]))
+    if not cfg.sliding_window:
+        return full, full
+    near = (positions_BT[:, :, None] - k_pos[:, None, :]) < cfg.sliding_window
+    return full, full & near
+
+
+def _attention(cfg: ModelConfig, p, x_BTD, mask_BTS, cos, sin, kv_cache, cache_index):
+    cdt = x_BTD.dtype
+    B, T, _ = x_BTD.shape
+    K, G, H = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+    q_BTNH = jnp.einsum("btd,dnh->btnh", x_BTD, p["wq"].astype(cdt))
+    k_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, p["wk"].astype(cdt))
+    v_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, p["wv"].astype(cdt))
+    if cfg.qkv_bias:
+        q_BTNH += p["bq"].astype(cdt)
+        k_BTKH += p["bk"].astype(cdt)
+        v_BTKH += p["bv"].astype(cdt)
+    if cfg.qk_norm:
+        q_BTNH = rms_norm(q_BTNH, p["q_norm"], cfg)
+        k_BTKH = rms_norm(k_BTKH, p["k_norm"], cfg)
+    q_BTNH = _apply_rope(q_BTNH, cos, sin)
+    k_BTKH = _apply_rope(k_BTKH, cos, sin)
+    new_kv = (k_BTKH, v_BTKH)
+    if kv_cache is not None:  # attend over every slot, with this step's keys written in
+        k_BSKH = jax.lax.dynamic_update_slice(kv_cache[0], k_BTKH.astype(kv_cache[0].dtype),
+                                              (0, cache_index, 0, 0))
+        v_BSKH = jax.lax.dynamic_update_slice(kv_cache[1], v_BTKH.astype(kv_cache[1].dtype),
+                                              (0, cache_index, 0, 0))
+        new_kv = (k_BSKH, v_BSKH)
+        k_BTKH, v_BTKH = k_BSKH.astype(cdt), v_BSKH.astype(cdt)
+    q_BTKGH = q_BTNH.reshape(B, T, K, G, H)
+    s_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BTKH,
+                         preferred_element_type=jnp.float32) * cfg.scale
+    if cfg.attn_softcap:
+        s_BKGTS = jnp.tanh(s_BKGTS / cfg.attn_softcap) * cfg.attn_softcap
+    s_BKGTS = jnp.where(mask_BTS[:, None, None], s_BKGTS, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(s_BKGTS, axis=-1).astype(cdt)
+    o_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs, v_BTKH)
+    out_BTD = jnp.einsum("btnh,nhd->btd", o_BTKGH.reshape(B, T, K * G, H), p["wo"].astype(cdt))
+    if cfg.o_bias:
+        out_BTD += p["bo"].astype(cdt)
+    return out_BTD, new_kv
+
+
+def _mlp(cfg: ModelConfig, p, x_BTD):
+    cdt = x_BTD.dtype
+    gate_BTF = jnp.einsum("btd,df->btf", x_BTD, p["w_gate"].astype(cdt))
+    up_BTF = jnp.einsum("btd,df->btf", x_BTD, p["w_up"].astype(cdt))
+    if cfg.mlp_bias:
+        gate_BTF += p["b_gate"].astype(cdt)
+        up_BTF += p["b_up"].astype(cdt)
+    act = jax.nn.silu(gate_BTF) if cfg.act == "silu" else jax.nn.gelu(gate_BTF, approximate=True)
+    out_BTD = jnp.einsum("btf,fd->btd", act * up_BTF, p["w_down"].astype(cdt))
+    if cfg.mlp_bias:
+        out_BTD += p["b_down"].astype(cdt)
+    return out_BTD
+
+
+def _block(cfg: ModelConfig, p, x_BTD, sliding, masks, ropes, kv_cache, cache_index):
+    mask = jnp.where(sliding, masks[1], masks[0]) if cfg.sliding_window else masks[0]
+    cos = jnp.where(sliding, ropes[1][0], ropes[0][0])
+    sin = jnp.where(sliding, ropes[1][1], ropes[0][1])
+    h_BTD, new_kv = _attention(cfg, p, rms_norm(x_BTD, p["attn_norm"], cfg), mask, cos, sin,
+                               kv_cache, cache_index)
+    if cfg.gemma:
+        h_BTD = rms_norm(h_BTD, p["post_attn_norm"], cfg)
+    x_BTD = x_BTD + h_BTD
+    h_BTD = _mlp(cfg, p, rms_norm(x_BTD, p["mlp_norm"], cfg))
+    if cfg.gemma:
+        h_BTD = rms_norm(h_BTD, p["post_mlp_norm"], cfg)
+    return x_BTD + h_BTD, new_kv
+
+
+def _run_layers(cfg: ModelConfig, params, x_BTD, masks, ropes, cache: KVCache | None):
+    sliding_L = jnp.asarray(cfg.is_sliding)
+    cache_index = None if cache is None else cache.index
+
+    def body(x, xs):
+        p, sliding, kv = xs
+        x, new_kv = _block(cfg, p, x, sliding, masks, ropes, kv, cache_index)
+        # Without a cache nothing is carried out of the scan (keeps training memory flat).
+        return x, (new_kv if kv is not None else None)
+
+    if cfg.remat:
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    kv = None if cache is None else (cache.k_LBSKH, cache.v_LBSKH)
+    x_BTD, new_kv = jax.lax.scan(body, x_BTD, (params, sliding_L, kv))
+    return x_BTD, new_kv
+
+
+def _advance_cache(cache: KVCache, new_kv, positions_BT, segment_ids_BT) -> KVCache:
+    T = positions_BT.shape[1]
+    put = jax.vmap(lambda c, n: jax.lax.dynamic_update_slice(c, n, (cache.index,)))
+    return KVCache(new_kv[0], new_kv[1], put(cache.segment_ids_BS, segment_ids_BT.astype(jnp.int32)),
+                   put(cache.positions_BS, positions_BT.astype(jnp.int32)), cache.index + T)
+
+
+def create(cfg: ModelConfig, seed: int = 0) -> Decoder:
+    """A randomly initialised decoder (weights come from `cotjax.weights` for real models)."""
+    return Decoder(cfg, nnx.Rngs(params=seed))
+
+
+def abstract(cfg: ModelConfig) -> Decoder:
+    """The decoder's structure with ShapeDtypeStructs instead of arrays (no memory)."""
+    return nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(params=0)))
