@@ -29,8 +29,29 @@ def get_config():
     c.data.overlong = "drop"  # drop | truncate
     c.data.on_bad_record = "error"  # error | skip
     c.data.shuffle = True
-    c.data.num_epochs = 1
+    c.data.num_epochs = 1  # -1: repeat forever (step-based training)
     c.data.max_examples = -1  # -1: all
+    # Where records come from besides a local file (see cotjax/records.py).
+    c.data.format = "fields"  # gsm8k | aqua | fields: record layout for jsonl, hf and tfds sources
+    c.data.fields = ml_collections.ConfigDict(dict(
+        question="question", chain="chain", answer="answer", options="options", id="id"))
+    # e.g. --config.data.source=tfds --config.data.format=gsm8k on a TPU VM
+    c.data.hf_name = "openai/gsm8k"
+    c.data.hf_config = "main"
+    c.data.hf_split = "train"
+    c.data.tfds_name = "gsm8k"
+    c.data.tfds_split = "train"
+    c.data.tfds_data_dir = ""
+    c.data.synthetic_n = 2000
+    c.data.synthetic_min_steps = 2
+    c.data.synthetic_max_steps = 6
+    c.data.synthetic_seed = 0
+    # The validation slice has its own seed so changing `seed` never moves it.
+    c.data.validation_seed = 20240
+    c.data.fewshot = 0  # exemplars from the train split prepended to evaluation prompts
+    c.data.fewshot_seed = 0
+    c.data.packer = "first_fit"  # first_fit | best_fit (grain packing transforms)
+    c.data.packing_bins = 256  # rows packed at a time: more bins, less padding
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all remaining devices
