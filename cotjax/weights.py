@@ -208,10 +208,15 @@ def _strip_prefix(key: str) -> str:
 def _take(tensors, name, source, convert, shape):
     if name not in tensors:
         raise KeyError(f"{source}: tensor {name!r} is missing")
-    w = convert(np.asarray(tensors[name]))
+    raw = np.asarray(tensors[name])
+    error = ValueError(f"{source}: tensor {name!r} has shape {tuple(raw.shape)}, which does not "
+                       f"fit the expected {tuple(shape)} (in cotjax's layout)")
+    try:
+        w = convert(raw)
+    except ValueError:  # a reshape that cannot work: the tensor has the wrong size
+        raise error from None
     if tuple(w.shape) != tuple(shape):
-        raise ValueError(f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
-                         f"which does not fit the expected {tuple(shape)}")
+        raise error
     return w
 
 
@@ -402,11 +407,11 @@ def model_from_params(cfg, params: dict[str, np.ndarray], shardings=None):
         if key not in params:
             raise KeyError(f"parameter {key!r} is missing from the weights")
         arr = params[key]
-        if tuple(arr.shape) != tuple(var.value.shape):
-            raise ValueError(f"parameter {key!r} has shape {arr.shape}, expected {var.value.shape}")
+        if tuple(arr.shape) != tuple(var.get_value().shape):
+            raise ValueError(f"parameter {key!r} has shape {arr.shape}, expected {var.get_value().shape}")
         arr = np.asarray(arr).astype(dtype)
         sharding = shardings(var.logical_axes) if shardings else None
-        var.value = jax.device_put(arr, sharding) if sharding is not None else jnp.asarray(arr)
+        var.set_value(jax.device_put(arr, sharding) if sharding is not None else jnp.asarray(arr))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
@@ -414,7 +419,7 @@ def model_params(model) -> dict[str, np.ndarray]:
     """Flat numpy copies of a Decoder's parameters ('embed', 'layers/wq', ...)."""
     from flax import nnx
 
-    return {"/".join(str(p) for p in path): np.asarray(var.value)
+    return {"/".join(str(p) for p in path): np.asarray(var.get_value())
             for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
