@@ -1,0 +1,68 @@
+"""Launchers in dry-run mode: the exact commands they would run (no cloud access here)."""
+
+import shlex
+import subprocess
+
+import pytest
+
+
+def _dry(script, *args, env=None):
+    out = subprocess.run(["bash", f"launch/{script}", *args], capture_output=True, text=True,
+                         env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    return [shlex.split(line[2:]) for line in out.stdout.splitlines() if line.startswith("+ ")]
+
+
+def test_local_single_process():
+    (cmd,) = _dry("local.sh", "--config=configs/quickstart.py", "--workdir=runs/q", "--dry-run",
+                  "--", "--config.train.steps=5")
+    assert cmd == [".venv/bin/cotjax", "train", "--config=configs/quickstart.py",
+                   "--workdir=runs/q", "--config.train.steps=5"]
+
+
+def test_local_processes_join_one_coordinator():
+    cmds = _dry("local.sh", "--config=c.py", "--workdir=w", "--processes=2", "--port=9999",
+                "--dry-run")
+    assert len(cmds) == 2  # started in the background: order the commands by process id
+    for i, cmd in enumerate(sorted(cmds, key=lambda c: c[3])):
+        assert cmd[:4] == ["env", "COTJAX_COORDINATOR=127.0.0.1:9999", "COTJAX_NUM_PROCESSES=2",
+                           f"COTJAX_PROCESS_ID={i}"]
+        assert cmd[4:6] == [".venv/bin/cotjax", "train"]
+
+
+def test_tpu_pod_runs_every_step_on_all_workers():
+    cmds = _dry("tpu_pod.sh", "--tpu=pod1", "--zone=us-central2-b", "--project=p",
+                "--config=configs/base.py", "--workdir=gs://b/run", "--create", "--delete",
+                "--dry-run", "--", "--config.train.steps=100")
+    gcloud = [c for c in cmds if c[0] == "gcloud"]
+    assert gcloud[0][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"]
+    assert "--accelerator-type=v5litepod-16" in gcloud[0]
+    assert gcloud[-1][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "pod1"]
+    ssh = [c for c in gcloud if c[4] == "ssh"]
+    assert all("--worker=all" in c and "--zone=us-central2-b" in c for c in ssh)
+    commands = [next(a for a in c if a.startswith("--command="))[10:] for c in ssh]
+    assert "COTJAX_JAX=tpu bash setup.sh" in commands[1]
+    train = shlex.split(commands[2].split("&&", 1)[1].split("2>&1")[0])
+    assert train == [".venv/bin/cotjax", "train", "--config=configs/base.py",
+                     "--workdir=gs://b/run", "--config.train.steps=100"]
+    assert ["git", "archive"] == cmds[1][:2]
+
+
+def test_tpu_pod_requires_its_options():
+    out = subprocess.run(["bash", "launch/tpu_pod.sh", "--tpu=x", "--dry-run"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "missing --zone" in out.stderr
+
+
+def test_slurm_uses_srun_one_task_per_node():
+    (cmd,) = _dry("slurm_gpu.sbatch", "--config=configs/base.py", "--workdir=/tmp/x",
+                  env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin"})
+    assert cmd[:3] == ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"]
+    assert cmd[3:7] == [".venv/bin/cotjax", "train", "--config=configs/base.py", "--workdir=/tmp/x"]
+    assert "--config.compute_dtype=bfloat16" in cmd
+
+
+@pytest.mark.parametrize("script", ["local.sh", "tpu_pod.sh", "slurm_gpu.sbatch"])
+def test_unknown_option_is_rejected(script):
+    out = subprocess.run(["bash", f"launch/{script}", "--bogus"], capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown option --bogus" in out.stderr
