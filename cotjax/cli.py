@@ -32,6 +32,27 @@ COMMANDS = {
 }
 
 
+def load_config(path: str, **overrides):
+    """A config file's `get_config()` with dotted overrides, as `--config.a.b=value` would give."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cotjax_config", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"config file {path} cannot be loaded")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in overrides.items():
+        parent = config
+        *head, last = key.split(".")
+        for part in head:
+            parent = parent[part]
+        if last not in parent:
+            raise KeyError(f"config {path} has no key {key!r}")
+        parent[last] = value
+    return config
+
+
 def _usage() -> str:
     lines = ["usage: cotjax SUBCOMMAND [--config=PATH] [--flag=value ...]", "", "subcommands:"]
     lines += [f"  {name:12s} {help_}" for name, (_, _, help_) in COMMANDS.items()]

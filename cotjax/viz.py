@@ -1,0 +1,98 @@
+"""Views for notebooks: packed batches as coloured tokens, parameter tables, training curves and
+step-checked generations. Everything the notebooks show is computed here, so it is tested."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+# Background hue per packed example; padding (segment 0) is grey.
+_HUES = (210, 30, 120, 280, 0, 170, 60, 330)
+
+
+def token_rows(batch: dict[str, np.ndarray], tokenizer, row: int = 0) -> list[dict]:
+    """One dict per token of a packed row: text, segment, position, and the loss weight with
+    which this token is *predicted* (the weight stored at the position before it)."""
+    inputs, seg = batch["inputs"][row], batch["segment_ids"][row]
+    w_pred = np.concatenate([[0.0], batch["weights"][row][:-1]])
+    same = np.concatenate([[False], seg[1:] == seg[:-1]])
+    return [{"text": tokenizer.decode([int(t)]), "token": int(t), "segment": int(s),
+             "position": int(p), "weight": float(w) if ok else 0.0}
+            for t, s, p, w, ok in zip(inputs, seg, batch["positions"][row], w_pred, same)]
+
+
+def tokens_html(rows: Sequence[dict]) -> str:
+    """Tokens coloured by packed example (hue) and loss weight (bold, underlined when > 0)."""
+    spans = []
+    for r in rows:
+        hue = _HUES[(r["segment"] - 1) % len(_HUES)]
+        bg = "#ddd" if r["segment"] == 0 else f"hsl({hue},70%,{88 if r['weight'] == 0 else 72}%)"
+        style = f"background:{bg};" + ("font-weight:bold;text-decoration:underline;"
+                                       if r["weight"] > 0 else "")
+        title = f"segment {r['segment']} pos {r['position']} weight {r['weight']:g}"
+        text = html.escape(r["text"]).replace("\n", "⏎<br>")
+        spans.append(f'<span style="{style}" title="{title}">{text}</span>')
+    return '<div style="font-family:monospace;line-height:1.8">' + "".join(spans) + "</div>"
+
+
+def batch_summary(batch: dict[str, np.ndarray]) -> dict:
+    """Examples per row, padding and loss-bearing shares of a packed batch."""
+    seg = batch["segment_ids"]
+    return {"rows": int(seg.shape[0]), "seq_len": int(seg.shape[1]),
+            "examples": int(sum(len(set(r[r > 0].tolist())) for r in seg)),
+            "non_padding": float((seg > 0).mean()),
+            "weighted": float((batch["weights"] > 0).mean())}
+
+
+def param_table(model) -> list[dict]:
+    """Path, shape, dtype, size, logical axes and sharding of every parameter."""
+    from flax import nnx
+
+    out = []
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        value = var.get_value()
+        sharding = getattr(value, "sharding", None)
+        out.append({"path": "/".join(map(str, path)), "shape": tuple(value.shape),
+                    "dtype": str(value.dtype), "size": int(np.prod(value.shape)),
+                    "logical_axes": getattr(var, "logical_axes", None),
+                    "sharding": str(getattr(sharding, "spec", sharding))})
+    return out
+
+
+def read_metrics(workdir: str | Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl."""
+    path = Path(workdir) / "metrics.jsonl"
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(rows: Iterable[dict], keys: Sequence[str], ax=None):
+    """Each key against `step` (rows lacking a key are skipped for it); returns the axes."""
+    import matplotlib.pyplot as plt
+
+    rows = list(rows)
+    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    for key in keys:
+        pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=key)
+    ax.set_xlabel("step")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def steps_html(text: str, report) -> str:
+    """A generation with each checked claim marked green (holds) or red (does not)."""
+    out = html.escape(text)
+    for step in report.steps:
+        claim = html.escape(f"{step.expression}")
+        colour = "#c8f0c8" if step.ok else "#f6c0c0"
+        tip = f"= {step.claimed}; computed {step.computed}"
+        out = out.replace(claim, f'<span style="background:{colour}" title="{html.escape(tip)}">'
+                                 f"{claim}</span>", 1)
+    return f'<div style="white-space:pre-wrap;font-family:monospace">{out}</div>'
