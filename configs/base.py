@@ -53,6 +53,36 @@ def get_config():
     c.data.packer = "first_fit"  # first_fit | best_fit (grain packing transforms)
     c.data.packing_bins = 256  # rows packed at a time: more bins, less padding
 
+    # A HF tokenizer directory; empty: the model's own tokenizer.
+    c.tokenizer = ""
+    # With model="random": ModelConfig fields of a randomly initialised decoder (tests, benchmarks).
+    c.model_arch = ml_collections.ConfigDict()
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = -1  # optimizer steps; -1: as many as data.num_epochs gives
+    c.train.lr = 1e-5
+    c.train.warmup_steps = 0
+    c.train.schedule = "cosine"  # cosine | linear | constant
+    c.train.end_lr_fraction = 0.1  # final lr as a fraction of lr
+    c.train.weight_decay = 0.0  # AdamW; never on norms and biases
+    c.train.b1 = 0.9
+    c.train.b2 = 0.95
+    c.train.eps = 1e-8
+    c.train.grad_clip = 1.0  # global norm; <= 0: off
+    c.train.microbatches = 1  # gradient accumulation: the global batch in this many pieces
+    c.train.remat = False  # recompute each layer's activations in the backward pass
+    c.train.on_nonfinite = "stop"  # stop | skip (skip the update and count it)
+    c.train.log_every = 10
+    c.train.eval_every = 0  # validation loss every N steps; <= 0: only at the end
+    c.train.eval_batches = -1  # -1: the whole validation split
+    c.train.checkpoint_every = 0  # <= 0: only at the end (and on SIGTERM/SIGINT)
+    c.train.keep = 2  # last K checkpoints
+    c.train.keep_best = 1  # plus the best by validation loss
+    c.train.async_checkpoint = True
+    c.train.peak_flops = 0.0  # FLOP/s of the whole job for MFU; 0: measured (CPU) or looked up
+    c.train.progress = True
+    c.train.eval_at_end = False  # run cotjax.evaluate.run_eval on the final checkpoint
+
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all remaining devices
     c.mesh.fsdp = 1

@@ -1,0 +1,191 @@
+"""Training: loss normalisation, micro-batching, one compile, non-finite handling, learning."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cotjax import model as model_lib
+from cotjax import sharding as sharding_lib
+from cotjax import train
+
+from _train_utils import TINY_ARCH, tiny_config, write_byte_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    return write_byte_tokenizer(tmp_path_factory.mktemp("tok") / "bytes")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tok_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tok_dir)
+
+
+def _cfg():
+    return train._random_model_config(tiny_config("unused"))
+
+
+def _batches(config, tokenizer, n):
+    data = train.TaggedData(config)
+    it = data.train_iterator(tokenizer)
+    return [data.convert(next(it)) for _ in range(n)]
+
+
+def _mesh(shape):
+    n = int(np.prod(shape))
+    return sharding_lib.make_mesh(
+        type("M", (), dict(zip(sharding_lib.MESH_AXES, shape)))(), jax.devices()[:n])
+
+
+def test_tagged_kinds_recover_real_weights(tok_dir, tokenizer):
+    config = tiny_config(tok_dir)
+    config.data.w_chain = 0.5
+    config.data.w_answer = 1.5
+    tagged = _batches(config, tokenizer, 1)[0]
+    from cotjax import pipeline
+    plain = next(pipeline.make_train_iterator(config, tokenizer))
+    np.testing.assert_array_equal(tagged["inputs"], plain["inputs"])
+    np.testing.assert_array_equal(tagged["weights"], plain["weights"])
+    kinds = tagged["kinds"]
+    assert set(np.unique(kinds)) == {0, 1, 2}
+    assert np.all(plain["weights"][kinds == 1] == 0.5)
+    assert np.all(plain["weights"][kinds == 2] == 1.5)
+    assert np.all(plain["weights"][kinds == 0] == 0)
+
+
+def test_loss_matches_manual_cross_entropy(tok_dir, tokenizer):
+    config = tiny_config(tok_dir)
+    cfg = _cfg()
+    batch = _batches(config, tokenizer, 1)[0]
+    model = model_lib.create(cfg, 0)
+    logits, _ = model(batch["inputs"], batch["positions"], batch["segment_ids"])
+    logp = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
+    ce = -np.take_along_axis(np.asarray(logp), batch["targets"][..., None], -1)[..., 0]
+    w = batch["weights"]
+    expected = (w * ce).sum() / w.sum()
+    trainer = train.Trainer(cfg, train.TrainSpec(steps=4), _mesh((1, 1, 1)), 4)
+    params = nnx.to_pure_dict(nnx.state(model))
+    sums, _ = trainer.grads(params, batch)
+    got = train.summarize_sums(jax.device_get(sums))
+    np.testing.assert_allclose(got["loss"], expected, rtol=1e-5)
+    chain = batch["kinds"] == 1
+    np.testing.assert_allclose(got["chain_loss"], ce[chain].mean(), rtol=1e-5)
+    answer = batch["kinds"] == 2
+    np.testing.assert_allclose(got["answer_loss"], ce[answer].mean(), rtol=1e-5)
+
+
+def test_microbatches_give_the_same_gradients(tok_dir, tokenizer):
+    config = tiny_config(tok_dir)
+    cfg = _cfg()
+    batch = _batches(config, tokenizer, 1)[0]
+    mesh = _mesh((2, 2, 1))
+    params = train.init_random_params(cfg, 0, mesh)
+    out = []
+    for m in (1, 2):
+        trainer = train.Trainer(cfg, train.TrainSpec(steps=4, microbatches=m), mesh, 4)
+        sums, grads = trainer.grads(params, batch)
+        out.append((train.summarize_sums(jax.device_get(sums)), jax.device_get(grads)))
+    assert out[0][0]["loss"] == pytest.approx(out[1][0]["loss"], rel=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+                 out[0][1], out[1][1])
+
+
+def test_step_compiles_once_and_learns(tok_dir, tokenizer):
+    config = tiny_config(tok_dir)
+    cfg = _cfg()
+    mesh = _mesh((2, 2, 2))
+    steps = 12
+    trainer = train.Trainer(cfg, train.TrainSpec(steps=steps, lr=3e-3, warmup_steps=2), mesh,
+                            steps)
+    params = train.init_random_params(cfg, 0, mesh)
+    state = trainer.init_train_state(params, 0)
+    losses = []
+    for batch in _batches(config, tokenizer, steps):
+        params, state, metrics = trainer.step(params, state, batch)
+        losses.append(float(metrics["loss"]))
+    assert trainer.trace_count == 1
+    assert trainer._step._cache_size() == 1
+    assert int(state["step"]) == steps
+    assert losses[-1] < losses[0] - 0.3, losses
+    # the params stay sharded by the rules table
+    assert params["layers"]["wq"].sharding.spec == jax.sharding.PartitionSpec(
+        None, "fsdp", "tensor")
+
+
+def test_weight_decay_mask_skips_norms_and_biases():
+    cfg = _cfg().replace(qkv_bias=True, mlp_bias=True)
+    shapes, _ = train.abstract_params(cfg)
+    mask = train.decay_mask(shapes)
+    assert mask["embed"] and mask["lm_head"] and mask["layers"]["wq"]
+    assert not mask["final_norm"] and not mask["layers"]["attn_norm"]
+    assert not mask["layers"]["bq"] and not mask["layers"]["b_up"]
+
+
+def test_schedule_warmup_then_decay():
+    spec = train.TrainSpec(lr=1.0, warmup_steps=10, schedule="cosine", end_lr_fraction=0.1)
+    sched = train.make_schedule(spec, 110)
+    assert float(sched(0)) == 0.0
+    assert float(sched(10)) == pytest.approx(1.0)
+    assert float(sched(110)) == pytest.approx(0.1, abs=1e-6)
+    lin = train.make_schedule(train.TrainSpec(lr=1.0, schedule="linear", end_lr_fraction=0.0), 10)
+    assert float(lin(5)) == pytest.approx(0.5)
+
+
+def test_nonfinite_stops_naming_the_step(tok_dir, tmp_path):
+    config = tiny_config(tok_dir, steps=8, lr=1e30, grad_clip=0.0, warmup_steps=0,
+                         schedule="constant")
+    with pytest.raises(FloatingPointError, match=r"at step \d+"):
+        train.train(config, tmp_path / "stop")
+
+
+def test_nonfinite_skip_counts_and_keeps_params_finite(tok_dir, tmp_path):
+    config = tiny_config(tok_dir, steps=6, lr=1e30, grad_clip=0.0, warmup_steps=0,
+                         schedule="constant", on_nonfinite="skip")
+    result = train.train(config, tmp_path / "skip")
+    assert result.step == 6 and result.skipped > 0
+    from cotjax import checkpoint
+    model, *_ = checkpoint.load_model_for_eval(tmp_path / "skip")
+    leaves = jax.tree.leaves(nnx.state(model))
+    assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
+
+
+def test_train_writes_metrics_and_resumes(tok_dir, tmp_path):
+    workdir = tmp_path / "run"
+    config = tiny_config(tok_dir, steps=4, checkpoint_every=2, eval_every=2)
+    result = train.train(config, workdir)
+    assert result.step == 4 and not result.stopped_by_signal
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*rows)
+    for k in ("loss", "chain_loss", "answer_loss", "answer_acc", "grad_norm", "lr",
+              "tokens_per_s", "nonpad_frac", "mfu", "val/loss", "val/answer_acc"):
+        assert k in keys, k
+    assert list((workdir / "tb").glob("events.out.tfevents.*"))
+    assert (workdir / "config.json").is_file() and (workdir / "model_config.json").is_file()
+    config.train.steps = 6
+    result = train.train(config, workdir)
+    assert result.step == 6
+    steps = [r["step"] for r in
+             (json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert 5 in steps and 1 not in steps[steps.index(4) + 1:]  # continued from 4, not restarted
+
+
+@pytest.mark.slow
+def test_synthetic_task_loss_down_answer_accuracy_up(tok_dir, tmp_path):
+    config = tiny_config(tok_dir, steps=150, lr=3e-3, warmup_steps=10, log_every=25,
+                         eval_every=0)
+    config.model_arch.d_model = 64
+    config.model_arch.mlp_dim = 128
+    config.mesh.data = 1
+    result = train.train(config, tmp_path / "learn", mesh=_mesh((1, 1, 1)))
+    rows = [json.loads(line) for line in (tmp_path / "learn" / "metrics.jsonl").read_text().splitlines()
+            if '"loss"' in line]
+    first, last = rows[0], rows[-1]
+    assert last["loss"] < 0.5 * first["loss"], (first, last)
+    assert last["answer_acc"] > first["answer_acc"] + 0.3, (first, last)
+    assert result.val_metrics["answer_acc"] > 0.5
