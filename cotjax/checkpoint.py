@@ -90,6 +90,8 @@ def make_manager(workdir: str | Path, *, keep: int = 3, keep_best: int = 1,
                                  n=int(keep_best), keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=cm.AnyPreservationPolicy(policies),
+        # best_fn makes the manager write each checkpoint's metrics (restarts rank by them).
+        best_fn=(lambda m: m[BEST_METRIC]) if keep_best > 0 else None, best_mode="min",
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True,
         read_only=read_only,
