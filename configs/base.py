@@ -83,6 +83,22 @@ def get_config():
     c.train.progress = True
     c.train.eval_at_end = False  # run cotjax.evaluate.run_eval on the final checkpoint
 
+    # `cotjax eval` (cotjax/evaluate.py: run_eval). --data=validation means data's held-out slice.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.task = "gsm8k"  # gsm8k | aqua (--task overrides)
+    c.eval.prompting = "finetuned"  # finetuned (no exemplars) | zero_shot_cot | few_shot_cot
+    c.eval.fewshot = 8  # exemplars (from data's train split, data.fewshot_seed) for few_shot_cot
+    c.eval.cot_cue = "Let's think step by step."  # appended to the prompt for zero_shot_cot
+    c.eval.stop = ("\nQuestion:",)  # stop strings (besides EOS); the text is cut before them
+    c.eval.max_new_tokens = 256
+    c.eval.batch_size = 16  # rows decoded together (rounded up to the data-parallel devices)
+    c.eval.max_examples = -1  # -1: all; else the first N questions of the file
+    c.eval.num_samples = 1  # > 1: self-consistency, n sampled chains and a majority vote (maj@n)
+    c.eval.temperature = 0.7  # sampled chains only; the greedy pass is always run
+    c.eval.top_k = 0  # 0: off
+    c.eval.top_p = 1.0  # 1.0: off
+    c.eval.seed = 0
+
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all remaining devices
     c.mesh.fsdp = 1

@@ -761,3 +761,220 @@ def write_report(
     summary_text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
     summary_path.write_text(summary_text, encoding="utf-8")
     return predictions, summary_path
+
+
+# ---------------------------------------------------------------------------------------------
+# `cotjax eval`: decode a checkpoint (or the base model) on a JSONL file and score it.
+# Everything JAX-side is imported inside the functions, so the scoring above stays pure Python.
+
+PROMPTING = ("finetuned", "zero_shot_cot", "few_shot_cot")
+
+
+def _eval_settings(config) -> dict:
+    """config.eval with the base defaults filled in (configs written before the section)."""
+    defaults = _base_config().eval.to_dict()
+    given = config.get("eval")
+    return {**defaults, **(given.to_dict() if given is not None else {})}
+
+
+def _base_config():
+    try:
+        from configs import base
+    except ImportError:
+        import sys
+
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+        from configs import base
+    return base.get_config()
+
+
+def load_eval_records(data: str | None, task: str, config) -> tuple[list, str]:
+    """(records, description): a raw GSM8K / AQuA-RAT JSONL file, or `validation` (the config's
+    held-out slice of its data; its source must be the task's format)."""
+    from cotjax import records as records_lib
+
+    if data in (None, "", "validation"):
+        recs, _ = records_lib.load_records(config.data, "validation")
+        return recs, f"validation split of {config.data.get('path', config.data.source)}"
+    if task == "gsm8k":
+        def parse(raw, where):
+            return records_lib.parse_gsm8k(raw, where,
+                                           strip_calc=config.data.get("strip_calculator", True))
+    else:
+        parse = records_lib.parse_aqua
+    recs, report = records_lib.parse_all(records_lib.read_json_lines(data), parse,
+                                         config.data.get("on_bad_record", "error"))
+    if report.skipped:
+        print(f"{data}: skipped {report.skipped} bad records of {report.read}: "
+              f"{'; '.join(report.skip_reasons)}")
+    if not recs:
+        raise ValueError(f"{data}: no records")
+    return recs, data
+
+
+def build_prompt(record, prompting: str, template: str, tokenizer=None, exemplars=(),
+                 cot_cue: str = "Let's think step by step.") -> str:
+    """The prompt text of one question under a prompting mode (see PROMPTING)."""
+    from cotjax import formatting
+
+    if prompting not in PROMPTING:
+        raise ValueError(f"eval.prompting must be one of {PROMPTING}, got {prompting!r}")
+    if prompting == "few_shot_cot":
+        return formatting.format_prompt(record, template, tokenizer, fewshot=exemplars)
+    prompt = formatting.format_prompt(record, template, tokenizer)
+    if prompting == "zero_shot_cot":
+        prompt += (" " if template == "plain" else "") + cot_cue
+    return prompt
+
+
+def prompt_ids(tokenizer, prompt: str, template: str) -> list[int]:
+    """Token ids of a prompt exactly as training tokenizes it (BOS for plain, none for chat)."""
+    from cotjax import tokenize
+
+    bos = () if template == "chat" else tokenize.bos_ids(tokenizer)
+    return list(bos) + list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def _load_for_eval(config, workdir, step, mesh):
+    """(model, model_cfg, tokenizer, description)."""
+    if workdir:
+        try:
+            from cotjax.checkpoint import load_model_for_eval
+        except ImportError as e:
+            raise NotImplementedError(
+                "evaluating a --workdir needs cotjax.checkpoint.load_model_for_eval") from e
+        model, cfg, tokenizer, _ = load_model_for_eval(workdir, step, mesh=mesh)
+        return model, cfg, tokenizer, f"{workdir} step {step if step is not None else 'latest'}"
+    from cotjax import train
+
+    model, cfg = train.load_base_model(config, mesh)
+    return model, cfg, train.load_tokenizer_for(config), f"{config.model} (base)"
+
+
+def _parse_step(step):
+    if step in (None, "", "latest"):
+        return None
+    if step == "base" or isinstance(step, int):
+        return step
+    if str(step).isdigit():
+        return int(step)
+    raise ValueError(f"--step must be 'latest', 'base' or a number, got {step!r}")
+
+
+def run_eval(config, workdir: str | None = None, step=None, *, task: str | None = None,
+             data: str | None = None, out: str | None = None, model: str | None = None,
+             progress: bool = True) -> dict:
+    """Decode and score; writes predictions.jsonl and summary.json into `out`; returns summary.
+
+    Model: the checkpoint in `workdir` (`step`: None/'latest', a number, or 'base'), else the
+    config's base model (`model` overrides config.model). When the run's workdir is given and no
+    config, the run's own config is used. `data`: a JSONL file in raw GSM8K or AQuA-RAT format,
+    or 'validation' (default) for the config's held-out slice.
+    """
+    import time
+
+    import jax
+    from tqdm import tqdm
+
+    from cotjax import decode, pipeline, sharding, tokenize
+
+    step = _parse_step(step)
+    if config is None:
+        if workdir:
+            from cotjax.checkpoint import read_run_config
+
+            config, _ = read_run_config(workdir)
+        else:
+            config = _base_config()
+    config = config.copy_and_resolve_references() if hasattr(
+        config, "copy_and_resolve_references") else config
+    if model:
+        with config.unlocked():
+            config.model = model
+    ev = _eval_settings(config)
+    task = task or ev["task"]
+    _check_task(task)
+    prompting, template = ev["prompting"], config.data.template
+    if out is None:
+        if not workdir:
+            raise ValueError("cotjax eval needs --out=DIR (or --workdir, to write under it)")
+        out = str(pathlib.Path(workdir) / "eval" / f"step_{step if step is not None else 'latest'}")
+
+    mesh = sharding.make_mesh(config.mesh) if jax.device_count() > 1 else None
+    net, model_cfg, tokenizer, source = _load_for_eval(config, workdir, step, mesh)
+    recs, data_desc = load_eval_records(data, task, config)
+    if ev["max_examples"] >= 0:
+        recs = recs[:ev["max_examples"]]
+    exemplars = ()
+    if prompting == "few_shot_cot":
+        shots = config.copy_and_resolve_references()
+        with shots.unlocked():
+            shots.data.fewshot = int(ev["fewshot"])
+        exemplars = pipeline.fewshot_exemplars(shots)
+    prompts = [build_prompt(r, prompting, template, tokenizer, exemplars, ev["cot_cue"])
+               for r in recs]
+    ids = [prompt_ids(tokenizer, p, template) for p in prompts]
+    eos = tuple(dict.fromkeys([*model_cfg.eos_token_ids, *tokenize.eos_ids(tokenizer, template)]))
+    common = dict(max_new_tokens=int(ev["max_new_tokens"]), stop=tuple(ev["stop"]), eos_ids=eos,
+                  batch_size=int(ev["batch_size"]), mesh=mesh)
+
+    def decode_all(prompt_ids_, desc, **kw):
+        with tqdm(total=len(prompt_ids_), desc=desc, unit="seq", disable=not progress) as bar:
+            t0 = time.perf_counter()
+            outs = decode.generate_text(net, tokenizer, prompt_ids_, progress=bar.update,
+                                        **common, **kw)
+            return outs, time.perf_counter() - t0
+
+    greedy, seconds = decode_all(ids, "greedy")
+    rows = []
+    for rec, prompt, ids_, comp in zip(recs, prompts, ids, greedy, strict=True):
+        rows.append({"id": rec.id, "question": rec.question, "prompt_tokens": len(ids_),
+                     "generation": comp.text, "finish": comp.finish,
+                     "new_tokens": len(comp.tokens),
+                     **score_prediction(comp.text, rec.answer, task)})
+    n_samples = int(ev["num_samples"])
+    sample_seconds = 0.0
+    if n_samples > 1:
+        sampling = decode.SamplingConfig(float(ev["temperature"]), int(ev["top_k"]),
+                                         float(ev["top_p"]))
+        repeated = [i for i in ids for _ in range(n_samples)]
+        chains, sample_seconds = decode_all(repeated, f"sampled x{n_samples}", sampling=sampling,
+                                            seed=int(ev["seed"]))
+        for q, row in enumerate(rows):
+            mine = chains[q * n_samples:(q + 1) * n_samples]
+            answers = [extract_answer(c.text, task, flexible=True) for c in mine]
+            row["samples"] = [{"generation": c.text, "finish": c.finish, "extracted": a,
+                               "correct": answers_equal(a, row["gold"], task)}
+                              for c, a in zip(mine, answers)]
+            row["maj_answer"] = majority_vote(answers, task)
+            row["maj_correct"] = answers_equal(row["maj_answer"], row["gold"], task)
+    summary = summarize(rows, task)
+    new_tokens = sum(r["new_tokens"] for r in rows)
+    summary.update({
+        "prompting": prompting, "template": template, "model": source, "data": data_desc,
+        "max_new_tokens": common["max_new_tokens"],
+        "finished_eos": sum(r["finish"] == "eos" for r in rows),
+        "finished_stop": sum(r["finish"] == "stop" for r in rows),
+        "finished_length": sum(r["finish"] == "length" for r in rows),
+        "decode_seconds": round(seconds, 2),
+        "greedy_tokens_per_s": round(new_tokens / seconds, 1) if seconds else 0.0,
+    })
+    if prompting == "few_shot_cot":
+        summary["fewshot"] = len(exemplars)
+    if n_samples > 1:
+        summary.update({
+            "maj_n": n_samples, "temperature": float(ev["temperature"]),
+            "sample_accuracy": _share(sum(s["correct"] for r in rows for s in r["samples"]),
+                                      n_samples * len(rows)),
+            "sample_decode_seconds": round(sample_seconds, 2)})
+    write_report(out, rows, summary)
+    print(format_table(summary))
+    print(f"wrote {pathlib.Path(out) / 'predictions.jsonl'} and {pathlib.Path(out) / 'summary.json'}")
+    return summary
+
+
+def main(flags) -> None:
+    """`cotjax eval [--config=PATH] [--workdir=DIR [--step=latest|N|base]] [--model=SPEC]
+    [--task=gsm8k|aqua] [--data=FILE|validation] --out=DIR`."""
+    run_eval(flags.config, flags.workdir, flags.step, task=flags.task, data=flags.data,
+             out=flags.out, model=flags.model)
