@@ -122,7 +122,7 @@ class TrainSpec:
     async_checkpoint: bool = True
     peak_flops: float = 0.0  # FLOP/s of the whole job for MFU; 0: measured (CPU) or a table
     progress: bool = True
-    eval_at_end: bool = False  # call cotjax.evaluate.run_eval(config, workdir, step) at the end
+    eval_at_end: bool = False  # cotjax.evaluate.run_eval(config, workdir, step, out=workdir/eval)
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -864,7 +864,9 @@ def run_eval_hook(config, workdir: Path, step: int) -> None:
     if fn is None:
         print("train.eval_at_end: cotjax.evaluate.run_eval does not exist yet; skipping", flush=True)
         return
-    fn(config=config, workdir=str(workdir), step=step)
+    summary = fn(config=config, workdir=str(workdir), step=step, out=str(workdir / "eval"))
+    if jax.process_index() == 0 and isinstance(summary, dict):
+        print(json.dumps({"eval": summary}, default=str), flush=True)
 
 
 def main(flags) -> None:
