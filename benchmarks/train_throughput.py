@@ -41,9 +41,9 @@ def _args():
 def _batches(config, tokenizer, n):
     from cotjax import train
 
-    data = train.TaggedData(config)
+    data = train.RunData(config)
     it = data.train_iterator(tokenizer)
-    return [data.convert(next(it)) for _ in range(n)]
+    return [next(it) for _ in range(n)]
 
 
 class CotjaxRunner:

@@ -12,6 +12,8 @@ Each batch is a dict of numpy arrays of shape [batch, seq_len]:
     weights      float32  loss weight of predicting targets[t]: the target token's weight
                           (prompt 0, chain w_chain, answer and EOS w_answer); 0 at the last token
                           of each example and at padding
+    kinds        int32    what targets[t] is: 0 prompt/padding, 1 chain, 2 answer or EOS
+                          (cotjax.tokenize.KIND_*), for separate chain and answer metrics
     segment_ids  int32    1, 2, ... per packed example in the row; 0 is padding
     positions    int32    position within the example, restarting at 0 at each example
 
@@ -37,14 +39,15 @@ from absl import logging
 from cotjax import records as records_lib
 from cotjax.formatting import select_fewshot
 from cotjax.records import CoTRecord
-from cotjax.tokenize import EncodeSpec, Example, encode_records
+from cotjax.tokenize import KIND_ANSWER, EncodeSpec, Example, encode_records
 
 OVERLONG = ("drop", "truncate")
 PACKERS = {
     "first_fit": grain.experimental.FirstFitPackIterDataset,
     "best_fit": grain.experimental.BestFitPackIterDataset,
 }
-BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
+BATCH_KEYS = ("inputs", "targets", "weights", "kinds", "segment_ids", "positions")
+_PACKED_KEYS = ("inputs", "targets", "weights", "kinds")
 PERCENTILES = (50, 90, 99, 100)
 
 
@@ -101,7 +104,8 @@ def fit_length(examples: Sequence[Example], seq_len: int, overlong: str
         # The weight of the first token is never used (nothing predicts it), so a cut that
         # keeps only prompt leaves nothing to learn and is dropped instead.
         if overlong == "truncate" and ex.weights[1:seq_len].any():
-            kept.append(Example(ex.tokens[:seq_len], ex.weights[:seq_len], ex.id))
+            kinds = None if ex.kinds is None else ex.kinds[:seq_len]
+            kept.append(Example(ex.tokens[:seq_len], ex.weights[:seq_len], ex.id, kinds))
             truncated += 1
         else:
             dropped += 1
@@ -140,18 +144,22 @@ def fewshot_exemplars(config) -> tuple[CoTRecord, ...]:
 def to_features(ex: Example) -> dict[str, np.ndarray]:
     """Next-token targets and their weights, aligned with the input positions that predict them."""
     last = np.zeros(1, np.int32)
+    # Hand-made examples without kinds count every weighted token as an answer token.
+    kinds = ex.kinds if ex.kinds is not None else np.where(ex.weights > 0, KIND_ANSWER, 0)
     return {
         "inputs": ex.tokens,
         "targets": np.concatenate([ex.tokens[1:], last]),
         "weights": np.concatenate([ex.weights[1:], np.zeros(1, np.float32)]),
+        "kinds": np.concatenate([kinds[1:], last]).astype(np.int32),
     }
 
 
 def _rename(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    # grain emits segment ids and positions per packed feature; all three features share one
+    # grain emits segment ids and positions per packed feature; all packed features share one
     # layout, so the inputs' are the example's.
     return {"inputs": packed["inputs"], "targets": packed["targets"],
-            "weights": packed["weights"], "segment_ids": packed["inputs_segment_ids"],
+            "weights": packed["weights"], "kinds": packed["kinds"],
+            "segment_ids": packed["inputs_segment_ids"],
             "positions": packed["inputs_positions"]}
 
 
@@ -185,7 +193,7 @@ def packed_dataset(examples: Sequence[Example], spec: PackSpec, process_index: i
     # In-memory examples: prefetch threads would buy nothing and cost 16 threads per process.
     it = ds.map(to_features).to_iter_dataset(grain.ReadOptions(num_threads=0))
     packed = PACKERS[spec.packer](
-        it, length_struct={k: spec.seq_len for k in ("inputs", "targets", "weights")},
+        it, length_struct={k: spec.seq_len for k in _PACKED_KEYS},
         num_packing_bins=spec.packing_bins, seed=spec.seed, shuffle_bins=spec.shuffle)
     return packed.map(_rename).batch(spec.batch_size, batch_fn=_batch_fn(spec.batch_size,
                                                                           spec.seq_len))

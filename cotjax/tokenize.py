@@ -6,9 +6,11 @@ concatenated, so the loss masks are exact: no response template is searched for 
 the tokenization of the whole text. A BOS token is prepended when the tokenizer adds one itself
 (`tokenizer("x")` starts with `bos_token_id`); chat templates write their own BOS in the text.
 
-Per-token weights (the weight of a token *as a prediction target*):
+Per-token weights (the weight of a token *as a prediction target*), and kinds (which segment
+the token belongs to, so metrics can report the chain and the answer loss separately):
 
     prompt 0 | chain w_chain | answer w_answer | eos w_answer
+    KIND_PROMPT | KIND_CHAIN | KIND_ANSWER     | KIND_ANSWER
 
 The EOS segment is the tokenizer's `eos_token_id` for the plain template and the template's
 end-of-turn token (`<|im_end|>`, `<end_of_turn>`) for the chat template. The pipeline shifts these
@@ -33,6 +35,9 @@ import numpy as np
 
 from cotjax.formatting import MODES, TEMPLATES, Segments, format_segments
 from cotjax.records import CoTRecord
+
+# Token kinds; padding is KIND_PROMPT too (it never carries loss).
+KIND_PROMPT, KIND_CHAIN, KIND_ANSWER = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +81,7 @@ class Example:
     tokens: np.ndarray  # int32 [L]
     weights: np.ndarray  # float32 [L]
     id: str = ""
+    kinds: np.ndarray | None = None  # int32 [L]: KIND_PROMPT | KIND_CHAIN | KIND_ANSWER
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -131,11 +137,12 @@ def to_example(seg: TokenSegments, spec: EncodeSpec, id: str = "") -> Example:
     """Concatenate the segments and lay out their loss weights."""
     if not seg.chain and not seg.answer:
         raise ValueError(f"example {id!r}: zero-length target")
-    parts = [(seg.prompt, 0.0), (seg.chain, spec.w_chain), (seg.answer, spec.w_answer),
-             (seg.eos, spec.w_answer)]
-    tokens = np.fromiter((t for ids, _ in parts for t in ids), dtype=np.int32)
-    weights = np.concatenate([np.full(len(ids), w, np.float32) for ids, w in parts])
-    return Example(tokens, weights, id)
+    parts = [(seg.prompt, 0.0, KIND_PROMPT), (seg.chain, spec.w_chain, KIND_CHAIN),
+             (seg.answer, spec.w_answer, KIND_ANSWER), (seg.eos, spec.w_answer, KIND_ANSWER)]
+    tokens = np.fromiter((t for ids, _, _ in parts for t in ids), dtype=np.int32)
+    weights = np.concatenate([np.full(len(ids), w, np.float32) for ids, w, _ in parts])
+    kinds = np.concatenate([np.full(len(ids), k, np.int32) for ids, _, k in parts])
+    return Example(tokens, weights, id, kinds)
 
 
 def encode_records(records: Sequence[CoTRecord], tokenizer, spec: EncodeSpec,

@@ -13,9 +13,8 @@ Loss: per weighted token over the global batch (see `cotjax.tokenize`),
     loss = sum_{b,t} w[b,t] * ce[b,t] / sum_{b,t} w[b,t]
 
 computed exactly under gradient accumulation: the micro-batches' sums are added before dividing.
-Chain and answer tokens are told apart by a per-token `kinds` array (0 none, 1 chain, 2 answer
-and EOS); the pipeline's batches carry only weights, so `TaggedData` asks the pipeline for two
-sentinel weights and turns them back into kinds and the config's real weights.
+Chain and answer tokens are told apart by the pipeline's per-token `kinds` array (0 none,
+1 chain, 2 answer and EOS), so the metrics report the chain and the answer loss separately.
 """
 
 from __future__ import annotations
@@ -44,9 +43,8 @@ from flax import nnx
 from cotjax import checkpoint as ckpt_lib
 from cotjax import model as model_lib
 from cotjax import sharding as sharding_lib
+from cotjax.tokenize import KIND_ANSWER, KIND_CHAIN
 
-KIND_NONE, KIND_CHAIN, KIND_ANSWER = 0, 1, 2
-TAG_CHAIN, TAG_ANSWER = 2.0, 4.0  # sentinel weights the pipeline is asked to write
 STAT_KEYS = ("wce", "w", "chain_ce", "chain_n", "answer_ce", "answer_n", "answer_correct",
              "tokens", "nonpad")
 
@@ -335,43 +333,17 @@ def loss_and_grads(graphdef, params, batch, microbatches: int = 1, batch_spec=No
 
 
 # ----------------------------------------------------------------------------------------------
-# The data: tagged weights -> kinds + real weights.
+# The data.
 
 
-class TaggedData:
-    """Batches with a `kinds` array, from a pipeline asked for sentinel weights.
-
-    The pipeline lays out `w_chain` on chain tokens and `w_answer` on answer and EOS tokens;
-    with w_chain=TAG_CHAIN and w_answer=TAG_ANSWER, each token's kind can be read back, and the
-    config's real weights are put in its place. Batches that already carry `kinds` pass as is.
-    """
+class RunData:
+    """The training and validation batches of a config for this process."""
 
     def __init__(self, config):
         from cotjax.tokenize import EncodeSpec
 
-        EncodeSpec.from_config(config.data)  # the real weights must be valid
-        self.w_chain = float(config.data.w_chain)
-        self.w_answer = float(config.data.w_answer)
+        EncodeSpec.from_config(config.data)  # fail early on invalid loss weights
         self.config = copy.deepcopy(config)
-        with self.config.unlocked():
-            self.config.data.w_chain = TAG_CHAIN
-            self.config.data.w_answer = TAG_ANSWER
-
-    def convert(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch = dict(batch)
-        if "kinds" not in batch:
-            w = batch["weights"]
-            kinds = np.where(w == TAG_CHAIN, KIND_CHAIN, np.where(w == TAG_ANSWER, KIND_ANSWER,
-                                                                  KIND_NONE)).astype(np.int32)
-            bad = (kinds == KIND_NONE) & (w != 0)
-            if bad.any():
-                raise ValueError(f"unexpected loss weight {w[bad][0]} in a batch")
-            batch["kinds"] = kinds
-            batch["weights"] = np.where(kinds == KIND_CHAIN, self.w_chain,
-                                        np.where(kinds == KIND_ANSWER, self.w_answer, 0.0)
-                                        ).astype(np.float32)
-        batch["kinds"] = batch["kinds"].astype(np.int32)
-        return batch
 
     def train_iterator(self, tokenizer):
         from cotjax import pipeline
@@ -406,7 +378,7 @@ class TaggedData:
         for b in ds:
             if 0 <= limit <= len(batches):
                 break
-            batches.append(self.convert(b))
+            batches.append(b)
         n = len(batches)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -696,7 +668,7 @@ def train(config, workdir: str | Path, *, mesh=None) -> RunResult:
         raise ValueError(f"data.batch_size={B} must split over data x fsdp = {dp} devices and "
                          f"then into train.microbatches={spec.microbatches} micro-batches")
     tokenizer = load_tokenizer_for(config)
-    data = TaggedData(config)
+    data = RunData(config)
     if spec.steps > 0:
         total_steps = spec.steps
     else:
@@ -775,7 +747,7 @@ def train(config, workdir: str | Path, *, mesh=None) -> RunResult:
                     stopped = True
                     break
                 try:
-                    batch = data.convert(next(it))
+                    batch = next(it)
                 except StopIteration:
                     break
                 params, train_state, metrics = trainer.step(params, train_state, batch)

@@ -193,6 +193,10 @@ def test_train_iterator_from_config(tok):
     row = batch["inputs"][0][batch["segment_ids"][0] == 1]
     assert tok.decode(row).startswith("Question: ")
     assert tok.decode(row[-1:]) == "<|im_end|>"
+    # kinds travel with the weights: every weighted target is chain or answer, the rest prompt
+    weighted = batch["weights"] > 0
+    assert (batch["kinds"][weighted] > 0).all() and (batch["kinds"][~weighted] == 0).all()
+    assert set(np.unique(batch["kinds"])) == {0, 1, 2}
 
 
 def test_overlong_examples_are_counted(tok):

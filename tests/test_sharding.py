@@ -52,8 +52,8 @@ def test_mesh_222_matches_one_device():
     config = tiny_config(tok_dir)
     config.model_arch.num_kv_heads = 2
     cfg = train._random_model_config(config)
-    data = train.TaggedData(config)
-    batch = data.convert(next(data.train_iterator(AutoTokenizer.from_pretrained(tok_dir))))
+    data = train.RunData(config)
+    batch = next(data.train_iterator(AutoTokenizer.from_pretrained(tok_dir)))
     results = []
     for shape in ((1, 1, 1), (2, 2, 2)):
         mesh = sh.make_mesh(_mesh_cfg(*shape), jax.devices()[:int(np.prod(shape))])

@@ -107,6 +107,7 @@ def test_golden_weights(tok, key, w_chain, w_answer):
     assert ex.tokens.dtype == np.int32 and ex.weights.dtype == np.float32
     expected = [0.0] * len(prompt) + [w_chain] * len(chain) + [w_answer] * (len(answer) + 1)
     assert ex.weights.tolist() == expected
+    assert ex.kinds.tolist() == [0] * len(prompt) + [1] * len(chain) + [2] * (len(answer) + 1)
     assert ex.id == RECORDS[name].id
 
 

@@ -31,9 +31,9 @@ def _cfg():
 
 
 def _batches(config, tokenizer, n):
-    data = train.TaggedData(config)
+    data = train.RunData(config)
     it = data.train_iterator(tokenizer)
-    return [data.convert(next(it)) for _ in range(n)]
+    return [next(it) for _ in range(n)]
 
 
 def _mesh(shape):
