@@ -427,7 +427,11 @@ def generate_main(flags) -> None:
     spec = flags.model or (config.model if config is not None else "smollm2-135m-instruct")
     dtypes = {}
     if config is not None:
-        dtypes = dict(param_dtype=config.param_dtype, compute_dtype=config.compute_dtype)
+        def resolve(name):  # "auto": bfloat16 on accelerators, float32 on CPU
+            return name if name != "auto" else (
+                "float32" if jax.default_backend() == "cpu" else "bfloat16")
+        dtypes = dict(param_dtype=resolve(config.param_dtype),
+                      compute_dtype=resolve(config.compute_dtype))
     model, _ = weights.load_model(spec, **dtypes)
     tokenizer = weights.load_tokenizer(spec)
     [completion] = generate_text(model, tokenizer, [flags.prompt],
