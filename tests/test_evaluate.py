@@ -377,7 +377,12 @@ def test_evaluate_never_uses_eval_or_exec():
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             modules = [alias.name for alias in node.names]
             modules.append(getattr(node, "module", None) or "")
-            assert not {"jax", "ast", "builtins"} & {m.split(".")[0] for m in modules}
+            assert not {"ast", "builtins"} & {m.split(".")[0] for m in modules}
+    # The scoring code is pure Python: only the `cotjax eval` runner imports JAX, lazily.
+    top = [n for n in ast.parse(source).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {a.name.split(".")[0] for n in top for a in n.names}
+    names |= {(getattr(n, "module", None) or "").split(".")[0] for n in top}
+    assert "jax" not in names
 
 
 # -------------------------------------------------------------------------------- scoring
