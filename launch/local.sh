@@ -40,10 +40,13 @@ if [ "$procs" -le 1 ]; then
 fi
 pids=()
 for ((i = 0; i < procs; i++)); do
-  run env COTJAX_COORDINATOR="127.0.0.1:$port" COTJAX_NUM_PROCESSES="$procs" \
-    COTJAX_PROCESS_ID="$i" "${cmd[@]}" &
-  pids+=($!)
+  proc=(env COTJAX_COORDINATOR="127.0.0.1:$port" COTJAX_NUM_PROCESSES="$procs"
+        COTJAX_PROCESS_ID="$i" "${cmd[@]}")
+  # Print in the foreground, in process order, so a dry run's output is complete and ordered
+  # when this script exits; only the real processes go to the background.
+  DRY_RUN=1 run "${proc[@]}"
+  if [ "$DRY_RUN" != 1 ]; then "${proc[@]}" & pids+=($!); fi
 done
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+for pid in "${pids[@]+"${pids[@]}"}"; do wait "$pid" || status=$?; done
 exit "$status"
