@@ -835,6 +835,89 @@ def prompt_ids(tokenizer, prompt: str, template: str) -> list[int]:
     return list(bos) + list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
 
+def eval_exemplars(config) -> tuple:
+    """The few-shot exemplars of the config's eval prompting (none unless few_shot_cot)."""
+    from cotjax import pipeline
+
+    ev = _eval_settings(config)
+    if ev["prompting"] != "few_shot_cot":
+        return ()
+    shots = config.copy_and_resolve_references()
+    with shots.unlocked():
+        shots.data.fewshot = int(ev["fewshot"])
+    return pipeline.fewshot_exemplars(shots)
+
+
+def eval_prompts(config, recs, tokenizer, exemplars=()) -> tuple[list[str], list[list[int]]]:
+    """(prompt texts, prompt ids) of records under the config's eval prompting and template."""
+    ev = _eval_settings(config)
+    template = config.data.template
+    prompts = [build_prompt(r, ev["prompting"], template, tokenizer, exemplars, ev["cot_cue"])
+               for r in recs]
+    return prompts, [prompt_ids(tokenizer, p, template) for p in prompts]
+
+
+def decode_settings(config, model_cfg, tokenizer, mesh=None) -> dict:
+    """generate_text keywords of the config's eval section: length, stop strings, batch, and
+    EOS ids (the model's and the template's end-of-turn, so chat answers stop at their turn)."""
+    from cotjax import tokenize
+
+    ev = _eval_settings(config)
+    eos = tokenize.eos_ids(tokenizer, config.data.template)
+    return dict(max_new_tokens=int(ev["max_new_tokens"]), stop=tuple(ev["stop"]),
+                eos_ids=tuple(dict.fromkeys([*model_cfg.eos_token_ids, *eos])),
+                batch_size=int(ev["batch_size"]), mesh=mesh)
+
+
+def answer_row(rec, ids: Sequence[int], completion, task: str) -> dict:
+    """One predictions.jsonl row: the record, its greedy completion, and the scores."""
+    return {"id": rec.id, "question": rec.question, "prompt_tokens": len(ids),
+            "generation": completion.text, "finish": completion.finish,
+            "new_tokens": len(completion.tokens),
+            **score_prediction(completion.text, rec.answer, task)}
+
+
+def greedy_answers(net, model_cfg, tokenizer, config, recs, *, task: str | None = None,
+                   max_new_tokens: int | None = None, mesh=None) -> list[dict]:
+    """Records answered greedily and scored exactly as `cotjax eval` does (its prompting,
+    template, stops and EOS): one `answer_row` per record."""
+    from cotjax import decode
+
+    task = task or _eval_settings(config)["task"]
+    _, ids = eval_prompts(config, recs, tokenizer, eval_exemplars(config))
+    settings = decode_settings(config, model_cfg, tokenizer, mesh)
+    if max_new_tokens is not None:
+        settings["max_new_tokens"] = int(max_new_tokens)
+    completions = decode.generate_text(net, tokenizer, ids, **settings)
+    return [answer_row(r, i, c, task) for r, i, c in zip(recs, ids, completions, strict=True)]
+
+
+def compare_answers(workdir, n: int = 4, models=(("base", "base"), ("fine-tuned", None)), *,
+                    data: str | None = None, max_new_tokens: int | None = None,
+                    mesh=None) -> list[dict]:
+    """The first `n` eval questions of a run (default: its validation slice) answered by several
+    of its models, side by side: one dict per question with `id`, `question`, `gold` and
+    `answers` {label: answer_row}. `models` pairs a label with a step of `load_model_for_eval`
+    ("base": the model the run started from; None: the latest checkpoint); `mesh`: where the
+    models are placed and decoded (default: one device)."""
+    from cotjax.checkpoint import load_model_for_eval, read_run_config
+
+    config, _ = read_run_config(workdir)
+    task = _eval_settings(config)["task"]
+    recs, _ = load_eval_records(data, task, config)
+    recs = recs[:n]
+    out = [{"id": r.id, "question": r.question, "gold": _normalise_gold(r.answer, task),
+            "answers": {}} for r in recs]
+    for label, step in models:
+        net, model_cfg, tokenizer, _ = load_model_for_eval(workdir, step, mesh=mesh)
+        rows = greedy_answers(net, model_cfg, tokenizer, config, recs, task=task,
+                              max_new_tokens=max_new_tokens, mesh=mesh)
+        for question, row in zip(out, rows):
+            question["answers"][label] = row
+        del net  # one model in memory at a time
+    return out
+
+
 def _load_for_eval(config, workdir, step, mesh):
     """(model, model_cfg, tokenizer, description)."""
     if workdir:
@@ -873,10 +956,9 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
     """
     import time
 
-    import jax
     from tqdm import tqdm
 
-    from cotjax import decode, pipeline, sharding, tokenize
+    from cotjax import decode, sharding
 
     step = _parse_step(step)
     if config is None:
@@ -900,23 +982,14 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
             raise ValueError("cotjax eval needs --out=DIR (or --workdir, to write under it)")
         out = str(pathlib.Path(workdir) / "eval" / f"step_{step if step is not None else 'latest'}")
 
-    mesh = sharding.make_mesh(config.mesh) if jax.device_count() > 1 else None
+    mesh = sharding.optional_mesh(config.mesh)
     net, model_cfg, tokenizer, source = _load_for_eval(config, workdir, step, mesh)
     recs, data_desc = load_eval_records(data, task, config)
     if ev["max_examples"] >= 0:
         recs = recs[:ev["max_examples"]]
-    exemplars = ()
-    if prompting == "few_shot_cot":
-        shots = config.copy_and_resolve_references()
-        with shots.unlocked():
-            shots.data.fewshot = int(ev["fewshot"])
-        exemplars = pipeline.fewshot_exemplars(shots)
-    prompts = [build_prompt(r, prompting, template, tokenizer, exemplars, ev["cot_cue"])
-               for r in recs]
-    ids = [prompt_ids(tokenizer, p, template) for p in prompts]
-    eos = tuple(dict.fromkeys([*model_cfg.eos_token_ids, *tokenize.eos_ids(tokenizer, template)]))
-    common = dict(max_new_tokens=int(ev["max_new_tokens"]), stop=tuple(ev["stop"]), eos_ids=eos,
-                  batch_size=int(ev["batch_size"]), mesh=mesh)
+    exemplars = eval_exemplars(config)
+    _, ids = eval_prompts(config, recs, tokenizer, exemplars)
+    common = decode_settings(config, model_cfg, tokenizer, mesh)
 
     def decode_all(prompt_ids_, desc, **kw):
         with tqdm(total=len(prompt_ids_), desc=desc, unit="seq", disable=not progress) as bar:
@@ -926,12 +999,7 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
             return outs, time.perf_counter() - t0
 
     greedy, seconds = decode_all(ids, "greedy")
-    rows = []
-    for rec, prompt, ids_, comp in zip(recs, prompts, ids, greedy, strict=True):
-        rows.append({"id": rec.id, "question": rec.question, "prompt_tokens": len(ids_),
-                     "generation": comp.text, "finish": comp.finish,
-                     "new_tokens": len(comp.tokens),
-                     **score_prediction(comp.text, rec.answer, task)})
+    rows = [answer_row(r, i, c, task) for r, i, c in zip(recs, ids, greedy, strict=True)]
     n_samples = int(ev["num_samples"])
     sample_seconds = 0.0
     if n_samples > 1:

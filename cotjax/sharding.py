@@ -65,6 +65,12 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
+def optional_mesh(mesh_cfg) -> Mesh | None:
+    """The config's mesh over all devices, or None on one device (where a mesh only adds
+    sharding annotations that change nothing)."""
+    return make_mesh(mesh_cfg) if jax.device_count() > 1 else None
+
+
 def _axis_size(mesh: Mesh, axes) -> int:
     if axes is None:
         return 1

@@ -96,3 +96,63 @@ def steps_html(text: str, report) -> str:
         out = out.replace(claim, f'<span style="background:{colour}" title="{html.escape(tip)}">'
                                  f"{claim}</span>", 1)
     return f'<div style="white-space:pre-wrap;font-family:monospace">{out}</div>'
+
+
+def table_html(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """Rows of dicts as an HTML table (values escaped; `columns` default: the first row's keys)."""
+    columns = list(columns or (rows[0].keys() if rows else ()))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns)
+                   + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def param_summary(table: Sequence[dict]) -> dict:
+    """Totals of a `param_table`: arrays, parameters, and parameters per dtype."""
+    by_dtype: dict[str, int] = {}
+    for r in table:
+        by_dtype[r["dtype"]] = by_dtype.get(r["dtype"], 0) + r["size"]
+    return {"arrays": len(table), "parameters": sum(r["size"] for r in table),
+            "by_dtype": by_dtype}
+
+
+# metrics.jsonl keys: train rows carry the names, validation rows the same names under "val/".
+LOSS_KEYS = ("loss", "chain_loss", "answer_loss", "val/loss", "val/chain_loss", "val/answer_loss")
+ACCURACY_KEYS = ("answer_acc", "val/answer_acc")
+
+
+def plot_training(rows: Iterable[dict]):
+    """Losses and answer-token accuracy, train and validation, side by side; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    rows = list(rows)
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4))
+    plot_curves(rows, LOSS_KEYS, loss_ax).set_title("loss per weighted token")
+    plot_curves(rows, ACCURACY_KEYS, acc_ax).set_title("answer-token accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def _answer_cell(row: dict) -> str:
+    from cotjax.evaluate import check_steps
+
+    verdict = "correct" if row["correct"] else "wrong"
+    colour = "#1a7f37" if row["correct"] else "#b42318"
+    head = (f'<div style="color:{colour}">answer {html.escape(str(row["extracted"]))}: {verdict}; '
+            f'steps valid {row["steps_valid"]}/{row["steps_total"]}; '
+            f'finish {html.escape(str(row.get("finish", "")))}</div>')
+    return head + steps_html(row["generation"], check_steps(row["generation"]))
+
+
+def compare_html(questions: Sequence[dict]) -> str:
+    """`evaluate.compare_answers` output as a table: the question and gold answer, then one
+    column per model with its generation, step checks highlighted and its verdict."""
+    labels = list(questions[0]["answers"]) if questions else []
+    head = "<th>question</th>" + "".join(f"<th>{html.escape(lb)}</th>" for lb in labels)
+    cell = '<td style="vertical-align:top;text-align:left">'
+    body = ""
+    for q in questions:
+        body += (f"<tr>{cell}{html.escape(q['question'])}<br><b>gold: "
+                 f"{html.escape(str(q['gold']))}</b></td>")
+        body += "".join(f"{cell}{_answer_cell(q['answers'][lb])}</td>" for lb in labels) + "</tr>"
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -1,7 +1,7 @@
 """Helpers for the training tests: a byte-level tokenizer and tiny random-model configs.
 
 Also a script: `python tests/_train_utils.py CONFIG_JSON WORKDIR` trains one run (used by the
-kill-and-resume and multi-process tests as a subprocess).
+kill-and-resume test as a subprocess; the multi-process test goes through the launcher instead).
 """
 
 from __future__ import annotations
@@ -67,6 +67,28 @@ def tiny_config(tokenizer_dir: str, **train):
     for k, v in train.items():
         setattr(c.train, k, v)
     return c
+
+
+CONFIG_FILE = '''"""A test's config, read from {json_name}, for `cotjax ... --config=THIS_FILE`."""
+import json
+import pathlib
+
+import ml_collections
+
+
+def get_config():
+    return ml_collections.ConfigDict(json.loads(pathlib.Path({json_path!r}).read_text()))
+'''
+
+
+def write_config_file(config, path: str | Path) -> Path:
+    """A Python config file (`get_config()`) that returns `config`, read from a JSON file beside
+    it, so the real CLI entry point (`cotjax train --config=PATH`) can run a test's config."""
+    path = Path(path)
+    json_path = path.with_suffix(".json")
+    json_path.write_text(config.to_json())
+    path.write_text(CONFIG_FILE.format(json_name=json_path.name, json_path=str(json_path)))
+    return path
 
 
 def main(argv):

@@ -2,6 +2,26 @@
 
 import os
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished training run of a tiny random llama on the synthetic task (seconds on CPU):
+    a dict with its `workdir`, its `config_file` (a `get_config()` file) and `config`."""
+    from _train_utils import tiny_config, write_byte_tokenizer, write_config_file
+    from cotjax import train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    config = tiny_config(write_byte_tokenizer(root / "bytes"), steps=6, eval_every=2,
+                         log_every=1)
+    config.mesh.fsdp = 2  # parameters sharded, so views of their shardings have something to show
+    config.eval.max_new_tokens = 24  # a random model never stops by itself: keep decoding short
+    config.eval.batch_size = 4
+    train.train(config, root / "run")
+    return {"workdir": root / "run", "config_file": write_config_file(config, root / "tiny.py"),
+            "config": config}

@@ -1,18 +1,20 @@
 """Two JAX processes on this machine (CPU, gloo collectives) train on one shared mesh, checkpoint,
-and resume from the checkpoint they wrote together."""
+and resume from the checkpoint they wrote together, started the way users start them: through
+`launch/local.sh --processes=2`, which runs `cotjax train --config=... --workdir=...` per process
+with the COTJAX_COORDINATOR / COTJAX_NUM_PROCESSES / COTJAX_PROCESS_ID variables."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from _train_utils import tiny_config, write_byte_tokenizer
+from _train_utils import tiny_config, write_byte_tokenizer, write_config_file
 
-SCRIPT = str(Path(__file__).with_name("_train_utils.py"))
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -21,36 +23,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_pair(config, workdir: Path) -> list[str]:
-    cfg_path = workdir.parent / "mp_config.json"
-    cfg_path.write_text(config.to_json())
-    port = _free_port()
-    procs = []
-    for i in range(2):
-        env = dict(os.environ,
-                   PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-                   XLA_FLAGS="--xla_force_host_platform_device_count=2",
-                   JAX_PLATFORMS="cpu",
-                   COTJAX_COORDINATOR=f"127.0.0.1:{port}",
-                   COTJAX_NUM_PROCESSES="2", COTJAX_PROCESS_ID=str(i))
-        procs.append(subprocess.Popen([sys.executable, SCRIPT, str(cfg_path), str(workdir)],
-                                      env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("multi-process training timed out")
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
-    return outs
+def _launch_pair(config_file: Path, workdir: Path, *overrides: str) -> str:
+    """Both processes' output (one stream, as the launcher leaves it); fails unless both exit 0
+    (the launcher waits for every process and exits with a failing one's status)."""
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # conftest's 8 devices would override --fake-devices=2
+    cmd = ["bash", "launch/local.sh", f"--config={config_file}", f"--workdir={workdir}",
+           "--processes=2", "--fake-devices=2", f"--port={_free_port()}", "--", *overrides]
+    # Its own session, so a hang can be killed with both processes the launcher started.
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out = proc.communicate(timeout=300)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("multi-process training timed out: " + proc.communicate()[0][-4000:])
+    assert proc.returncode == 0, out[-4000:]
+    return out
 
 
-def _result(out: str) -> dict:
-    return json.loads(out.split("RESULT ")[-1].splitlines()[0])
+def _results(out: str) -> list[dict]:
+    """The summary lines `cotjax train` prints (process 0 only) when a run ends."""
+    return [json.loads(line) for line in out.splitlines() if line.startswith('{"step"')]
+
+
+def _checkpoint_steps(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _iterator_states(workdir: Path, step: int) -> dict:
+    return json.loads((workdir / "checkpoints" / str(step) / "data" / "metadata").read_text())
 
 
 @pytest.mark.slow
@@ -60,18 +62,22 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
     config.mesh.data = 2
     config.mesh.fsdp = 2  # parameters sharded across the two processes' devices
     config.mesh.tensor = 1
+    config_file = write_config_file(config, tmp_path / "mp_config.py")
     workdir = tmp_path / "mp"
-    outs = _run_pair(config, workdir)
-    assert "2 process(es)" in outs[0]
-    results = [_result(o) for o in outs]
-    assert [r["step"] for r in results] == [4, 4]
-    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
-                  if p.name.isdigit()) == [2, 4]
-    data = json.loads((workdir / "checkpoints" / "4" / "data" / "metadata").read_text())
+
+    out = _launch_pair(config_file, workdir)
+    assert out.count("+ env COTJAX_COORDINATOR=") == 2  # the launcher started two processes
+    assert "2 process(es)" in out and "mesh data=2 x fsdp=2" in out
+    [result] = _results(out)
+    assert result["step"] == 4 and result["train/loss"] is not None
+    assert _checkpoint_steps(workdir) == [2, 4]
+    data = _iterator_states(workdir, 4)
     assert data["process_count"] == 2 and len(data["states"]) == 2  # both iterators saved
 
-    config.train.steps = 6
-    outs = _run_pair(config, workdir)
-    assert all("resuming from checkpoint step 4" in o for o in outs)
-    assert [_result(o)["step"] for o in outs] == [6, 6]
-    assert results[0]["loss"] is not None
+    # Resume with more steps, passing the override through the launcher as a user would.
+    out = _launch_pair(config_file, workdir, "--config.train.steps=6")
+    assert out.count("resuming from checkpoint step 4") == 2  # every process resumed
+    [result] = _results(out)
+    assert result["step"] == 6
+    assert 6 in _checkpoint_steps(workdir)
+    assert len(_iterator_states(workdir, 6)["states"]) == 2

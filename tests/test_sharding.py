@@ -25,6 +25,13 @@ def test_mesh_shape_fills_the_free_axis():
         sh.mesh_shape(_mesh_cfg(-1, -1, 1), 8)
 
 
+def test_optional_mesh_spans_every_device_or_is_none_on_one(monkeypatch):
+    mesh = sh.optional_mesh(_mesh_cfg(-1, 2, 1))
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}  # conftest's 8 CPU devices
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    assert sh.optional_mesh(_mesh_cfg(-1, 2, 1)) is None
+
+
 def test_rules_table_specs():
     mesh = sh.make_mesh(_mesh_cfg(2, 2, 2))
     assert sh.spec_for(("layers", "embed", "heads", "head_dim"), (2, 32, 4, 8), mesh) == \

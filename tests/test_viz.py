@@ -1,0 +1,74 @@
+"""What the notebooks show: tables, curves and side-by-side answers (cotjax.viz), and the answers
+themselves (evaluate.compare_answers), which must be what `cotjax eval` gives each model."""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display in tests
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cotjax import evaluate, sharding, viz  # noqa: E402
+from cotjax.checkpoint import read_run_config  # noqa: E402
+
+
+def test_table_html_escapes_values_in_column_order():
+    out = viz.table_html([{"b": "<x>", "a": 1}, {"a": 2}], ["a", "b"])
+    assert out.startswith("<table><thead><tr><th>a</th><th>b</th></tr>")
+    assert "<td>1</td><td>&lt;x&gt;</td>" in out
+    assert "<td>2</td><td></td>" in out  # a missing key is an empty cell
+    assert viz.table_html([]) == "<table><thead><tr></tr></thead><tbody></tbody></table>"
+
+
+def test_param_summary_totals_by_dtype():
+    table = [{"dtype": "float32", "size": 10}, {"dtype": "bfloat16", "size": 4},
+             {"dtype": "float32", "size": 6}]
+    assert viz.param_summary(table) == {"arrays": 3, "parameters": 20,
+                                        "by_dtype": {"float32": 16, "bfloat16": 4}}
+
+
+def test_plot_training_draws_the_keys_the_run_logged():
+    rows = [{"step": 1, "loss": 3.0, "chain_loss": 3.1, "answer_acc": 0.1},
+            {"step": 2, "loss": 2.0, "chain_loss": 2.2, "answer_loss": None, "answer_acc": 0.2},
+            {"step": 2, "val/loss": 2.5, "val/answer_acc": 0.15}]
+    fig = viz.plot_training(rows)
+    loss_ax, acc_ax = fig.axes
+    plt.close(fig)
+    assert [ln.get_label() for ln in loss_ax.get_lines()] == ["loss", "chain_loss", "val/loss"]
+    assert [ln.get_label() for ln in acc_ax.get_lines()] == ["answer_acc", "val/answer_acc"]
+    assert list(loss_ax.get_lines()[0].get_xdata()) == [1, 2]
+
+
+def _question(generation_by_label: dict, gold="12") -> dict:
+    answers = {label: {"generation": g, "finish": "eos",
+                       **evaluate.score_prediction(g, gold, "gsm8k")}
+               for label, g in generation_by_label.items()}
+    return {"id": "q", "question": "Is 3 < 4?", "gold": gold, "answers": answers}
+
+
+def test_compare_html_puts_models_side_by_side_with_checked_steps():
+    out = viz.compare_html([_question({"base": "2 + 2 = 5\nThe answer is 7",
+                                       "fine-tuned": "3 * 4 = 12\n#### 12"})])
+    assert "<th>question</th><th>base</th><th>fine-tuned</th>" in out
+    assert "Is 3 &lt; 4?" in out and "gold: 12" in out  # the question's text is escaped
+    base, tuned = out.split("</td>")[1:3]
+    assert "wrong; steps valid 0/1" in base and 'background:#f6c0c0' in base  # false claim: red
+    assert "correct; steps valid 1/1" in tuned and 'background:#c8f0c8' in tuned  # holds: green
+
+
+def test_compare_answers_are_what_cotjax_eval_gives_each_model(tiny_run, tmp_path):
+    workdir = tiny_run["workdir"]
+    config, _ = read_run_config(workdir)
+    config.eval.max_examples = 2
+    mesh = sharding.optional_mesh(config.mesh)  # as run_eval places and decodes
+    questions = evaluate.compare_answers(workdir, 2, mesh=mesh)
+    assert [list(q["answers"]) for q in questions] == [["base", "fine-tuned"]] * 2
+    for label, step in (("base", "base"), ("fine-tuned", None)):
+        out = tmp_path / label
+        evaluate.run_eval(config, str(workdir), step, out=str(out), progress=False)
+        rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        assert [json.loads(json.dumps(q["answers"][label])) for q in questions] == rows
+        assert [q["gold"] for q in questions] == [r["gold"] for r in rows]
+    # the fine-tuned checkpoint is not the model the run started from
+    assert any(q["answers"]["base"]["generation"] != q["answers"]["fine-tuned"]["generation"]
+               for q in questions)
