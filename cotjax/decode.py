@@ -177,7 +177,8 @@ def _prefill(graphdef, state, tokens_BP, lengths_B, keys_B, *, spec: _Spec) -> _
         widths[axis] = (0, spec.max_new_tokens)
         return _constrain(jnp.pad(a, widths), spec, batch_dim)
 
-    cache = KVCache(grow(cache.k_LBSKH, 2, 1), grow(cache.v_LBSKH, 2, 1),
+    cache = KVCache(tuple(grow(k, 2, 0) for k in cache.k_BKSH),
+                    tuple(grow(v, 2, 0) for v in cache.v_BKSH),
                     grow(cache.segment_ids_BS, 1, 0), grow(cache.positions_BS, 1, 0), cache.index)
     logits_BV = model.logits(x_BPD[:, -1:])[:, 0]  # only the last column predicts
     empty_B = lengths_B == 0  # batch padding rows
@@ -196,13 +197,14 @@ def _extend(graphdef, state, carry: _Carry, limit, stopped_B, *, spec: _Spec) ->
     carry = carry.replace(done_B=carry.done_B | stopped_B)
     B = carry.tok_B.shape[0]
     ones_B1 = jnp.ones((B, 1), jnp.int32)
+    layers = model.layer_list()  # sliced once, outside the loop
 
     def cond(c: _Carry):
         return (c.step < limit) & ~jnp.all(c.done_B)
 
     def body(c: _Carry) -> _Carry:
         feed_B1 = jnp.maximum(c.tok_B, 0)[:, None]
-        logits_B1V, cache = model(feed_B1, c.pos_B[:, None], ones_B1, c.cache)
+        logits_B1V, cache = model(feed_B1, c.pos_B[:, None], ones_B1, c.cache, layers)
         tok_B = sample_tokens(logits_B1V[:, 0], c.keys_B, c.step, spec.sampling)
         tok_B = jnp.where(c.done_B, -1, tok_B)
         out_BN = jax.lax.dynamic_update_slice(c.out_BN, tok_B[:, None], (0, c.step))

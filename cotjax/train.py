@@ -41,6 +41,7 @@ from absl import logging
 from flax import nnx
 
 from cotjax import checkpoint as ckpt_lib
+from cotjax import evaluate
 from cotjax import model as model_lib
 from cotjax import sharding as sharding_lib
 from cotjax.tokenize import KIND_ANSWER, KIND_CHAIN
@@ -826,18 +827,10 @@ def _log(interval: _Interval, writer: MetricWriter, bar, step: int, fpt: float, 
 
 
 def run_eval_hook(config, workdir: Path, step: int) -> None:
-    """`train.eval_at_end`: hand the trained checkpoint to the evaluator, if it offers run_eval."""
-    try:
-        from cotjax import evaluate
-    except ImportError:
-        logging.warning("train.eval_at_end: cotjax.evaluate is not importable; skipping")
-        return
-    fn = getattr(evaluate, "run_eval", None)
-    if fn is None:
-        print("train.eval_at_end: cotjax.evaluate.run_eval does not exist yet; skipping", flush=True)
-        return
-    summary = fn(config=config, workdir=str(workdir), step=step, out=str(workdir / "eval"))
-    if jax.process_index() == 0 and isinstance(summary, dict):
+    """`train.eval_at_end`: score the trained checkpoint with `cotjax eval` into workdir/eval."""
+    summary = evaluate.run_eval(config=config, workdir=str(workdir), step=step,
+                                out=str(workdir / "eval"))
+    if jax.process_index() == 0:
         print(json.dumps({"eval": summary}, default=str), flush=True)
 
 

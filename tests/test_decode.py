@@ -109,8 +109,8 @@ def test_data_parallel_over_eight_devices(tiny):
     keys = jax.random.split(jax.random.key(0), 8)
     carry = decode._prefill(graphdef, state, rows, jnp.full((8,), 16, jnp.int32), keys, spec=spec)
     assert carry.out_BN.sharding.spec[0] in ("data", ("data",))
-    assert {s.data.shape for s in carry.cache.k_LBSKH.addressable_shards} == {
-        (CFG.num_layers, 1, 16 + 8, CFG.num_kv_heads, CFG.head_dim)}
+    assert {s.data.shape for s in carry.cache.k_BKSH[0].addressable_shards} == {
+        (1, CFG.num_kv_heads, 16 + 8, CFG.head_dim)}
 
 
 def test_sampling_is_seeded_and_independent_of_batching(tiny):
