@@ -95,3 +95,91 @@ def write_jsonl(path: str | pathlib.Path, records: Iterable[CoTRecord]) -> None:
         for record in records:
             answer = f"{record.chain}\n#### {record.answer}"
             f.write(json.dumps({"question": record.question, "answer": answer}) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiment 1 (CoT vs answer-only on held-out, longer problems): data file and breakdown.
+
+
+def steps_in_question(question: str) -> int:
+    """Operations in a synthetic question: one sentence each between "Start with N." and
+    "What is the result?" (operands are integers, so every '.' ends a sentence)."""
+    if not question.startswith("Start with ") or not question.endswith("What is the result?"):
+        raise ValueError(f"not a synthetic question: {question[:80]!r}")
+    return question.count(".") - 1
+
+
+def accuracy_by_steps(rows: Iterable[dict]) -> dict[int, dict]:
+    """predictions.jsonl rows grouped by the number of operations in their question:
+    {steps: {n, correct, accuracy, steps_valid_share}}, in step order."""
+    groups: dict[int, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(steps_in_question(row["question"]), []).append(row)
+    out = {}
+    for steps in sorted(groups):
+        rs = groups[steps]
+        correct = sum(bool(r["correct"]) for r in rs)
+        claims = sum(r["steps_total"] for r in rs)
+        out[steps] = {"n": len(rs), "correct": correct, "accuracy": correct / len(rs),
+                      "steps_valid_share": (sum(r["steps_valid"] for r in rs) / claims
+                                            if claims else None)}
+    return out
+
+
+def read_predictions(path: str | pathlib.Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_by_steps(tables: dict[str, dict[int, dict]], path: str | pathlib.Path) -> None:
+    """Accuracy against number of operations, one line per run, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, table in tables.items():
+        steps = sorted(table)
+        ax.plot(steps, [table[s]["accuracy"] for s in steps], marker="o", label=label)
+    ax.set_xlabel("operations in the problem")
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m cotjax.synthetic write OUT N MIN_STEPS MAX_STEPS SEED
+    python -m cotjax.synthetic report OUT_PREFIX LABEL=PREDICTIONS.jsonl ...
+    (report: prints and writes OUT_PREFIX.json with accuracy by steps, and OUT_PREFIX.png)"""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["write"] and len(args) == 6:
+        out, n, lo, hi, seed = args[1], *map(int, args[2:])
+        write_jsonl(out, generate_records(n, lo, hi, seed))
+        print(f"wrote {n} problems with {lo}-{hi} operations to {out}")
+    elif args[:1] == ["report"] and len(args) >= 3:
+        prefix = pathlib.Path(args[1])
+        tables = {}
+        for spec in args[2:]:
+            label, _, path = spec.partition("=")
+            tables[label] = accuracy_by_steps(read_predictions(path))
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        prefix.with_suffix(".json").write_text(json.dumps(tables, indent=1) + "\n")
+        plot_by_steps(tables, prefix.with_suffix(".png"))
+        steps = sorted({s for t in tables.values() for s in t})
+        print("operations  " + "  ".join(f"{s:>5}" for s in steps))
+        for label, t in tables.items():
+            print(f"{label:<11} " + "  ".join(
+                f"{t[s]['accuracy']:5.2f}" if s in t else "    -" for s in steps))
+    else:
+        raise SystemExit(main.__doc__)
+
+
+if __name__ == "__main__":
+    main()

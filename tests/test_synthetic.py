@@ -87,3 +87,37 @@ def test_write_jsonl_is_gsm8k_format(tmp_path):
         scored = score_prediction(row["answer"], record.answer, "gsm8k")
         assert scored["correct"] and scored["all_steps_valid"]
         assert not scored["answer_differs_from_last_step"]
+
+
+@settings(deadline=None, max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_steps_read_back_from_the_question(seed):
+    for record in synthetic.generate_records(10, 1, 8, seed):
+        assert synthetic.steps_in_question(record.question) == synthetic.num_steps(record)
+
+
+def test_steps_in_question_rejects_other_text():
+    with pytest.raises(ValueError, match="not a synthetic question"):
+        synthetic.steps_in_question("Janet has 3 ducks. How many?")
+
+
+def test_accuracy_by_steps_and_report(tmp_path, capsys):
+    records = synthetic.generate_records(12, 1, 3, seed=5)
+    rows = []
+    for i, r in enumerate(records):  # every other row answered correctly
+        text = f"{r.chain}\nThe answer is {r.answer if i % 2 == 0 else 0}."
+        rows.append({"question": r.question, **score_prediction(text, r.answer, "gsm8k")})
+    table = synthetic.accuracy_by_steps(rows)
+    assert sum(t["n"] for t in table.values()) == 12
+    assert sum(t["correct"] for t in table.values()) == 6
+    for steps, t in table.items():
+        mine = [i for i, r in enumerate(records) if synthetic.num_steps(r) == steps]
+        assert t["correct"] == sum(i % 2 == 0 for i in mine)
+        assert t["steps_valid_share"] == 1.0  # the chains are the generator's own
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    synthetic.main(["report", str(tmp_path / "out" / "by_steps"), f"cot={preds}"])
+    saved = json.loads((tmp_path / "out" / "by_steps.json").read_text())
+    assert saved["cot"] == {str(k): v for k, v in table.items()}
+    assert (tmp_path / "out" / "by_steps.png").stat().st_size > 1000
+    assert capsys.readouterr().out.splitlines()[0].startswith("operations")
