@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from cotjax import checkpoint, train
+from cotjax import checkpoint, decode, train
 
 from _train_utils import tiny_config, write_byte_tokenizer
 
@@ -129,6 +129,12 @@ def test_best_checkpoint_kept_and_export(tok_dir, tmp_path):
     with torch.no_grad():
         theirs = hf(torch.tensor(ids)).logits.numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    # ... and the same greedy text (the exported generation config carries the EOS ids).
+    prompt = tokenizer("Start with 7. Add 5. What is the result?").input_ids
+    [mine] = decode.generate_text(model, tokenizer, [prompt], max_new_tokens=16)
+    with torch.no_grad():
+        g = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=16)
+    assert mine.text == tokenizer.decode(g[0, len(prompt):], skip_special_tokens=True)
 
 
 def test_manager_keeps_last_k_and_best_by_validation_loss(tmp_path):

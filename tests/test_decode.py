@@ -200,32 +200,63 @@ def test_rejects_empty_prompts(tiny):
 GSM8K = "data/gsm8k/train.jsonl"
 
 
-@pytest.mark.slow
-def test_greedy_matches_transformers_generate_on_smollm2():
-    """cotjax decodes 8 GSM8K prompts in batches of 4 (left padding, two length buckets);
-    transformers decodes each prompt alone (no padding) with generate(do_sample=False).
-    Both stop at the model's EOS ids; the new tokens must be identical."""
+SPEC = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """(cotjax model, config, tokenizer, transformers model) of the SmolLM2 preset."""
     import torch
     import transformers
 
     from cotjax import weights
 
-    spec = "smollm2-135m-instruct"
-    model, cfg = weights.load_model(spec)
-    tok = weights.load_tokenizer(spec)
+    model, cfg = weights.load_model(SPEC)
+    path = weights.preset_path(SPEC)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    return model, cfg, weights.load_tokenizer(SPEC), hf
+
+
+def _hf_greedy(hf, prompt_ids, n, eos):
+    import torch
+
+    with torch.no_grad():
+        g = hf.generate(torch.tensor([prompt_ids]),
+                        attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                        do_sample=False, max_new_tokens=n, eos_token_id=eos, pad_token_id=eos[0])
+    return g[0, len(prompt_ids):].tolist()
+
+
+@pytest.mark.slow
+def test_greedy_matches_transformers_generate_on_smollm2(smollm2):
+    """cotjax decodes 8 GSM8K prompts in batches of 4 (left padding, two length buckets);
+    transformers decodes each prompt alone (no padding) with generate(do_sample=False).
+    Both stop at the model's EOS ids; the new tokens must be identical."""
+    model, cfg, tok, hf = smollm2
     with open(GSM8K) as f:
         questions = [json.loads(next(f))["question"] for _ in range(8)]
     prompts = [tok(f"Question: {q}\nAnswer:").input_ids for q in questions]
     n = 48
     ours = decode.generate(model, prompts, max_new_tokens=n, batch_size=4)
-
-    path = weights.preset_path(spec)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
-    eos = list(cfg.eos_token_ids)
     for p, o in zip(prompts, ours):
-        with torch.no_grad():
-            g = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                            do_sample=False, max_new_tokens=n, eos_token_id=eos,
-                            pad_token_id=eos[0])
-        assert o == g[0, len(p):].tolist()
+        assert o == _hf_greedy(hf, p, n, list(cfg.eos_token_ids))
+
+
+@pytest.mark.slow
+def test_generate_cli_prints_the_transformers_continuation(smollm2):
+    """`cotjax generate` prints only the continuation of the raw prompt: transformers' greedy
+    tokens, decoded."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, cfg, tok, hf = smollm2
+    prompt = "Question: A farmer has 12 cows and buys 7 more. How many cows now?\nAnswer:"
+    cli = Path(sys.executable).with_name("cotjax")
+    out = subprocess.run([str(cli), "generate", f"--model={SPEC}", f"--prompt={prompt}",
+                          "--max_new_tokens=24"], capture_output=True, text=True, check=True)
+    new = _hf_greedy(hf, tok(prompt).input_ids, 24, list(cfg.eos_token_ids))
+    if new and new[-1] in cfg.eos_token_ids:
+        new = new[:-1]
+    assert out.stdout == tok.decode(new, skip_special_tokens=True) + "\n"
