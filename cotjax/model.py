@@ -314,7 +314,7 @@ class KVCache:
 
     One [B, K, S, H] buffer per layer (a tuple, not one stacked [L, ...] array): a decode step
     then reads each layer's keys in place and writes one slot, where slicing a layer out of a
-    stacked cache made XLA copy it at every token (measured 2.3x slower on CPU at B=64, S=384).
+    stacked cache made XLA copy it at every token (432 vs 224 ms per token on CPU, B=64, S=384).
     """
 
     k_BKSH: tuple[jax.Array, ...]
@@ -327,8 +327,11 @@ class KVCache:
     def empty(cls, cfg: ModelConfig, batch: int, slots: int, dtype=None) -> KVCache:
         dtype = jnp.dtype(dtype or cfg.compute_dtype)
         shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
-        return cls(zeros, tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+
+        def per_layer():
+            return tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+
+        return cls(per_layer(), per_layer(),
                    jnp.zeros((batch, slots), jnp.int32), jnp.zeros((batch, slots), jnp.int32),
                    jnp.zeros((), jnp.int32))
 

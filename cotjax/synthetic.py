@@ -13,7 +13,7 @@ import pathlib
 import random
 from collections.abc import Callable, Iterable
 
-from cotjax.records import CoTRecord
+from cotjax.records import CoTRecord, read_json_lines
 
 MAX_VALUE = 999
 _START_RANGE = (2, 20)
@@ -126,11 +126,6 @@ def accuracy_by_steps(rows: Iterable[dict]) -> dict[int, dict]:
     return out
 
 
-def read_predictions(path: str | pathlib.Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def plot_by_steps(tables: dict[str, dict[int, dict]], path: str | pathlib.Path) -> None:
     """Accuracy against number of operations, one line per run, saved as a PNG."""
     import matplotlib
@@ -168,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         tables = {}
         for spec in args[2:]:
             label, _, path = spec.partition("=")
-            tables[label] = accuracy_by_steps(read_predictions(path))
+            tables[label] = accuracy_by_steps(row for _, row in read_json_lines(path))
         prefix.parent.mkdir(parents=True, exist_ok=True)
         prefix.with_suffix(".json").write_text(json.dumps(tables, indent=1) + "\n")
         plot_by_steps(tables, prefix.with_suffix(".png"))
