@@ -780,6 +780,9 @@ def train(config, workdir: str | Path, *, mesh=None) -> RunResult:
                       "exiting", flush=True)
                 if manager.latest_step() != step:
                     do_save(step, force=True)
+            elif step == start and manager.latest_step() == step:
+                # Rerun of a finished run (e.g. a resumable experiment script): nothing to add.
+                print(f"already trained to step {step}; nothing to do", flush=True)
             else:
                 if interval.steps:
                     last_metrics = _log(interval, writer, bar, step, fpt, seq_len, B, peak) or last_metrics

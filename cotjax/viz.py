@@ -4,7 +4,6 @@ step-checked generations. Everything the notebooks show is computed here, so it 
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -65,13 +64,19 @@ def param_table(model) -> list[dict]:
 
 def read_metrics(workdir: str | Path) -> list[dict]:
     """The rows of a run's metrics.jsonl."""
-    path = Path(workdir) / "metrics.jsonl"
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_metrics_file(Path(workdir) / "metrics.jsonl")
 
 
-def plot_curves(rows: Iterable[dict], keys: Sequence[str], ax=None):
-    """Each key against `step` (rows lacking a key are skipped for it); returns the axes."""
+def read_metrics_file(path: str | Path) -> list[dict]:
+    """The rows of a metrics.jsonl file (a bad line is an error naming file:line)."""
+    from cotjax.records import read_json_lines
+
+    return [row for _, row in read_json_lines(path)]
+
+
+def plot_curves(rows: Iterable[dict], keys: Sequence[str], ax=None, prefix: str = ""):
+    """Each key against `step` (rows lacking a key are skipped for it), labelled prefix + key;
+    returns the axes."""
     import matplotlib.pyplot as plt
 
     rows = list(rows)
@@ -79,7 +84,7 @@ def plot_curves(rows: Iterable[dict], keys: Sequence[str], ax=None):
     for key in keys:
         pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
         if pts:
-            ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=key)
+            ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=prefix + key)
     ax.set_xlabel("step")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -133,6 +138,47 @@ def plot_training(rows: Iterable[dict]):
     return fig
 
 
+# Comparable across training modes: an answer-only run has no chain loss.
+RUN_PANELS = {"loss per weighted token": ("loss", "val/loss"),
+              "answer-token loss": ("answer_loss", "val/answer_loss"),
+              "answer-token accuracy": ("answer_acc", "val/answer_acc")}
+
+
+def plot_runs(runs: dict[str, Sequence[dict]]):
+    """Several runs' metrics rows on shared panels (RUN_PANELS), lines labelled 'run: key';
+    returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(RUN_PANELS), figsize=(5 * len(RUN_PANELS), 4))
+    for ax, (title, keys) in zip(axes, RUN_PANELS.items()):
+        for name, rows in runs.items():
+            plot_curves(rows, keys, ax, prefix=f"{name}: ")
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """python -m cotjax.viz compare OUT.png NAME=METRICS.jsonl ...: training curves of several
+    runs (a metrics.jsonl, or the workdir holding one) side by side, saved as a PNG."""
+    import sys
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] != ["compare"] or len(args) < 3 or any("=" not in a for a in args[2:]):
+        raise SystemExit(main.__doc__)
+    runs = {}
+    for spec in args[2:]:
+        name, _, path = spec.partition("=")
+        path = Path(path)
+        runs[name] = read_metrics(path) if path.is_dir() else read_metrics_file(path)
+    fig = plot_runs(runs)
+    fig.savefig(args[1], dpi=110)
+    print(f"wrote {args[1]}")
+
+
 def _answer_cell(row: dict) -> str:
     from cotjax.evaluate import check_steps
 
@@ -156,3 +202,7 @@ def compare_html(questions: Sequence[dict]) -> str:
                  f"{html.escape(str(q['gold']))}</b></td>")
         body += "".join(f"{cell}{_answer_cell(q['answers'][lb])}</td>" for lb in labels) + "</tr>"
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+if __name__ == "__main__":
+    main()

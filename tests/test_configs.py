@@ -16,8 +16,9 @@ def test_config_loads_and_its_train_section_is_valid(path):
     train.TrainSpec.from_config(config)  # rejects unknown or inconsistent train keys
 
 
-def test_experiment_1_differs_only_in_mode():
-    cot = cli.load_config("configs/experiments/synthetic_cot.py").to_dict()
-    answer_only = cli.load_config("configs/experiments/synthetic_answer_only.py").to_dict()
+@pytest.mark.parametrize("experiment", ["synthetic", "gsm8k"])
+def test_experiment_pairs_differ_only_in_mode(experiment):
+    cot = cli.load_config(f"configs/experiments/{experiment}_cot.py").to_dict()
+    answer_only = cli.load_config(f"configs/experiments/{experiment}_answer_only.py").to_dict()
     assert (cot["data"].pop("mode"), answer_only["data"].pop("mode")) == ("cot", "answer_only")
-    assert cot == answer_only  # same model, data, steps and rows: the same tokens seen
+    assert cot == answer_only  # same model, problems, optimiser and row shape

@@ -4,6 +4,7 @@ themselves (evaluate.compare_answers), which must be what `cotjax eval` gives ea
 import json
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")  # no display in tests
 import matplotlib.pyplot as plt  # noqa: E402
@@ -37,6 +38,29 @@ def test_plot_training_draws_the_keys_the_run_logged():
     assert [ln.get_label() for ln in loss_ax.get_lines()] == ["loss", "chain_loss", "val/loss"]
     assert [ln.get_label() for ln in acc_ax.get_lines()] == ["answer_acc", "val/answer_acc"]
     assert list(loss_ax.get_lines()[0].get_xdata()) == [1, 2]
+
+
+def test_compare_cli_draws_every_run_on_shared_panels(tmp_path):
+    rows = {"cot": [{"step": 5, "loss": 1.2, "answer_loss": 0.9, "answer_acc": 0.7},
+                    {"step": 10, "val/loss": 1.1, "val/answer_loss": 0.8, "val/answer_acc": 0.72}],
+            "answer_only": [{"step": 5, "loss": 2.0, "answer_loss": 2.0, "answer_acc": 0.3}]}
+    for name, run in rows.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run))
+    fig = viz.plot_runs({name: viz.read_metrics_file(tmp_path / f"{name}.jsonl") for name in rows})
+    labels = [[ln.get_label() for ln in ax.get_lines()] for ax in fig.axes]
+    plt.close(fig)
+    assert labels == [["cot: loss", "cot: val/loss", "answer_only: loss"],
+                      ["cot: answer_loss", "cot: val/answer_loss", "answer_only: answer_loss"],
+                      ["cot: answer_acc", "cot: val/answer_acc", "answer_only: answer_acc"]]
+    out = tmp_path / "curves.png"
+    viz.main(["compare", str(out), f"cot={tmp_path / 'cot.jsonl'}",
+              f"answer_only={tmp_path / 'answer_only.jsonl'}"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "bad.jsonl").write_text('{"step": 1}\nnot json\n')
+    with pytest.raises(Exception, match="bad.jsonl:2"):
+        viz.main(["compare", str(out), f"bad={tmp_path / 'bad.jsonl'}"])
+    with pytest.raises(SystemExit):
+        viz.main(["compare", str(out), "no-equals-sign"])
 
 
 def _question(generation_by_label: dict, gold="12") -> dict:

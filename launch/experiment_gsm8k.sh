@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Experiment 2 (issue 8): GSM8K with SmolLM2-135M-Instruct: CoT fine-tuning against answer-only
+# fine-tuning and against prompting the base model (zero-shot CoT and 8-shot CoT).
+#
+#   launch/experiment_gsm8k.sh [RUNS_DIR] [STAGE ...]
+#
+# Stages, in order (default: all): cot answer_only base_zero_shot base_few_shot cot_maj8 curves.
+# Every stage can be stopped and rerun: trainings resume from their last checkpoint (exactly),
+# and an evaluation whose summary is already in results/gsm8k/ is skipped. Each evaluation runs on
+# the 500-problem validation slice held out of data/gsm8k/train.jsonl and writes
+# results/gsm8k/NAME_summary.json; its wall time goes to results/gsm8k/wall_times.tsv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-runs/gsm8k}
+[ $# -gt 0 ] && shift
+stages=${*:-cot answer_only base_zero_shot base_few_shot cot_maj8 curves}
+cotjax=.venv/bin/cotjax
+out=results/gsm8k
+mkdir -p "$runs" "$out"
+timed() {  # NAME COMMAND...: runs it and records its wall time
+  local name=$1 start=$SECONDS; shift
+  "$@"
+  printf '%s\t%d\n' "$name" $((SECONDS - start)) >>"$out/wall_times.tsv"
+}
+evaluate() {  # NAME CONFIG [cotjax eval options]
+  local name=$1 config=$2; shift 2
+  if [ -f "$out/${name}_summary.json" ]; then echo "$name: already evaluated"; return; fi
+  timed "eval_$name" $cotjax eval --config="$config" --task=gsm8k --data=validation \
+    --out="$runs/eval_$name" "$@"
+  cp "$runs/eval_$name/summary.json" "$out/${name}_summary.json"
+}
+train() {  # MODE: trains configs/experiments/gsm8k_MODE.py and keeps its metrics
+  timed "train_$1" $cotjax train --config="configs/experiments/gsm8k_$1.py" --workdir="$runs/$1"
+  cp "$runs/$1/metrics.jsonl" "$out/$1_metrics.jsonl"
+}
+for stage in $stages; do
+  case $stage in
+    cot | answer_only)
+      train "$stage"
+      evaluate "$stage" "configs/experiments/gsm8k_$stage.py" --workdir="$runs/$stage" ;;
+    base_zero_shot)
+      evaluate base_zero_shot configs/experiments/gsm8k_cot.py \
+        --config.eval.prompting=zero_shot_cot ;;
+    base_few_shot)
+      evaluate base_8shot configs/experiments/gsm8k_cot.py \
+        --config.eval.prompting=few_shot_cot --config.eval.fewshot=8 ;;
+    cot_maj8)
+      evaluate cot_maj8 configs/experiments/gsm8k_cot.py --workdir="$runs/cot" \
+        --config.eval.num_samples=8 ;;
+    curves)
+      .venv/bin/python -m cotjax.viz compare "$out/training_curves.png" \
+        "cot=$out/cot_metrics.jsonl" "answer_only=$out/answer_only_metrics.jsonl" ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
