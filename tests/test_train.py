@@ -173,6 +173,10 @@ def test_train_writes_metrics_and_resumes(tok_dir, tmp_path):
              (json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines())
              if "loss" in r]
     assert 5 in steps and 1 not in steps[steps.index(4) + 1:]  # continued from 4, not restarted
+    # A rerun of the finished run (resumable experiment scripts do this) adds nothing.
+    before = (workdir / "metrics.jsonl").read_text()
+    assert train.train(config, workdir).step == 6
+    assert (workdir / "metrics.jsonl").read_text() == before
 
 
 @pytest.mark.slow
