@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Experiment 2 (issue 8): GSM8K with SmolLM2-135M-Instruct: CoT fine-tuning against answer-only
-# fine-tuning and against prompting the base model (zero-shot CoT and 8-shot CoT).
+# Experiments 2 and 3 (issue 8): GSM8K with SmolLM2-135M-Instruct: CoT fine-tuning against
+# answer-only fine-tuning and against prompting the base model (zero-shot CoT and 8-shot CoT);
+# then CoT fine-tuning of Gemma 3 270M against its base model prompted zero-shot.
 #
 #   launch/experiment_gsm8k.sh [RUNS_DIR] [STAGE ...]
 #
-# Stages, in order (default: all): cot answer_only base_zero_shot base_few_shot cot_maj8 curves.
+# Stages, in order (default: all): cot answer_only base_zero_shot base_few_shot cot_maj8 curves
+# gemma3_cot gemma3_base_zero_shot.
 # Every stage can be stopped and rerun: trainings resume from their last checkpoint (exactly),
 # and an evaluation whose summary is already in results/gsm8k/ is skipped. Each evaluation runs on
 # the 500-problem validation slice held out of data/gsm8k/train.jsonl and writes
@@ -13,7 +15,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-runs/gsm8k}
 [ $# -gt 0 ] && shift
-stages=${*:-cot answer_only base_zero_shot base_few_shot cot_maj8 curves}
+stages=${*:-cot answer_only base_zero_shot base_few_shot cot_maj8 curves gemma3_cot gemma3_base_zero_shot}
+known=" cot answer_only base_zero_shot base_few_shot cot_maj8 curves gemma3_cot gemma3_base_zero_shot "
+for stage in $stages; do  # reject a typo before hours of training, not after
+  [[ $known == *" $stage "* ]] || { echo "unknown stage '$stage'; stages:$known" >&2; exit 2; }
+done
 cotjax=.venv/bin/cotjax
 out=results/gsm8k
 mkdir -p "$runs" "$out"
@@ -35,7 +41,7 @@ train() {  # MODE: trains configs/experiments/gsm8k_MODE.py and keeps its metric
 }
 for stage in $stages; do
   case $stage in
-    cot | answer_only)
+    cot | answer_only | gemma3_cot)
       train "$stage"
       evaluate "$stage" "configs/experiments/gsm8k_$stage.py" --workdir="$runs/$stage" ;;
     base_zero_shot)
@@ -50,6 +56,8 @@ for stage in $stages; do
     curves)
       .venv/bin/python -m cotjax.viz compare "$out/training_curves.png" \
         "cot=$out/cot_metrics.jsonl" "answer_only=$out/answer_only_metrics.jsonl" ;;
-    *) echo "unknown stage $stage" >&2; exit 2 ;;
+    gemma3_base_zero_shot)
+      evaluate gemma3_base_zero_shot configs/experiments/gsm8k_gemma3_cot.py \
+        --config.eval.prompting=zero_shot_cot ;;
   esac
 done

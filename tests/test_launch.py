@@ -66,3 +66,11 @@ def test_slurm_uses_srun_one_task_per_node():
 def test_unknown_option_is_rejected(script):
     out = subprocess.run(["bash", f"launch/{script}", "--bogus"], capture_output=True, text=True)
     assert out.returncode == 2 and "unknown option --bogus" in out.stderr
+
+
+def test_experiment_script_rejects_an_unknown_stage_before_running_anything(tmp_path):
+    out = subprocess.run(["bash", "launch/experiment_gsm8k.sh", str(tmp_path / "runs"), "cot",
+                          "answer-only"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "unknown stage 'answer-only'" in out.stderr and "answer_only" in out.stderr
+    assert not (tmp_path / "runs").exists()  # the valid first stage did not start either
