@@ -15,10 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-runs/gsm8k}
 [ $# -gt 0 ] && shift
-stages=${*:-cot answer_only base_zero_shot base_few_shot cot_maj8 curves gemma3_cot gemma3_base_zero_shot}
-known=" cot answer_only base_zero_shot base_few_shot cot_maj8 curves gemma3_cot gemma3_base_zero_shot "
+all="cot answer_only base_zero_shot base_few_shot cot_maj8 curves gemma3_cot gemma3_base_zero_shot"
+stages=${*:-$all}
 for stage in $stages; do  # reject a typo before hours of training, not after
-  [[ $known == *" $stage "* ]] || { echo "unknown stage '$stage'; stages:$known" >&2; exit 2; }
+  [[ " $all " == *" $stage "* ]] || { echo "unknown stage '$stage'; stages: $all" >&2; exit 2; }
 done
 cotjax=.venv/bin/cotjax
 out=results/gsm8k
