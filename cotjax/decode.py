@@ -45,6 +45,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cotjax.model import KVCache
 
+# Prompt columns per prefill pass (bucket_length makes every longer bucket a multiple of it).
+PREFILL_CHUNK = 256
+
 # Times each jitted function was traced, keyed by name (compilation-count tests read it).
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
@@ -106,10 +109,18 @@ def filter_logits(logits_BV: jax.Array, sampling: SamplingConfig) -> jax.Array:
     return jnp.where(logits_BV < threshold_B1, neg_inf, logits_BV)
 
 
+def argmax(x: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, -1)` (first index of the maximum) as two plain reductions: XLA CPU runs
+    them vectorised, the variadic reduce of argmax not (64 x 49152 logits: 2.7 vs 8.0 ms)."""
+    V = x.shape[-1]
+    first = jnp.min(jnp.where(x == jnp.max(x, axis=-1, keepdims=True), jnp.arange(V), V), axis=-1)
+    return jnp.minimum(first, V - 1).astype(jnp.int32)  # V - 1, not V, for an all-NaN row
+
+
 def sample_tokens(logits_BV: jax.Array, keys_B: jax.Array, step, sampling: SamplingConfig) -> jax.Array:
     """One token per row: argmax when greedy, else a draw with `fold_in(row key, step)`."""
     if sampling.greedy:
-        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+        return argmax(logits_BV)
     logits_BV = filter_logits(logits_BV, sampling)
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys_B)
     return jax.vmap(jax.random.categorical)(step_keys, logits_BV).astype(jnp.int32)
@@ -159,8 +170,9 @@ def _is_eos(tok_B, eos_ids):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
-def _prefill(graphdef, state, tokens_BP, lengths_B, keys_B, *, spec: _Spec) -> _Carry:
+def _prefill(graphdef, weights, tokens_BP, lengths_B, keys_B, *, spec: _Spec) -> _Carry:
     TRACE_COUNTS["prefill"] += 1
+    state, layers = weights
     model = nnx.merge(graphdef, state)
     B, Pn = tokens_BP.shape
     start_B1 = (Pn - lengths_B)[:, None]
@@ -168,19 +180,32 @@ def _prefill(graphdef, state, tokens_BP, lengths_B, keys_B, *, spec: _Spec) -> _
     segment_ids_BP = (col_P >= start_B1).astype(jnp.int32)
     positions_BP = jnp.maximum(col_P - start_B1, 0).astype(jnp.int32)
     # Prefill into a cache of exactly P slots (no attention over the empty generation slots),
-    # then append max_new_tokens empty slots (segment id 0) for the loop.
-    x_BPD, cache = model.hidden(tokens_BP, positions_BP, segment_ids_BP,
-                                KVCache.empty(model.cfg, B, Pn))
+    # then append max_new_tokens empty slots (segment id 0) for the loop. The prompt goes in
+    # PREFILL_CHUNK columns at a time: the attention scores of one pass are [B, heads, chunk, P]
+    # rather than [B, heads, P, P] (64 8-shot prompts of 1280 tokens needed 20 GB in one pass).
+    chunk = min(Pn, PREFILL_CHUNK)
+    assert Pn % chunk == 0, f"prompt length {Pn} is not a bucket (bucket_length)"
+
+    def prefill_chunk(cache, cols):
+        x_BCD, cache = model.hidden(*cols, cache, layers)
+        return cache, x_BCD[:, -1]
+
+    def chunks(a_BP):
+        return a_BP.reshape(B, Pn // chunk, chunk).swapaxes(0, 1)
+
+    cache, last_NBD = jax.lax.scan(
+        prefill_chunk, KVCache.empty(model.cfg, B, Pn),
+        (chunks(tokens_BP), chunks(positions_BP), chunks(segment_ids_BP)))
 
     def grow(a, axis, batch_dim):
         widths = [(0, 0)] * a.ndim
         widths[axis] = (0, spec.max_new_tokens)
         return _constrain(jnp.pad(a, widths), spec, batch_dim)
 
-    cache = KVCache(tuple(grow(k, 2, 0) for k in cache.k_BKSH),
+    cache = KVCache(tuple(grow(k, 3, 0) for k in cache.k_BKHS),
                     tuple(grow(v, 2, 0) for v in cache.v_BKSH),
                     grow(cache.segment_ids_BS, 1, 0), grow(cache.positions_BS, 1, 0), cache.index)
-    logits_BV = model.logits(x_BPD[:, -1:])[:, 0]  # only the last column predicts
+    logits_BV = model.logits(last_NBD[-1][:, None])[:, 0]  # only the last column predicts
     empty_B = lengths_B == 0  # batch padding rows
     tok_B = jnp.where(empty_B, -1, sample_tokens(logits_BV, keys_B, 0, spec.sampling))
     out_BN = jnp.full((B, spec.max_new_tokens), -1, jnp.int32).at[:, 0].set(tok_B)
@@ -190,14 +215,14 @@ def _prefill(graphdef, state, tokens_BP, lengths_B, keys_B, *, spec: _Spec) -> _
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"), donate_argnames=("carry",))
-def _extend(graphdef, state, carry: _Carry, limit, stopped_B, *, spec: _Spec) -> _Carry:
+def _extend(graphdef, weights, carry: _Carry, limit, stopped_B, *, spec: _Spec) -> _Carry:
     """Generate until `limit` tokens, or until every row is done (EOS, or `stopped_B` on host)."""
     TRACE_COUNTS["extend"] += 1
+    state, layers = weights
     model = nnx.merge(graphdef, state)
     carry = carry.replace(done_B=carry.done_B | stopped_B)
     B = carry.tok_B.shape[0]
     ones_B1 = jnp.ones((B, 1), jnp.int32)
-    layers = model.layer_list()  # sliced once, outside the loop
 
     def cond(c: _Carry):
         return (c.step < limit) & ~jnp.all(c.done_B)
@@ -248,7 +273,16 @@ def _setup(model, eos_ids, batch_size, mesh, sampling, max_new_tokens):
         shards = math.prod(mesh.shape[a] for a in batch_axes)
         batch_size = -(-batch_size // shards) * shards  # round up to a multiple of the shards
         state = _place_state(state, mesh)
-    return graphdef, state, _Spec(max_new_tokens, sampling, eos, mesh, batch_axes), batch_size
+    # The jitted functions get (state, per-layer weights): the unrolled cached layers need each
+    # layer's weights apart, and slicing them inside `_extend` copied all of them at every call
+    # (~190 ms for SmolLM2, every `check_every` tokens).
+    weights = (state, _layer_list(graphdef, state))
+    return graphdef, weights, _Spec(max_new_tokens, sampling, eos, mesh, batch_axes), batch_size
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _layer_list(graphdef, state):
+    return nnx.merge(graphdef, state).layer_list()
 
 
 def _plan(prompts: Sequence[Sequence[int]], batch_size: int) -> list[tuple[list[int], int]]:
@@ -261,7 +295,7 @@ def _plan(prompts: Sequence[Sequence[int]], batch_size: int) -> list[tuple[list[
     return batches
 
 
-def _run_batch(graphdef, state, spec: _Spec, prompts, idx, plen, batch_size, base_key,
+def _run_batch(graphdef, weights, spec: _Spec, prompts, idx, plen, batch_size, base_key,
                stop_fn, check_every, max_steps) -> np.ndarray:
     tokens = np.zeros((batch_size, plen), np.int32)
     lengths = np.zeros((batch_size,), np.int32)
@@ -275,7 +309,7 @@ def _run_batch(graphdef, state, spec: _Spec, prompts, idx, plen, batch_size, bas
     if spec.mesh is not None:
         row_sharding = NamedSharding(spec.mesh, P(spec.batch_axes))
         args = [jax.device_put(a, row_sharding) for a in args]
-    carry = _prefill(graphdef, state, *args, spec=spec)
+    carry = _prefill(graphdef, weights, *args, spec=spec)
     chunk = check_every if stop_fn is not None else max_steps
     stopped = np.zeros((batch_size,), bool)
     while True:
@@ -285,7 +319,7 @@ def _run_batch(graphdef, state, spec: _Spec, prompts, idx, plen, batch_size, bas
         stopped_arr = jnp.asarray(stopped)
         if row_sharding is not None:
             stopped_arr = jax.device_put(stopped_arr, row_sharding)
-        carry = _extend(graphdef, state, carry, jnp.int32(min(max_steps, (step // chunk + 1) * chunk)),
+        carry = _extend(graphdef, weights, carry, jnp.int32(min(max_steps, (step // chunk + 1) * chunk)),
                         stopped_arr, spec=spec)
         if stop_fn is not None:
             out, done = np.asarray(carry.out_BN), np.asarray(carry.done_B)
@@ -320,12 +354,12 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     `progress(n)` is called with the number of prompts finished after each batch.
     """
     prompts = _check_prompts(prompts, max_new_tokens)
-    graphdef, state, spec, batch_size = _setup(model, eos_ids, batch_size, mesh, sampling,
+    graphdef, weights, spec, batch_size = _setup(model, eos_ids, batch_size, mesh, sampling,
                                                max_new_tokens)
     base_key = jax.random.key(seed)
     results: list[list[int]] = [[] for _ in prompts]
     for idx, plen in _plan(prompts, batch_size):
-        out = _run_batch(graphdef, state, spec, prompts, idx, plen, batch_size, base_key,
+        out = _run_batch(graphdef, weights, spec, prompts, idx, plen, batch_size, base_key,
                          stop_fn, check_every, max_new_tokens)
         for r, i in enumerate(idx):
             results[i] = _cut(out[r])
@@ -339,13 +373,13 @@ def warmup(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
            batch_size: int = 8, mesh: jax.sharding.Mesh | None = None, **_) -> None:
     """Compile what `generate` with these arguments will run (one batch per bucket, 2 steps)."""
     prompts = _check_prompts(prompts, max_new_tokens)
-    graphdef, state, spec, batch_size = _setup(model, eos_ids, batch_size, mesh, sampling,
+    graphdef, weights, spec, batch_size = _setup(model, eos_ids, batch_size, mesh, sampling,
                                                max_new_tokens)
     seen = set()
     for idx, plen in _plan(prompts, batch_size):
         if plen not in seen:
             seen.add(plen)
-            _run_batch(graphdef, state, spec, prompts, idx, plen, batch_size, jax.random.key(0),
+            _run_batch(graphdef, weights, spec, prompts, idx, plen, batch_size, jax.random.key(0),
                        None, 1, min(2, max_new_tokens))
 
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+Q_BLOCK = 128  # queries per block of causal attention without a cache (see _attention)
 _HF_MODEL_TYPES = {
     "llama": "llama",
     "mistral": "mistral",
@@ -312,12 +313,14 @@ class Layers(nnx.Module):
 class KVCache:
     """Keys/values of every layer for S slots, with the segment id and position of each slot.
 
-    One [B, K, S, H] buffer per layer (a tuple, not one stacked [L, ...] array): a decode step
-    then reads each layer's keys in place and writes one slot, where slicing a layer out of a
-    stacked cache made XLA copy it at every token (432 vs 224 ms per token on CPU, B=64, S=384).
+    One buffer per layer (a tuple, not one stacked [L, ...] array): a decode step then reads each
+    layer's keys in place and writes one slot, where slicing a layer out of a stacked cache made
+    XLA copy it at every token (432 vs 224 ms per token on CPU, B=64, S=384). Keys are stored
+    transposed, [B, K, H, S], so that the scores q @ k are a plain (not transposed) batched matmul:
+    on the CPU that product took 1.7 ms per layer as `bkgth,bksh` and 0.47 ms as `bkgth,bkhs`.
     """
 
-    k_BKSH: tuple[jax.Array, ...]
+    k_BKHS: tuple[jax.Array, ...]
     v_BKSH: tuple[jax.Array, ...]
     segment_ids_BS: jax.Array  # 0 = empty slot
     positions_BS: jax.Array
@@ -328,10 +331,10 @@ class KVCache:
         dtype = jnp.dtype(dtype or cfg.compute_dtype)
         shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
 
-        def per_layer():
+        def per_layer(shape):
             return tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
 
-        return cls(per_layer(), per_layer(),
+        return cls(per_layer((*shape[:2], shape[3], shape[2])), per_layer(shape),
                    jnp.zeros((batch, slots), jnp.int32), jnp.zeros((batch, slots), jnp.int32),
                    jnp.zeros((), jnp.int32))
 
@@ -498,23 +501,41 @@ def _attention(cfg: ModelConfig, p, x_BTD, mask_BTS, cos, sin, kv_cache, cache_i
     q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
     k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
     if kv_cache is None:
-        keys, values, new_kv = k_BKTH, v_BKTH, None
-    else:  # every slot of the cache, with this step's keys written in place
-        new_kv = tuple(jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype),
-                                                    (0, 0, cache_index, 0))
-                       for buf, new in zip(kv_cache, (k_BKTH, v_BKTH)))
-        keys, values = new_kv[0].astype(cdt), new_kv[1].astype(cdt)
-    s_BKGTS = jnp.einsum("bkgth,bksh->bkgts", q_BKGTH, keys,
-                         preferred_element_type=jnp.float32) * cfg.scale
-    if cfg.attn_softcap:
-        s_BKGTS = jnp.tanh(s_BKGTS / cfg.attn_softcap) * cfg.attn_softcap
-    s_BKGTS = jnp.where(mask_BTS[:, None, None], s_BKGTS, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(s_BKGTS, axis=-1).astype(cdt)
-    o_BTKGH = jnp.einsum("bkgts,bksh->bkgth", probs, values).transpose(0, 3, 1, 2, 4)
+        new_kv = None
+        # Causal attention by blocks of queries: block i sees only the keys up to its own end,
+        # so the all-masked blocks above the diagonal are never computed (forward + backward of
+        # one layer's attention, 4 x 512 tokens on the CPU: ~150 -> ~85 ms with blocks of 128).
+        n = T // Q_BLOCK if T % Q_BLOCK == 0 else 1
+        C = T // n
+        o_BKGTH = jnp.concatenate([
+            _attend(cfg, q_BKGTH[:, :, :, i * C:(i + 1) * C], k_BKTH[:, :, :(i + 1) * C],
+                    v_BKTH[:, :, :(i + 1) * C], mask_BTS[:, i * C:(i + 1) * C, :(i + 1) * C])
+            for i in range(n)], axis=3)
+    else:  # every slot of the cache, with this step's keys written in place (KVCache layout)
+        k_buf, v_buf = kv_cache
+        k_BKHT = k_BKTH.transpose(0, 1, 3, 2).astype(k_buf.dtype)
+        new_kv = (jax.lax.dynamic_update_slice(k_buf, k_BKHT, (0, 0, 0, cache_index)),
+                  jax.lax.dynamic_update_slice(v_buf, v_BKTH.astype(v_buf.dtype),
+                                               (0, 0, cache_index, 0)))
+        o_BKGTH = _attend(cfg, q_BKGTH, new_kv[0].astype(cdt), new_kv[1].astype(cdt), mask_BTS,
+                          keys_transposed=True)
+    o_BTKGH = o_BKGTH.transpose(0, 3, 1, 2, 4)
     out_BTD = _dense(o_BTKGH.reshape(B, T, K * G, H), p["wo"].astype(cdt), n_in=2)
     if cfg.o_bias:
         out_BTD += p["bo"].astype(cdt)
     return out_BTD, new_kv
+
+
+def _attend(cfg: ModelConfig, q_BKGTH, keys, values_BKSH, mask_BTS, keys_transposed=False):
+    """softmax(q k / sqrt(H)) v over the unmasked slots; keys [B, K, S, H] or, transposed,
+    [B, K, H, S] (the KVCache layout)."""
+    s_BKGTS = jnp.einsum("bkgth,bkhs->bkgts" if keys_transposed else "bkgth,bksh->bkgts",
+                         q_BKGTH, keys, preferred_element_type=jnp.float32) * cfg.scale
+    if cfg.attn_softcap:
+        s_BKGTS = jnp.tanh(s_BKGTS / cfg.attn_softcap) * cfg.attn_softcap
+    s_BKGTS = jnp.where(mask_BTS[:, None, None], s_BKGTS, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(s_BKGTS, axis=-1).astype(q_BKGTH.dtype)
+    return jnp.einsum("bkgts,bksh->bkgth", probs, values_BKSH)
 
 
 def _mlp(cfg: ModelConfig, p, x_BTD):
@@ -567,7 +588,7 @@ def _run_cached_layers(cfg: ModelConfig, layers, x_BTD, masks, ropes, cache: KVC
     new_k, new_v = [], []
     for i, p in enumerate(layers):
         x_BTD, (k, v) = _block(cfg, p, x_BTD, cfg.is_sliding[i], masks, ropes,
-                               (cache.k_BKSH[i], cache.v_BKSH[i]), cache.index)
+                               (cache.k_BKHS[i], cache.v_BKSH[i]), cache.index)
         new_k.append(k)
         new_v.append(v)
     return x_BTD, (tuple(new_k), tuple(new_v))

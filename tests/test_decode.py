@@ -71,6 +71,15 @@ def test_batched_greedy_equals_unbatched_reference(tiny):
     assert all(len(o) <= 12 for o in outs)
 
 
+def test_chunked_prefill_equals_the_reference(tiny, monkeypatch):
+    # Long prompts go through the cache PREFILL_CHUNK columns at a time: with chunks of 8, a
+    # 32-column bucket is 4 passes. A max_new_tokens no other test uses, so the program is new.
+    monkeypatch.setattr(decode, "PREFILL_CHUNK", 8)
+    prompts = _prompts([30, 5, 17, 9], seed=3)
+    outs = decode.generate(tiny, prompts, max_new_tokens=9, batch_size=4)
+    assert outs == [_reference_greedy(tiny, p, 9) for p in prompts]
+
+
 def test_eos_stops_a_row_and_is_kept(tiny):
     prompts = _prompts([4, 6, 8, 10], seed=1)
     free = decode.generate(tiny, prompts, max_new_tokens=10, eos_ids=(), batch_size=4)
@@ -104,13 +113,15 @@ def test_data_parallel_over_eight_devices(tiny):
     sharded = decode.generate(tiny, prompts, max_new_tokens=8, batch_size=8, mesh=mesh)
     assert sharded == single
     # The loop state really is split over the devices, one row each.
-    graphdef, state, spec, bs = decode._setup(tiny, (), 8, mesh, decode.GREEDY, 8)
+    graphdef, weights, spec, bs = decode._setup(tiny, (), 8, mesh, decode.GREEDY, 8)
     rows = jax.device_put(jnp.ones((8, 16), jnp.int32), NamedSharding(spec.mesh, P("data")))
     keys = jax.random.split(jax.random.key(0), 8)
-    carry = decode._prefill(graphdef, state, rows, jnp.full((8,), 16, jnp.int32), keys, spec=spec)
+    carry = decode._prefill(graphdef, weights, rows, jnp.full((8,), 16, jnp.int32), keys, spec=spec)
     assert carry.out_BN.sharding.spec[0] in ("data", ("data",))
-    assert {s.data.shape for s in carry.cache.k_BKSH[0].addressable_shards} == {
+    assert {s.data.shape for s in carry.cache.v_BKSH[0].addressable_shards} == {
         (1, CFG.num_kv_heads, 16 + 8, CFG.head_dim)}
+    assert {s.data.shape for s in carry.cache.k_BKHS[0].addressable_shards} == {
+        (1, CFG.num_kv_heads, CFG.head_dim, 16 + 8)}
 
 
 def test_sampling_is_seeded_and_independent_of_batching(tiny):
@@ -153,6 +164,13 @@ def test_top_k_top_p_never_leave_the_allowed_set(seed, k, p, temperature):
     for row in range(4):
         _, upper = _allowed(logits[row] / temperature, k, p)
         assert set(draws[:, row].tolist()) <= upper
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.integers(-3, 3), min_size=7, max_size=7), min_size=1, max_size=5))
+def test_argmax_picks_the_first_maximum_like_jnp(rows):
+    x = jnp.asarray(rows, jnp.float32)  # few distinct values: ties are common
+    assert decode.argmax(x).tolist() == jnp.argmax(x, axis=-1).tolist()
 
 
 def test_top_p_keeps_the_nucleus():

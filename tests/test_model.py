@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from cotjax import weights
+from cotjax import model as model_lib, weights
 from cotjax.model import KVCache, ModelConfig
 
 torch.manual_seed(0)
@@ -61,6 +61,19 @@ def test_logits_match_transformers(name):
     with torch.no_grad():
         ref = hf(torch.tensor(ids)).logits.numpy()
     logits, _ = model(jnp.asarray(ids), jnp.broadcast_to(jnp.arange(11), (2, 11)))
+    assert _rel_err(logits, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral_sliding", "gemma3"])
+def test_causal_attention_by_query_blocks_matches_transformers(name, monkeypatch):
+    """With Q_BLOCK 8, 32 tokens are 4 query blocks that skip the keys after their end."""
+    monkeypatch.setattr(model_lib, "Q_BLOCK", 8)
+    hf = _hf_model(name)
+    model, _ = _ours(hf)
+    ids = np.random.default_rng(2).integers(0, 160, size=(2, 32))
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+    logits, _ = model(jnp.asarray(ids), jnp.broadcast_to(jnp.arange(32), (2, 32)))
     assert _rel_err(logits, ref) <= 1e-4
 
 

@@ -77,6 +77,8 @@ def test_loss_matches_manual_cross_entropy(tok_dir, tokenizer):
     np.testing.assert_allclose(got["chain_loss"], ce[chain].mean(), rtol=1e-5)
     answer = batch["kinds"] == 2
     np.testing.assert_allclose(got["answer_loss"], ce[answer].mean(), rtol=1e-5)
+    hits = np.argmax(np.asarray(logits), -1) == batch["targets"]
+    np.testing.assert_allclose(got["answer_acc"], hits[answer].mean(), rtol=1e-6)
 
 
 def test_microbatches_give_the_same_gradients(tok_dir, tokenizer):
