@@ -498,12 +498,19 @@ class Trainer:
         loss = _normalised(sums)
         gnorm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-        updates, new_opt = self.tx.update(grads, train["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+
+        def update(params, opt_state):
+            updates, opt_state = self.tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        # A non-finite step leaves parameters and optimizer state as they were. A cond rather
+        # than a select of new against old: the select read and wrote every parameter and both
+        # Adam moments once more per step (~0.24 s of a 7 s SmolLM2 step on the CPU).
+        new_params, new_opt = jax.lax.cond(ok, update, lambda p, o: (p, o), params,
+                                           train["opt_state"])
         step = train["step"]
         new_train = {
-            "opt_state": keep(new_opt, train["opt_state"]),
+            "opt_state": new_opt,
             "step": step + 1,
             "rng": jax.random.key_data(jax.random.fold_in(
                 jax.random.wrap_key_data(train["rng"]), step)),
@@ -512,7 +519,7 @@ class Trainer:
         }
         metrics = {**sums, "grad_norm": gnorm, "lr": self.schedule(step),
                    "ok": ok, "loss": loss}
-        return keep(new_params, params), new_train, metrics
+        return new_params, new_train, metrics
 
     def _eval_fn(self, params, batch):
         return model_sums(self.graphdef, params, batch)
