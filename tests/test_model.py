@@ -53,28 +53,26 @@ def _rel_err(a, b):
     return float(np.abs(np.asarray(a) - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_logits_match_transformers(name):
+def _assert_logits_match_transformers(name, length, seed=0):
     hf = _hf_model(name)
     model, _ = _ours(hf)
-    ids = np.random.default_rng(0).integers(0, 160, size=(2, 11))
+    ids = np.random.default_rng(seed).integers(0, 160, size=(2, length))
     with torch.no_grad():
         ref = hf(torch.tensor(ids)).logits.numpy()
-    logits, _ = model(jnp.asarray(ids), jnp.broadcast_to(jnp.arange(11), (2, 11)))
+    logits, _ = model(jnp.asarray(ids), jnp.broadcast_to(jnp.arange(length), (2, length)))
     assert _rel_err(logits, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_logits_match_transformers(name):
+    _assert_logits_match_transformers(name, 11)
 
 
 @pytest.mark.parametrize("name", ["llama", "mistral_sliding", "gemma3"])
 def test_causal_attention_by_query_blocks_matches_transformers(name, monkeypatch):
     """With Q_BLOCK 8, 32 tokens are 4 query blocks that skip the keys after their end."""
     monkeypatch.setattr(model_lib, "Q_BLOCK", 8)
-    hf = _hf_model(name)
-    model, _ = _ours(hf)
-    ids = np.random.default_rng(2).integers(0, 160, size=(2, 32))
-    with torch.no_grad():
-        ref = hf(torch.tensor(ids)).logits.numpy()
-    logits, _ = model(jnp.asarray(ids), jnp.broadcast_to(jnp.arange(32), (2, 32)))
-    assert _rel_err(logits, ref) <= 1e-4
+    _assert_logits_match_transformers(name, 32, seed=2)
 
 
 @pytest.mark.parametrize("name", ["llama", "gemma3"])
