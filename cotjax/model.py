@@ -329,13 +329,13 @@ class KVCache:
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, slots: int, dtype=None) -> KVCache:
         dtype = jnp.dtype(dtype or cfg.compute_dtype)
-        shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
+        B, K, S, H = batch, cfg.num_kv_heads, slots, cfg.head_dim
 
         def per_layer(shape):
             return tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
 
-        return cls(per_layer((*shape[:2], shape[3], shape[2])), per_layer(shape),
-                   jnp.zeros((batch, slots), jnp.int32), jnp.zeros((batch, slots), jnp.int32),
+        return cls(per_layer((B, K, H, S)), per_layer((B, K, S, H)),
+                   jnp.zeros((B, S), jnp.int32), jnp.zeros((B, S), jnp.int32),
                    jnp.zeros((), jnp.int32))
 
 
