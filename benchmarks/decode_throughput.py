@@ -5,9 +5,11 @@
 
 Both sides decode the first N GSM8K training questions in the plain template
 ("Question: ...\\nAnswer:"), tokenized as `tokenizer(prompt).input_ids`, in batches of
-`--batch_size` rows, greedy, float32, and both ignore EOS so every row produces exactly
+`--batch_size` rows, greedy, in the same dtype (`--dtype`, float32 by default; weights, activations
+and KV cache alike), and both ignore EOS so every row produces exactly
 `--new_tokens` tokens (the work is identical; tokens/s = prompts * new_tokens / seconds).
-transformers batches with left padding and an attention mask, as cotjax does. Compilation
+transformers batches with left padding and an attention mask, as cotjax does; where JAX runs on a
+GPU, transformers runs on the same GPU (torch CUDA). Compilation
 (cotjax) and a 2-token warm-up call (transformers) are done before timing and reported apart.
 
 Prints one JSON object per line; the last line holds cotjax_tokens_per_s, hf_tokens_per_s, ratio.
@@ -42,8 +44,9 @@ def _emit(obj: dict) -> None:
     print(json.dumps(obj), flush=True)
 
 
-def run_cotjax(spec: str, ids: list[list[int]], new_tokens: int, batch_size: int) -> dict:
-    model, _ = weights.load_model(spec)
+def run_cotjax(spec: str, ids: list[list[int]], new_tokens: int, batch_size: int,
+               dtype: str) -> dict:
+    model, _ = weights.load_model(spec, param_dtype=dtype, compute_dtype=dtype)
     kw = dict(max_new_tokens=new_tokens, eos_ids=(), batch_size=batch_size)
     t0 = time.perf_counter()
     decode.warmup(model, ids, **kw)
@@ -56,13 +59,14 @@ def run_cotjax(spec: str, ids: list[list[int]], new_tokens: int, batch_size: int
                 tokens_per_s=tokens / seconds, outputs=outs)
 
 
-def run_hf(spec: str, tokenizer, ids: list[list[int]], new_tokens: int, batch_size: int) -> dict:
+def run_hf(spec: str, tokenizer, ids: list[list[int]], new_tokens: int, batch_size: int,
+           dtype: str, device: str) -> dict:
     import torch
     import transformers
 
     path = weights.preset_path(spec)
     hf = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+        str(path.parent), gguf_file=path.name, dtype=getattr(torch, dtype)).to(device).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     hf.generation_config.eos_token_id = None  # ignore EOS: every row makes new_tokens tokens
     hf.generation_config.pad_token_id = pad
@@ -73,7 +77,7 @@ def run_hf(spec: str, tokenizer, ids: list[list[int]], new_tokens: int, batch_si
             width = max(map(len, chunk))
             input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-            yield input_ids, mask
+            yield input_ids.to(device), mask.to(device)
 
     def run(n):
         outs = []
@@ -82,6 +86,8 @@ def run_hf(spec: str, tokenizer, ids: list[list[int]], new_tokens: int, batch_si
                 g = hf.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
                                 max_new_tokens=n, min_new_tokens=n)
                 outs += g[:, input_ids.shape[1]:].tolist()
+        if device == "cuda":
+            torch.cuda.synchronize()
         return outs
 
     t0 = time.perf_counter()
@@ -92,8 +98,15 @@ def run_hf(spec: str, tokenizer, ids: list[list[int]], new_tokens: int, batch_si
     seconds = time.perf_counter() - t0
     tokens = sum(len(o) for o in outs)
     return dict(system="transformers", seconds=seconds, warmup_seconds=warm_s, tokens=tokens,
-                tokens_per_s=tokens / seconds, torch_threads=torch.get_num_threads(),
+                tokens_per_s=tokens / seconds, torch_threads=torch.get_num_threads(), device=device,
                 outputs=outs)
+
+
+def _torch_device() -> str:
+    import jax
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
 def main(argv=None) -> None:
@@ -103,6 +116,7 @@ def main(argv=None) -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--new_tokens", type=int, default=256)
     ap.add_argument("--batch_size", type=int, default=64)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--skip_hf", action="store_true", help="cotjax only (no ratio)")
     args = ap.parse_args(argv)
 
@@ -110,14 +124,15 @@ def main(argv=None) -> None:
     ids = [list(tokenizer(p).input_ids) for p in _prompts(args.data, args.prompts)]
     lengths = [len(i) for i in ids]
     _emit(dict(event="config", model=args.model, prompts=len(ids), new_tokens=args.new_tokens,
-               batch_size=args.batch_size, dtype="float32", prompt_len_min=min(lengths),
+               batch_size=args.batch_size, dtype=args.dtype, prompt_len_min=min(lengths),
                prompt_len_max=max(lengths),
                prompt_buckets=sorted({b for _, b in decode._plan(ids, args.batch_size)})))
-    ours = run_cotjax(args.model, ids, args.new_tokens, args.batch_size)
+    ours = run_cotjax(args.model, ids, args.new_tokens, args.batch_size, args.dtype)
     _emit({k: v for k, v in ours.items() if k != "outputs"})
     result = dict(cotjax_tokens_per_s=ours["tokens_per_s"])
     if not args.skip_hf:
-        ref = run_hf(args.model, tokenizer, ids, args.new_tokens, args.batch_size)
+        ref = run_hf(args.model, tokenizer, ids, args.new_tokens, args.batch_size, args.dtype,
+                     _torch_device())
         _emit({k: v for k, v in ref.items() if k != "outputs"})
         same = sum(a == b for a, b in zip(ours["outputs"], ref["outputs"]))
         _emit(dict(event="agreement", identical_rows=same, rows=len(ids)))

@@ -4,6 +4,8 @@ step-checked generations. Everything the notebooks show is computed here, so it 
 from __future__ import annotations
 
 import html
+import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -158,15 +160,102 @@ def plot_runs(runs: dict[str, Sequence[dict]]):
     return fig
 
 
+# A sweep run's files are NAME_summary.json and NAME_metrics.jsonl, NAME = MODE_lrLR_epEPOCHS.
+_SWEEP_NAME = re.compile(r"^(?P<mode>.+)_lr(?P<lr>[0-9.eE+-]+)_ep(?P<epochs>[0-9]+)$")
+
+
+def sweep_rows(directory: str | Path) -> list[dict]:
+    """One row per finished sweep run in `directory` (launch/sweep_gsm8k.sh's output): its mode,
+    lr, epochs, steps, last validation loss and the evaluation summary's figures."""
+    rows = []
+    for summary_file in sorted(Path(directory).glob("*_summary.json")):
+        name = summary_file.name[:-len("_summary.json")]
+        m = _SWEEP_NAME.match(name)
+        if m is None:
+            raise ValueError(f"{summary_file}: not a sweep run name (MODE_lrLR_epEPOCHS)")
+        metrics_file = summary_file.with_name(f"{name}_metrics.jsonl")
+        if not metrics_file.is_file():
+            raise FileNotFoundError(f"{summary_file} has no {metrics_file.name} beside it")
+        metrics = read_metrics_file(metrics_file)
+        val = [r for r in metrics if "val/loss" in r]
+        if not val:
+            raise ValueError(f"{metrics_file}: no validation loss (train.eval_every)")
+        s = json.loads(summary_file.read_text())
+        rows.append({"name": name, "mode": m["mode"], "lr": float(m["lr"]),
+                     "epochs": int(m["epochs"]), "steps": int(val[-1]["step"]),
+                     "val_loss": float(val[-1]["val/loss"]), "accuracy": s["accuracy"],
+                     "accuracy_flexible": s["accuracy_flexible"], "correct": s["correct"],
+                     "n": s["n"], "step_validity": s["step_validity"],
+                     "correct_with_invalid_step": s["correct_with_invalid_step"],
+                     "finished_length": s["finished_length"]})
+    return sorted(rows, key=lambda r: (r["mode"], r["lr"], r["epochs"]))
+
+
+def best_run(rows: Sequence[dict], mode: str) -> dict:
+    """The sweep's choice for a mode: the highest strict validation accuracy; ties go to the
+    lower final validation loss."""
+    candidates = [r for r in rows if r["mode"] == mode]
+    if not candidates:
+        raise ValueError(f"no finished sweep run of mode {mode!r}")
+    return min(candidates, key=lambda r: (-r["accuracy"], r["val_loss"]))
+
+
+def sweep_table(rows: Sequence[dict]) -> str:
+    """The sweep as a markdown table, the chosen run of each mode in bold."""
+    chosen = {best_run(rows, mode)["name"] for mode in {r["mode"] for r in rows}}
+    lines = ["| mode | lr | epochs | steps | val loss | strict acc (correct) | flexible | "
+             "steps valid | correct via invalid step | hit length |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        cells = [r["mode"], f"{r['lr']:g}", str(r["epochs"]), str(r["steps"]),
+                 f"{r['val_loss']:.3f}", f"{r['accuracy']:.3f} ({r['correct']}/{r['n']})",
+                 f"{r['accuracy_flexible']:.3f}", f"{r['step_validity']:.2f}",
+                 str(r["correct_with_invalid_step"]), str(r["finished_length"])]
+        if r["name"] in chosen:
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: Sequence[dict]):
+    """Validation loss and strict accuracy against epochs, one line per (mode, lr)."""
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode, lr in sorted({(r["mode"], r["lr"]) for r in rows}):
+        line = sorted((r for r in rows if (r["mode"], r["lr"]) == (mode, lr)),
+                      key=lambda r: r["epochs"])
+        epochs = [r["epochs"] for r in line]
+        loss_ax.plot(epochs, [r["val_loss"] for r in line], marker="o", label=f"{mode} lr {lr:g}")
+        acc_ax.plot(epochs, [r["accuracy"] for r in line], marker="o", label=f"{mode} lr {lr:g}")
+    for ax, title in ((loss_ax, "validation loss at the end of the run"),
+                      (acc_ax, "strict accuracy, greedy, validation slice")):
+        ax.set_xlabel("epochs (each run its own warmup + cosine schedule)")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """python -m cotjax.viz compare OUT.png NAME=METRICS.jsonl ...: training curves of several
-    runs (a metrics.jsonl, or the workdir holding one) side by side, saved as a PNG."""
+    runs (a metrics.jsonl, or the workdir holding one) side by side, saved as a PNG.
+    python -m cotjax.viz sweep DIR OUT.png: a learning-rate x epochs sweep's table (printed and
+    written to DIR/sweep.md) and plot."""
     import sys
 
     import matplotlib
 
     matplotlib.use("Agg")
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["sweep"] and len(args) == 3:
+        rows = sweep_rows(args[1])
+        table = sweep_table(rows)
+        (Path(args[1]) / "sweep.md").write_text(table + "\n")
+        plot_sweep(rows).savefig(args[2], dpi=110)
+        print(table)
+        print(f"wrote {Path(args[1]) / 'sweep.md'} and {args[2]}")
+        return
     if args[:1] != ["compare"] or len(args) < 3 or any("=" not in a for a in args[2:]):
         raise SystemExit(main.__doc__)
     runs = {}

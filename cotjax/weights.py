@@ -391,6 +391,21 @@ def read_checkpoint(spec: str) -> tuple[dict, dict[str, np.ndarray]]:
     return read_hf_dir(path)
 
 
+def read_config(spec: str) -> dict:
+    """The HF config dict of a local model spec, without reading its weights."""
+    import json
+
+    src = resolve_source(spec)
+    if src.kind == "gguf":
+        return gguf_hf_config(_gguf_reader(src.path), src.path)
+    if src.kind == "hf_dir":
+        cfg_file = Path(src.path) / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"HF checkpoint directory {src.path} has no config.json")
+        return json.loads(cfg_file.read_text())
+    raise ValueError(f"model {spec!r}: read_config takes a preset, a .gguf file or a HF directory")
+
+
 def model_from_params(cfg, params: dict[str, np.ndarray], shardings=None):
     """A Decoder holding `params`; `shardings(logical_axes)` may place each one (no full copy)."""
     import jax

@@ -74,3 +74,12 @@ def test_experiment_script_rejects_an_unknown_stage_before_running_anything(tmp_
     assert out.returncode == 2
     assert "unknown stage 'answer-only'" in out.stderr and "answer_only" in out.stderr
     assert not (tmp_path / "runs").exists()  # the valid first stage did not start either
+
+
+def test_sweep_script_rejects_an_unknown_mode_before_running_anything(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "MODES": "cot answer-only", "OUT_DIR": str(tmp_path / "out")}
+    out = subprocess.run(["bash", "launch/sweep_gsm8k.sh", str(tmp_path / "runs")],
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 2
+    assert "unknown mode 'answer-only'" in out.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()

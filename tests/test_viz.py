@@ -63,6 +63,53 @@ def test_compare_cli_draws_every_run_on_shared_panels(tmp_path):
         viz.main(["compare", str(out), "no-equals-sign"])
 
 
+def _sweep_run(directory, name, val_losses, accuracy, correct):
+    metrics = [{"step": 10 * i, "loss": 2.0}
+               for i in range(1, len(val_losses) + 1)]
+    metrics += [{"step": 10 * i, "val/loss": v} for i, v in enumerate(val_losses, 1)]
+    (directory / f"{name}_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    summary = {"n": 500, "accuracy": accuracy, "accuracy_flexible": accuracy, "correct": correct,
+               "step_validity": 0.6, "correct_with_invalid_step": 1, "finished_length": 7}
+    (directory / f"{name}_summary.json").write_text(json.dumps(summary))
+
+
+def test_sweep_reads_runs_and_picks_accuracy_then_val_loss(tmp_path):
+    _sweep_run(tmp_path, "cot_lr5e-5_ep1", [1.0, 0.9], 0.026, 13)
+    _sweep_run(tmp_path, "cot_lr2e-4_ep1", [1.0, 0.8, 0.75], 0.030, 15)
+    _sweep_run(tmp_path, "cot_lr1e-4_ep2", [0.9, 0.7], 0.030, 15)  # tie: lower val loss wins
+    _sweep_run(tmp_path, "answer_only_lr1e-4_ep3", [0.2], 0.040, 20)
+    rows = viz.sweep_rows(tmp_path)
+    assert [(r["mode"], r["lr"], r["epochs"], r["steps"], r["val_loss"]) for r in rows] == [
+        ("answer_only", 1e-4, 3, 10, 0.2), ("cot", 5e-5, 1, 20, 0.9), ("cot", 1e-4, 2, 20, 0.7),
+        ("cot", 2e-4, 1, 30, 0.75)]
+    assert viz.best_run(rows, "cot")["name"] == "cot_lr1e-4_ep2"
+    assert viz.best_run(rows, "answer_only")["name"] == "answer_only_lr1e-4_ep3"
+    with pytest.raises(ValueError, match="no finished sweep run of mode 'x'"):
+        viz.best_run(rows, "x")
+    table = viz.sweep_table(rows).splitlines()
+    assert len(table) == 2 + 4
+    bold = [line for line in table if line.startswith("| **")]
+    assert [line.split("|")[1:4] for line in bold] == [  # mode, lr, epochs of each choice
+        [" **answer_only** ", " **0.0001** ", " **3** "], [" **cot** ", " **0.0001** ", " **2** "]]
+    out = tmp_path / "sweep.png"
+    viz.main(["sweep", str(tmp_path), str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "sweep.md").read_text().splitlines() == table
+
+
+def test_sweep_rejects_runs_it_cannot_read(tmp_path):
+    _sweep_run(tmp_path, "cot_lr1e-4_ep1", [0.9], 0.03, 15)
+    (tmp_path / "cot_lr1e-4_ep1_metrics.jsonl").write_text(json.dumps({"step": 3, "loss": 1}) + "\n")
+    with pytest.raises(ValueError, match="cot_lr1e-4_ep1_metrics.jsonl: no validation loss"):
+        viz.sweep_rows(tmp_path)
+    (tmp_path / "cot_lr1e-4_ep1_metrics.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="no cot_lr1e-4_ep1_metrics.jsonl beside it"):
+        viz.sweep_rows(tmp_path)
+    (tmp_path / "cot_lr1e-4_ep1_summary.json").rename(tmp_path / "oops_summary.json")
+    with pytest.raises(ValueError, match="oops_summary.json: not a sweep run name"):
+        viz.sweep_rows(tmp_path)
+
+
 def _question(generation_by_label: dict, gold="12") -> dict:
     answers = {label: {"generation": g, "finish": "eos",
                        **evaluate.score_prediction(g, gold, "gsm8k")}

@@ -105,6 +105,19 @@ def test_directory_without_config(tiny_dir, tmp_path):
         weights.load_model(str(d))
 
 
+def test_read_config_needs_no_weights(tiny_dir, tmp_path, smollm2):
+    d = _copy(tiny_dir, tmp_path)
+    (d / "model.safetensors").unlink()  # the architecture alone (benchmarks' --random_init)
+    cfg = weights.read_config(str(d))
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"]) == (16, 2)
+    gguf_cfg = weights.read_config("smollm2-135m-instruct")
+    assert gguf_cfg == weights.read_checkpoint("smollm2-135m-instruct")[0]
+    assert smollm2[1] == type(smollm2[1]).from_hf(gguf_cfg)
+    (d / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        weights.read_config(str(d))
+
+
 def test_directory_without_weights_names_pickles(tiny_dir, tmp_path):
     d = _copy(tiny_dir, tmp_path)
     (d / "model.safetensors").rename(d / "pytorch_model.bin")
