@@ -1,0 +1,34 @@
+"""The benchmark scripts end to end at toy sizes: their last line is the JSON they promise, and the
+two frameworks they compare did the same work (same losses, same greedy tokens)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _json_lines(args):
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_train_throughput_on_random_weights_matches_pytorch():
+    r = _json_lines(["benchmarks/train_throughput.py", "--random_init", "--seq_len", "256",
+                     "--batch", "2", "--steps", "1", "--rounds", "1", "--threads", "2"])[-1]
+    assert r["weights"] == "random" and r["dtype"] == "float32"
+    assert r["cotjax_tokens_per_s"] > 0 and r["torch_tokens_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["cotjax_tokens_per_s"] / r["torch_tokens_per_s"], rel=1e-2)
+    assert 0 < r["mfu"] < 1
+    # Same random weights, same batches, same AdamW: the losses after two updates agree.
+    assert r["losses"]["cotjax"] == pytest.approx(r["losses"]["torch"], abs=1e-3)
+
+
+def test_decode_throughput_rows_match_transformers():
+    lines = _json_lines(["benchmarks/decode_throughput.py", "--prompts", "3", "--new_tokens", "6",
+                         "--batch_size", "3"])
+    assert set(lines[-1]) == {"cotjax_tokens_per_s", "hf_tokens_per_s", "ratio"}
+    assert lines[-2] == {"event": "agreement", "identical_rows": 3, "rows": 3}  # fp32 greedy
