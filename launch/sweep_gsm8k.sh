@@ -37,7 +37,7 @@ export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$runs/jax_cache}
 
 one_run() {  # MODE LR EPOCHS
   local mode=$1 lr=$2 epochs=$3
-  local name="${mode}_lr${lr}_ep${epochs}" config="configs/experiments/gsm8k_$1.py"
+  local name="${mode}_lr${lr}_ep${epochs}" config="configs/experiments/gsm8k_$mode.py"
   local dir="$runs/$name" start=$SECONDS
   if [ -f "$out/${name}_summary.json" ]; then echo "$name: already evaluated"; return; fi
   mkdir -p "$dir"
@@ -46,6 +46,10 @@ one_run() {  # MODE LR EPOCHS
     --config.data.num_epochs="$epochs" --config.train.checkpoint_every=0 --config.train.keep=1 \
     --config.train.keep_best=0 --config.train.eval_batches=-1 --config.train.progress=False \
     ${EXTRA:-} >"$dir/train.log" 2>&1
+  # A preempted training saves, prints stopped_by_signal and exits 0: never evaluate it as done.
+  if grep -q '"stopped_by_signal": true' "$dir/train.log"; then
+    echo "$name: stopped by a signal before the end; rerun to resume it" >&2; return 1
+  fi
   cp "$dir/metrics.jsonl" "$out/${name}_metrics.jsonl"
   $cotjax eval --config="$config" --workdir="$dir" --task=gsm8k --data=validation \
     --out="$dir/eval" --config.eval.batch_size="${EVAL_BATCH:-64}" ${EXTRA:-} >"$dir/eval.log" 2>&1

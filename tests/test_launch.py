@@ -2,6 +2,7 @@
 
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -83,3 +84,21 @@ def test_sweep_script_rejects_an_unknown_mode_before_running_anything(tmp_path):
     assert out.returncode == 2
     assert "unknown mode 'answer-only'" in out.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_sweep_never_evaluates_a_training_stopped_by_a_signal(tmp_path):
+    # A stand-in for `cotjax` that records its calls and trains like a preempted run: it saves,
+    # prints stopped_by_signal and exits 0, as `cotjax train` does on SIGTERM.
+    calls = tmp_path / "calls"
+    fake = tmp_path / "cotjax"
+    fake.write_text(f'#!/bin/bash\necho "$1" >> {calls}\n'
+                    'echo \'{"step": 5, "stopped_by_signal": true}\'\n')
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake), "PYTHON": sys.executable,
+           "MODES": "cot", "LRS": "1e-4", "EPOCHS": "1", "OUT_DIR": str(tmp_path / "out")}
+    out = subprocess.run(["bash", "launch/sweep_gsm8k.sh", str(tmp_path / "runs")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert calls.read_text().split() == ["train"]  # no eval after the stop
+    assert "cot_lr1e-4_ep1: stopped by a signal before the end" in out.stderr
+    assert "cot_lr1e-4_ep1: FAILED" in out.stdout
+    assert not list((tmp_path / "out").glob("*_summary.json"))
