@@ -171,16 +171,14 @@ def main():
     batches = _batches(config, tokenizer, args.steps + 1)
 
     if args.random_init:
-        hf = weights.read_config(args.model)
-        cfg = model_lib.ModelConfig.from_hf(hf, param_dtype="float32", compute_dtype=dtype,
-                                            remat=args.remat)
-        params_np = weights.model_params(model_lib.create(cfg, 0))
+        hf, tensors = weights.read_config(args.model), None
     else:
         hf, tensors = weights.read_checkpoint(args.model)
-        cfg = model_lib.ModelConfig.from_hf(hf, param_dtype="float32", compute_dtype=dtype,
-                                            remat=args.remat)
-        params_np = weights.hf_to_params(tensors, cfg, source=args.model)
-        del tensors
+    cfg = model_lib.ModelConfig.from_hf(hf, param_dtype="float32", compute_dtype=dtype,
+                                        remat=args.remat)
+    params_np = (weights.model_params(model_lib.create(cfg, 0)) if tensors is None
+                 else weights.hf_to_params(tensors, cfg, source=args.model))
+    del tensors
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
 
     if gpu:  # MFU against the chip's bf16 spec peak; the measured bf16 product is printed beside it

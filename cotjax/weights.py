@@ -334,16 +334,22 @@ def read_gguf(path: str) -> tuple[dict, dict[str, np.ndarray]]:
 # HF directories (config.json + safetensors, single file or sharded with an index).
 
 
+def _hf_dir_config(d: Path) -> dict:
+    import json
+
+    cfg_file = d / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"HF checkpoint directory {d} has no config.json")
+    return json.loads(cfg_file.read_text())
+
+
 def read_hf_dir(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     import json
 
     import safetensors
 
     d = Path(path)
-    cfg_file = d / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"HF checkpoint directory {path} has no config.json")
-    hf = json.loads(cfg_file.read_text())
+    hf = _hf_dir_config(d)
     index = d / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -393,16 +399,11 @@ def read_checkpoint(spec: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 def read_config(spec: str) -> dict:
     """The HF config dict of a local model spec, without reading its weights."""
-    import json
-
     src = resolve_source(spec)
     if src.kind == "gguf":
         return gguf_hf_config(_gguf_reader(src.path), src.path)
     if src.kind == "hf_dir":
-        cfg_file = Path(src.path) / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"HF checkpoint directory {src.path} has no config.json")
-        return json.loads(cfg_file.read_text())
+        return _hf_dir_config(Path(src.path))
     raise ValueError(f"model {spec!r}: read_config takes a preset, a .gguf file or a HF directory")
 
 
