@@ -11,6 +11,7 @@
 # and an evaluation whose summary is already in results/gsm8k/ is skipped. Each evaluation runs on
 # the 500-problem validation slice held out of data/gsm8k/train.jsonl and writes
 # results/gsm8k/NAME_summary.json; its wall time goes to results/gsm8k/wall_times.tsv.
+# Environment: OUT_DIR [results/gsm8k], COTJAX [.venv/bin/cotjax].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-runs/gsm8k}
@@ -20,8 +21,8 @@ stages=${*:-$all}
 for stage in $stages; do  # reject a typo before hours of training, not after
   [[ " $all " == *" $stage "* ]] || { echo "unknown stage '$stage'; stages: $all" >&2; exit 2; }
 done
-cotjax=.venv/bin/cotjax
-out=results/gsm8k
+cotjax=${COTJAX:-.venv/bin/cotjax}
+out=${OUT_DIR:-results/gsm8k}
 mkdir -p "$runs" "$out"
 timed() {  # NAME COMMAND...: runs it and records its wall time
   local name=$1 start=$SECONDS; shift
@@ -36,7 +37,13 @@ evaluate() {  # NAME CONFIG [cotjax eval options]
   cp "$runs/eval_$name/summary.json" "$out/${name}_summary.json"
 }
 train() {  # MODE: trains configs/experiments/gsm8k_MODE.py and keeps its metrics
-  timed "train_$1" $cotjax train --config="configs/experiments/gsm8k_$1.py" --workdir="$runs/$1"
+  mkdir -p "$runs/$1"
+  timed "train_$1" $cotjax train --config="configs/experiments/gsm8k_$1.py" --workdir="$runs/$1" \
+    2>&1 | tee "$runs/$1/train.log"
+  # A preempted training saves, prints stopped_by_signal and exits 0: evaluate nothing after it.
+  if grep -q '"stopped_by_signal": true' "$runs/$1/train.log"; then
+    echo "$1: stopped by a signal before the end; rerun to resume it" >&2; exit 1
+  fi
   cp "$runs/$1/metrics.jsonl" "$out/$1_metrics.jsonl"
 }
 for stage in $stages; do

@@ -102,3 +102,19 @@ def test_sweep_never_evaluates_a_training_stopped_by_a_signal(tmp_path):
     assert "cot_lr1e-4_ep1: stopped by a signal before the end" in out.stderr
     assert "cot_lr1e-4_ep1: FAILED" in out.stdout
     assert not list((tmp_path / "out").glob("*_summary.json"))
+
+
+def test_experiment_script_stops_after_a_training_stopped_by_a_signal(tmp_path):
+    # The same preempted stand-in: the stage's evaluation and every later stage must not run.
+    calls = tmp_path / "calls"
+    fake = tmp_path / "cotjax"
+    fake.write_text(f'#!/bin/bash\necho "$1" >> {calls}\n'
+                    'echo \'{"step": 5, "stopped_by_signal": true}\'\n')
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake), "OUT_DIR": str(tmp_path / "out")}
+    out = subprocess.run(["bash", "launch/experiment_gsm8k.sh", str(tmp_path / "runs"), "cot",
+                          "base_zero_shot"], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 1
+    assert calls.read_text().split() == ["train"]
+    assert "cot: stopped by a signal before the end" in out.stderr
+    assert not list((tmp_path / "out").glob("*_summary.json"))
