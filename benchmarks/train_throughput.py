@@ -6,8 +6,8 @@ Both train the SmolLM2-135M architecture from the same (dequantised) weights wit
 dtype (fp32 on CPU; bf16 compute on GPU, PyTorch with SDPA), the same token-weighted loss and the
 same packed batches (PyTorch gets the packing as position_ids and a boolean 4-D block-diagonal
 causal mask; the step-0 losses agree to 1e-5). Each framework runs `rounds` timed rounds of `steps`
-steps after one warm-up step, interleaved so machine noise hits both alike; the best round
-counts. Tokens are all batch positions (batch x seq_len) per second. MFU is cotjax's model FLOPs
+steps after one warm-up step, one framework after the other (the first freed before the second
+is built: with both resident, cotjax ran 10-15% slower on the 2-core CPU); the best round counts. Tokens are all batch positions (batch x seq_len) per second. MFU is cotjax's model FLOPs
 (6 N + attention, `train.flops_per_token`) per second over the peak of an n x n fp32 matrix
 product measured in this run (the better of JAX's and PyTorch's); on a GPU, over the chip's bf16
 spec peak (`train.PEAK_FLOPS`), with an 8192^3 bf16 product measured in the run printed beside it
@@ -146,6 +146,29 @@ def _torch_matmul_flops(n=2048, reps=5):
     return 2.0 * n**3 / best
 
 
+def _timed_rounds(name, make_runner, batches, args):
+    """(best round's seconds, last loss) of `rounds` timed rounds of batches[1:] after one
+    warm-up step on batches[0]; the runner is freed before returning."""
+    import gc
+
+    runner = make_runner()
+    t0 = time.perf_counter()
+    runner.run(batches[:1])
+    print(json.dumps({f"{name}_first_step_s": round(time.perf_counter() - t0, 2)}), flush=True)
+    best, loss = float("inf"), None
+    for r in range(args.rounds):
+        t0 = time.perf_counter()
+        loss = runner.run(batches[1:])
+        dt = time.perf_counter() - t0
+        best = min(best, dt)
+        print(json.dumps({"round": r, "framework": name,
+                          "tokens_per_s": round(args.steps * args.batch * args.seq_len / dt, 1),
+                          "loss": round(loss, 5)}), flush=True)
+    del runner
+    gc.collect()
+    return best, loss
+
+
 def main():
     args = _args()
     import jax
@@ -167,7 +190,6 @@ def main():
     config.data.num_epochs = -1
     config.data.template = "chat"
     tokenizer = weights.load_tokenizer(args.model)
-    n_steps = 1 + args.steps * args.rounds
     batches = _batches(config, tokenizer, args.steps + 1)
 
     if args.random_init:
@@ -193,33 +215,19 @@ def main():
         peak = max(peak_jax, peak_torch)
 
     tokens = args.batch * args.seq_len
-    cot = CotjaxRunner(cfg, params_np, args.lr, mesh)
-    t0 = time.perf_counter()
-    cot.run(batches[:1])
-    print(json.dumps({"cotjax_first_step_s": round(time.perf_counter() - t0, 2)}), flush=True)
-    tor = None
+    best, losses = {}, {}
+    # One framework at a time, the other's model freed: with PyTorch's model and optimizer resident,
+    # cotjax's steps ran 10-15% slower on this CPU (measured; not from sleeping between rounds),
+    # and at batch 8 the two no longer fit in 24 GB together.
+    best["cotjax"], losses["cotjax"] = _timed_rounds(
+        "cotjax", lambda: CotjaxRunner(cfg, params_np, args.lr, mesh), batches, args)
     torch_device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
     if not args.skip_torch and (not gpu or torch_device == "cuda"):
-        tor = TorchRunner(cfg, params_np, args.lr, torch_device, bf16=gpu)
-        t0 = time.perf_counter()
-        tor.run(batches[:1])
-        print(json.dumps({"torch_first_step_s": round(time.perf_counter() - t0, 2)}), flush=True)
-
-    best = {"cotjax": float("inf"), "torch": float("inf")}
-    losses = {}
-    for r in range(args.rounds):
-        for name, runner in (("cotjax", cot), ("torch", tor)):
-            if runner is None:
-                continue
-            t0 = time.perf_counter()
-            losses[name] = runner.run(batches[1:])
-            dt = time.perf_counter() - t0
-            best[name] = min(best[name], dt)
-            print(json.dumps({"round": r, "framework": name,
-                              "tokens_per_s": round(args.steps * tokens / dt, 1),
-                              "loss": round(losses[name], 5)}), flush=True)
+        best["torch"], losses["torch"] = _timed_rounds(
+            "torch", lambda: TorchRunner(cfg, params_np, args.lr, torch_device, bf16=gpu),
+            batches, args)
     cot_tps = args.steps * tokens / best["cotjax"]
-    torch_tps = args.steps * tokens / best["torch"] if tor is not None else None
+    torch_tps = args.steps * tokens / best["torch"] if "torch" in best else None
     achieved = cot_tps * train.flops_per_token(cfg, args.seq_len)
     print(json.dumps({
         "cotjax_tokens_per_s": round(cot_tps, 1),
