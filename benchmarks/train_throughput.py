@@ -7,7 +7,8 @@ dtype (fp32 on CPU; bf16 compute on GPU, PyTorch with SDPA), the same token-weig
 same packed batches (PyTorch gets the packing as position_ids and a boolean 4-D block-diagonal
 causal mask; the step-0 losses agree to 1e-5). Each framework runs `rounds` timed rounds of `steps`
 steps after one warm-up step, one framework after the other (the first freed before the second
-is built: with both resident, cotjax ran 10-15% slower on the 2-core CPU); the best round counts. Tokens are all batch positions (batch x seq_len) per second. MFU is cotjax's model FLOPs
+is built: with both resident, cotjax ran 10-15% slower on the 2-core CPU); the best round counts.
+Tokens are all batch positions (batch x seq_len) per second. MFU is cotjax's model FLOPs
 (6 N + attention, `train.flops_per_token`) per second over the peak of an n x n fp32 matrix
 product measured in this run (the better of JAX's and PyTorch's); on a GPU, over the chip's bf16
 spec peak (`train.PEAK_FLOPS`), with an 8192^3 bf16 product measured in the run printed beside it
