@@ -763,6 +763,38 @@ def write_report(
     return predictions, summary_path
 
 
+def read_correct(path: str | pathlib.Path, field: str = "correct") -> dict[str, bool]:
+    """{question id: whether it was answered correctly} from a run's predictions.jsonl."""
+    from cotjax.records import RecordError, read_json_lines
+
+    out: dict[str, bool] = {}
+    for where, row in read_json_lines(path):
+        if "id" not in row or not isinstance(row.get(field), bool):
+            raise RecordError(f"{where}: a predictions row needs an 'id' and a boolean {field!r}")
+        if str(row["id"]) in out:
+            raise RecordError(f"{where}: question id {row['id']!r} appears twice")
+        out[str(row["id"])] = row[field]
+    return out
+
+
+def paired_comparison(a: dict[str, bool], b: dict[str, bool]) -> dict:
+    """Two runs scored on the same questions: how many each alone got right, and the exact
+    two-sided McNemar p-value (a binomial test on those discordant questions: the ones both
+    runs got right, or both got wrong, say nothing about which run is better)."""
+    if set(a) != set(b):
+        only = sorted(set(a) ^ set(b))
+        raise ValueError(f"the runs scored different questions ({len(only)} not in both, "
+                         f"e.g. {only[:3]}): compare runs on the same data")
+    only_a = sum(a[k] and not b[k] for k in a)
+    only_b = sum(b[k] and not a[k] for k in a)
+    both = sum(a[k] and b[k] for k in a)
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"n": len(a), "correct_a": only_a + both, "correct_b": only_b + both, "both": both,
+            "only_a": only_a, "only_b": only_b, "neither": len(a) - both - n,
+            "mcnemar_p": p}
+
+
 # ---------------------------------------------------------------------------------------------
 # `cotjax eval`: decode a checkpoint (or the base model) on a JSONL file and score it.
 # Everything JAX-side is imported inside the functions, so the scoring above stays pure Python.

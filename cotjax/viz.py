@@ -241,7 +241,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """python -m cotjax.viz compare OUT.png NAME=METRICS.jsonl ...: training curves of several
     runs (a metrics.jsonl, or the workdir holding one) side by side, saved as a PNG.
     python -m cotjax.viz sweep DIR OUT.png: a learning-rate x epochs sweep's table (printed and
-    written to DIR/sweep.md) and plot."""
+    written to DIR/sweep.md) and plot.
+    python -m cotjax.viz paired A/predictions.jsonl B/predictions.jsonl [FIELD]: the two runs'
+    correct answers question by question (FIELD: correct or correct_flexible) and McNemar's
+    exact p-value, as one JSON line."""
     import sys
 
     import matplotlib
@@ -255,6 +258,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         plot_sweep(rows).savefig(args[2], dpi=110)
         print(table)
         print(f"wrote {Path(args[1]) / 'sweep.md'} and {args[2]}")
+        return
+    if args[:1] == ["paired"] and len(args) in (3, 4):
+        from cotjax import evaluate
+
+        field = args[3] if len(args) == 4 else "correct"
+        a, b = (evaluate.read_correct(path, field) for path in args[1:3])
+        print(json.dumps({"a": args[1], "b": args[2], "field": field,
+                          **evaluate.paired_comparison(a, b)}))
         return
     if args[:1] != ["compare"] or len(args) < 3 or any("=" not in a for a in args[2:]):
         raise SystemExit(main.__doc__)

@@ -10,7 +10,8 @@
 # Every stage can be stopped and rerun: trainings resume from their last checkpoint (exactly),
 # and an evaluation whose summary is already in results/gsm8k/ is skipped. Each evaluation runs on
 # the 500-problem validation slice held out of data/gsm8k/train.jsonl and writes
-# results/gsm8k/NAME_summary.json; its wall time goes to results/gsm8k/wall_times.tsv.
+# results/gsm8k/NAME_summary.json (and NAME_predictions.jsonl, for `python -m cotjax.viz paired`);
+# its wall time goes to results/gsm8k/wall_times.tsv.
 # Environment: OUT_DIR [results/gsm8k], COTJAX [.venv/bin/cotjax].
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,7 @@ evaluate() {  # NAME CONFIG [cotjax eval options]
   if [ -f "$out/${name}_summary.json" ]; then echo "$name: already evaluated"; return; fi
   timed "eval_$name" $cotjax eval --config="$config" --task=gsm8k --data=validation \
     --out="$runs/eval_$name" "$@"
+  cp "$runs/eval_$name/predictions.jsonl" "$out/${name}_predictions.jsonl"
   cp "$runs/eval_$name/summary.json" "$out/${name}_summary.json"
 }
 train() {  # MODE: trains configs/experiments/gsm8k_MODE.py and keeps its metrics

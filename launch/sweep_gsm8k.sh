@@ -53,6 +53,7 @@ one_run() {  # MODE LR EPOCHS
   cp "$dir/metrics.jsonl" "$out/${name}_metrics.jsonl"
   $cotjax eval --config="$config" --workdir="$dir" --task=gsm8k --data=validation \
     --out="$dir/eval" --config.eval.batch_size="${EVAL_BATCH:-64}" ${EXTRA:-} >"$dir/eval.log" 2>&1
+  cp "$dir/eval/predictions.jsonl" "$out/${name}_predictions.jsonl"
   cp "$dir/eval/summary.json" "$out/${name}_summary.json"
   echo "$name: done in $((SECONDS - start)) s"
 }

@@ -454,3 +454,40 @@ def test_summarize_format_and_write(tmp_path):
 def test_summarize_empty():
     summary = summarize([], "aqua")
     assert summary["n"] == 0 and summary["accuracy"] == 0.0 and "maj_accuracy" not in summary
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=80))
+def test_paired_comparison_counts_and_mcnemar_p(pairs):
+    stats = pytest.importorskip("scipy.stats")
+    a = {f"q{i}": x for i, (x, _) in enumerate(pairs)}
+    b = {f"q{i}": y for i, (_, y) in enumerate(pairs)}
+    got = evaluate.paired_comparison(a, b)
+    assert got["both"] + got["only_a"] + got["only_b"] + got["neither"] == got["n"] == len(pairs)
+    assert got["correct_a"] == sum(a.values()) and got["correct_b"] == sum(b.values())
+    n = got["only_a"] + got["only_b"]
+    want = stats.binomtest(got["only_a"], n, 0.5).pvalue if n else 1.0
+    assert got["mcnemar_p"] == pytest.approx(want, rel=1e-9)
+    swapped = evaluate.paired_comparison(b, a)
+    assert (swapped["only_a"], swapped["only_b"]) == (got["only_b"], got["only_a"])
+    assert swapped["mcnemar_p"] == pytest.approx(got["mcnemar_p"], rel=1e-12)
+
+
+def test_paired_comparison_known_value_and_rejects_different_questions():
+    a = {str(i): i < 9 for i in range(20)}  # 9 right only in a, none only in b
+    got = evaluate.paired_comparison(a, {str(i): False for i in range(20)})
+    assert (got["only_a"], got["only_b"], got["mcnemar_p"]) == (9, 0, 2 / 2**9)
+    with pytest.raises(ValueError, match="different questions"):
+        evaluate.paired_comparison({"1": True}, {"2": True})
+
+
+def test_read_correct_names_the_bad_line(tmp_path):
+    from cotjax.records import RecordError
+
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"id": 1, "correct": true}\n{"id": 2, "correct": "yes"}\n')
+    with pytest.raises(RecordError, match=r"predictions.jsonl:2: .*boolean 'correct'"):
+        evaluate.read_correct(path)
+    path.write_text('{"id": 1, "correct": true}\n{"id": 1, "correct": false}\n')
+    with pytest.raises(RecordError, match=r"predictions.jsonl:2: question id 1 appears twice"):
+        evaluate.read_correct(path)

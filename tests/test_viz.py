@@ -143,3 +143,13 @@ def test_compare_answers_are_what_cotjax_eval_gives_each_model(tiny_run, tmp_pat
     # the fine-tuned checkpoint is not the model the run started from
     assert any(q["answers"]["base"]["generation"] != q["answers"]["fine-tuned"]["generation"]
                for q in questions)
+
+
+def test_paired_cli_prints_the_comparison(tmp_path, capsys):
+    for name, right in (("a", {1, 2, 3}), ("b", {3})):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"id": i, "correct": i in right}) + "\n" for i in range(1, 6)))
+    viz.main(["paired", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
+    out = json.loads(capsys.readouterr().out)
+    assert (out["correct_a"], out["correct_b"], out["only_a"], out["only_b"]) == (3, 1, 2, 0)
+    assert out["mcnemar_p"] == 0.5 and out["field"] == "correct"
