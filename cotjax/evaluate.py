@@ -770,10 +770,14 @@ def read_correct(path: str | pathlib.Path, field: str = "correct") -> dict[str, 
     out: dict[str, bool] = {}
     for where, row in read_json_lines(path):
         if "id" not in row or not isinstance(row.get(field), bool):
-            raise RecordError(f"{where}: a predictions row needs an 'id' and a boolean {field!r}")
+            fields = sorted(k for k, v in row.items() if isinstance(v, bool))
+            raise RecordError(f"{where}: a predictions row needs an 'id' and a boolean {field!r} "
+                              f"(its boolean fields: {', '.join(fields) or 'none'})")
         if str(row["id"]) in out:
             raise RecordError(f"{where}: question id {row['id']!r} appears twice")
         out[str(row["id"])] = row[field]
+    if not out:
+        raise RecordError(f"{path}: no predictions")
     return out
 
 
@@ -784,7 +788,8 @@ def paired_comparison(a: dict[str, bool], b: dict[str, bool]) -> dict:
     if set(a) != set(b):
         only = sorted(set(a) ^ set(b))
         raise ValueError(f"the runs scored different questions ({len(only)} not in both, "
-                         f"e.g. {only[:3]}): compare runs on the same data")
+                         f"e.g. {only[:3]}): compare runs on the same data (ids hold the data "
+                         "path as given to --data)")
     only_a = sum(a[k] and not b[k] for k in a)
     only_b = sum(b[k] and not a[k] for k in a)
     both = sum(a[k] and b[k] for k in a)

@@ -247,18 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     exact p-value, as one JSON line."""
     import sys
 
-    import matplotlib
-
-    matplotlib.use("Agg")
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["sweep"] and len(args) == 3:
-        rows = sweep_rows(args[1])
-        table = sweep_table(rows)
-        (Path(args[1]) / "sweep.md").write_text(table + "\n")
-        plot_sweep(rows).savefig(args[2], dpi=110)
-        print(table)
-        print(f"wrote {Path(args[1]) / 'sweep.md'} and {args[2]}")
-        return
     if args[:1] == ["paired"] and len(args) in (3, 4):
         from cotjax import evaluate
 
@@ -266,6 +255,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         a, b = (evaluate.read_correct(path, field) for path in args[1:3])
         print(json.dumps({"a": args[1], "b": args[2], "field": field,
                           **evaluate.paired_comparison(a, b)}))
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    if args[:1] == ["sweep"] and len(args) == 3:
+        rows = sweep_rows(args[1])
+        table = sweep_table(rows)
+        (Path(args[1]) / "sweep.md").write_text(table + "\n")
+        plot_sweep(rows).savefig(args[2], dpi=110)
+        print(table)
+        print(f"wrote {Path(args[1]) / 'sweep.md'} and {args[2]}")
         return
     if args[:1] != ["compare"] or len(args) < 3 or any("=" not in a for a in args[2:]):
         raise SystemExit(main.__doc__)

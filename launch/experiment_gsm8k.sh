@@ -40,8 +40,9 @@ evaluate() {  # NAME CONFIG [cotjax eval options]
 }
 train() {  # MODE: trains configs/experiments/gsm8k_MODE.py and keeps its metrics
   mkdir -p "$runs/$1"
+  # The log's tee ignores Ctrl-C, so the training can still write while it saves on the signal.
   timed "train_$1" $cotjax train --config="configs/experiments/gsm8k_$1.py" --workdir="$runs/$1" \
-    2>&1 | tee "$runs/$1/train.log"
+    2>&1 | (trap '' INT TERM; exec tee "$runs/$1/train.log")
   # A preempted training saves, prints stopped_by_signal and exits 0: evaluate nothing after it.
   if grep -q '"stopped_by_signal": true' "$runs/$1/train.log"; then
     echo "$1: stopped by a signal before the end; rerun to resume it" >&2; exit 1

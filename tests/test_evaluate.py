@@ -459,7 +459,7 @@ def test_summarize_empty():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=80))
 def test_paired_comparison_counts_and_mcnemar_p(pairs):
-    stats = pytest.importorskip("scipy.stats")
+    from scipy import stats  # a dependency of jax
     a = {f"q{i}": x for i, (x, _) in enumerate(pairs)}
     b = {f"q{i}": y for i, (_, y) in enumerate(pairs)}
     got = evaluate.paired_comparison(a, b)
@@ -490,4 +490,10 @@ def test_read_correct_names_the_bad_line(tmp_path):
         evaluate.read_correct(path)
     path.write_text('{"id": 1, "correct": true}\n{"id": 1, "correct": false}\n')
     with pytest.raises(RecordError, match=r"predictions.jsonl:2: question id 1 appears twice"):
+        evaluate.read_correct(path)
+    path.write_text('{"id": 1, "correct_flexible": true}\n')
+    with pytest.raises(RecordError, match=r"boolean 'correct' \(its boolean fields: correct_f"):
+        evaluate.read_correct(path)
+    path.write_text("\n")
+    with pytest.raises(RecordError, match="no predictions"):
         evaluate.read_correct(path)

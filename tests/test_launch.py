@@ -1,8 +1,12 @@
-"""Launchers in dry-run mode: the exact commands they would run (no cloud access here)."""
+"""Launchers: the exact commands they would run in dry-run mode (no cloud access here), and the
+experiment scripts around a stand-in `cotjax`."""
 
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -118,3 +122,28 @@ def test_experiment_script_stops_after_a_training_stopped_by_a_signal(tmp_path):
     assert calls.read_text().split() == ["train"]
     assert "cot: stopped by a signal before the end" in out.stderr
     assert not list((tmp_path / "out").glob("*_summary.json"))
+
+
+def test_experiment_script_lets_an_interrupted_training_save(tmp_path):
+    # Ctrl-C reaches the whole process group, the log's `tee` included: the training's save
+    # message must still be written (a dead tee would kill it with SIGPIPE before it saves).
+    fake = tmp_path / "cotjax"
+    fake.write_text(
+        "#!/bin/bash\n"
+        f"trap 'echo saving; touch {tmp_path}/saved; "
+        "echo \"{\\\"step\\\": 5, \\\"stopped_by_signal\\\": true}\"; exit 0' INT TERM\n"
+        f"touch {tmp_path}/started\n"
+        "while true; do sleep 0.05; done\n")
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake), "OUT_DIR": str(tmp_path / "out")}
+    proc = subprocess.Popen(["bash", "launch/experiment_gsm8k.sh", str(tmp_path / "runs"), "cot"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert (tmp_path / "saved").exists()
+    assert "stopped_by_signal" in (tmp_path / "runs" / "cot" / "train.log").read_text()
+    assert proc.returncode != 0 and not list((tmp_path / "out").glob("*_summary.json"))

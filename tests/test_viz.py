@@ -153,3 +153,6 @@ def test_paired_cli_prints_the_comparison(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert (out["correct_a"], out["correct_b"], out["only_a"], out["only_b"]) == (3, 1, 2, 0)
     assert out["mcnemar_p"] == 0.5 and out["field"] == "correct"
+    viz.main(["paired", str(tmp_path / "a.jsonl"), str(tmp_path / "a.jsonl"), "correct"])
+    same = json.loads(capsys.readouterr().out)
+    assert (same["only_a"], same["only_b"], same["mcnemar_p"]) == (0, 0, 1.0)
