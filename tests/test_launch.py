@@ -90,14 +90,18 @@ def test_sweep_script_rejects_an_unknown_mode_before_running_anything(tmp_path):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
 
 
-def test_sweep_never_evaluates_a_training_stopped_by_a_signal(tmp_path):
-    # A stand-in for `cotjax` that records its calls and trains like a preempted run: it saves,
-    # prints stopped_by_signal and exits 0, as `cotjax train` does on SIGTERM.
-    calls = tmp_path / "calls"
+def _preempted_cotjax(tmp_path):
+    """A stand-in for `cotjax` that records its calls in tmp_path/calls and trains like a
+    preempted run: it prints stopped_by_signal and exits 0, as `cotjax train` does on SIGTERM."""
     fake = tmp_path / "cotjax"
-    fake.write_text(f'#!/bin/bash\necho "$1" >> {calls}\n'
+    fake.write_text(f'#!/bin/bash\necho "$1" >> {tmp_path / "calls"}\n'
                     'echo \'{"step": 5, "stopped_by_signal": true}\'\n')
     fake.chmod(0o755)
+    return fake
+
+
+def test_sweep_never_evaluates_a_training_stopped_by_a_signal(tmp_path):
+    calls, fake = tmp_path / "calls", _preempted_cotjax(tmp_path)
     env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake), "PYTHON": sys.executable,
            "MODES": "cot", "LRS": "1e-4", "EPOCHS": "1", "OUT_DIR": str(tmp_path / "out")}
     out = subprocess.run(["bash", "launch/sweep_gsm8k.sh", str(tmp_path / "runs")],
@@ -109,12 +113,8 @@ def test_sweep_never_evaluates_a_training_stopped_by_a_signal(tmp_path):
 
 
 def test_experiment_script_stops_after_a_training_stopped_by_a_signal(tmp_path):
-    # The same preempted stand-in: the stage's evaluation and every later stage must not run.
-    calls = tmp_path / "calls"
-    fake = tmp_path / "cotjax"
-    fake.write_text(f'#!/bin/bash\necho "$1" >> {calls}\n'
-                    'echo \'{"step": 5, "stopped_by_signal": true}\'\n')
-    fake.chmod(0o755)
+    # The stage's evaluation and every later stage must not run.
+    calls, fake = tmp_path / "calls", _preempted_cotjax(tmp_path)
     env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake), "OUT_DIR": str(tmp_path / "out")}
     out = subprocess.run(["bash", "launch/experiment_gsm8k.sh", str(tmp_path / "runs"), "cot",
                           "base_zero_shot"], capture_output=True, text=True, timeout=60, env=env)
