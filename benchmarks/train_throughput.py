@@ -7,7 +7,7 @@ dtype (fp32 on CPU; bf16 compute on GPU, PyTorch with SDPA), the same token-weig
 same packed batches (PyTorch gets the packing as position_ids and a boolean 4-D block-diagonal
 causal mask; the step-0 losses agree to 1e-5). Each framework runs `rounds` timed rounds of `steps`
 steps after one warm-up step, one framework after the other (the first freed before the second
-is built: with both resident, cotjax ran 10-15% slower on the 2-core CPU); the best round counts.
+is built: with both resident, cotjax ran 8-20% slower on the 2-core CPU); the best round counts.
 Tokens are all batch positions (batch x seq_len) per second. MFU is cotjax's model FLOPs
 (6 N + attention, `train.flops_per_token`) per second over the peak of an n x n fp32 matrix
 product measured in this run (the better of JAX's and PyTorch's); on a GPU, over the chip's bf16
@@ -218,7 +218,7 @@ def main():
     tokens = args.batch * args.seq_len
     best, losses = {}, {}
     # One framework at a time, the other's model freed: with PyTorch's model and optimizer resident,
-    # cotjax's steps ran 10-15% slower on this CPU (measured; not from sleeping between rounds),
+    # cotjax's steps ran 8-20% slower on this CPU (measured; not from sleeping between rounds),
     # and at batch 8 the two no longer fit in 24 GB together.
     best["cotjax"], losses["cotjax"] = _timed_rounds(
         "cotjax", lambda: CotjaxRunner(cfg, params_np, args.lr, mesh), batches, args)
