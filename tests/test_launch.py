@@ -125,7 +125,7 @@ def test_experiment_script_stops_after_a_training_stopped_by_a_signal(tmp_path):
 
 
 def test_experiment_script_lets_an_interrupted_training_save(tmp_path):
-    # Ctrl-C reaches the whole process group, the log's `tee` included: the training's save
+    # A signal to the whole process group (preemption, Ctrl-C) reaches the log's `tee` too: the save
     # message must still be written (a dead tee would kill it with SIGPIPE before it saves).
     fake = tmp_path / "cotjax"
     fake.write_text(
@@ -142,7 +142,7 @@ def test_experiment_script_lets_an_interrupted_training_save(tmp_path):
     deadline = time.monotonic() + 30
     while not (tmp_path / "started").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGTERM)  # not SIGINT: a shell started with `&` ignores it
     _, err = proc.communicate(timeout=30)
     assert (tmp_path / "saved").exists()
     assert "stopped_by_signal" in (tmp_path / "runs" / "cot" / "train.log").read_text()
