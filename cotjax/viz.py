@@ -242,18 +242,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs (a metrics.jsonl, or the workdir holding one) side by side, saved as a PNG.
     python -m cotjax.viz sweep DIR OUT.png: a learning-rate x epochs sweep's table (printed and
     written to DIR/sweep.md) and plot.
-    python -m cotjax.viz paired A/predictions.jsonl B/predictions.jsonl [FIELD]: the two runs'
-    correct answers question by question (FIELD: correct or correct_flexible) and McNemar's
-    exact p-value, as one JSON line."""
+    python -m cotjax.viz paired A/predictions.jsonl B/predictions.jsonl [FIELD [FIELD_B]]: the
+    two runs' correct answers question by question (FIELD: correct, correct_flexible or, for a
+    self-consistency run, maj_correct; FIELD_B, B's field where it differs, e.g. a maj@k run
+    against its own greedy answers) and McNemar's exact p-value, as one JSON line."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["paired"] and len(args) in (3, 4):
+    if args[:1] == ["paired"] and len(args) in (3, 4, 5):
         from cotjax import evaluate
 
-        field = args[3] if len(args) == 4 else "correct"
-        a, b = (evaluate.read_correct(path, field) for path in args[1:3])
-        print(json.dumps({"a": args[1], "b": args[2], "field": field,
+        field_a = args[3] if len(args) > 3 else "correct"
+        field_b = args[4] if len(args) > 4 else field_a
+        a = evaluate.read_correct(args[1], field_a)
+        b = evaluate.read_correct(args[2], field_b)
+        print(json.dumps({"a": args[1], "b": args[2], "field_a": field_a, "field_b": field_b,
                           **evaluate.paired_comparison(a, b)}))
         return
     import matplotlib

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from cotjax import evaluate, sharding, viz  # noqa: E402
 from cotjax.checkpoint import read_run_config  # noqa: E402
+from cotjax.records import RecordError  # noqa: E402
 
 
 def test_table_html_escapes_values_in_column_order():
@@ -152,7 +153,20 @@ def test_paired_cli_prints_the_comparison(tmp_path, capsys):
     viz.main(["paired", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
     out = json.loads(capsys.readouterr().out)
     assert (out["correct_a"], out["correct_b"], out["only_a"], out["only_b"]) == (3, 1, 2, 0)
-    assert out["mcnemar_p"] == 0.5 and out["field"] == "correct"
+    assert out["mcnemar_p"] == 0.5 and out["field_a"] == out["field_b"] == "correct"
     viz.main(["paired", str(tmp_path / "a.jsonl"), str(tmp_path / "a.jsonl"), "correct"])
     same = json.loads(capsys.readouterr().out)
     assert (same["only_a"], same["only_b"], same["mcnemar_p"]) == (0, 0, 1.0)
+
+
+def test_paired_cli_compares_different_fields_and_names_a_missing_one(tmp_path, capsys):
+    # a maj@k run's vote (maj_correct) against the same run's greedy answers (correct)
+    rows = [{"id": i, "correct": i == 1, "maj_correct": i in (1, 2, 3)} for i in range(1, 6)]
+    path = tmp_path / "maj.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    viz.main(["paired", str(path), str(path), "maj_correct", "correct"])
+    out = json.loads(capsys.readouterr().out)
+    assert (out["field_a"], out["field_b"]) == ("maj_correct", "correct")
+    assert (out["correct_a"], out["correct_b"], out["only_a"], out["only_b"]) == (3, 1, 2, 0)
+    with pytest.raises(RecordError, match=r"maj\.jsonl:1: .*'correct_flexible'.*maj_correct"):
+        viz.main(["paired", str(path), str(path), "maj_correct", "correct_flexible"])
