@@ -243,9 +243,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     python -m cotjax.viz sweep DIR OUT.png: a learning-rate x epochs sweep's table (printed and
     written to DIR/sweep.md) and plot.
     python -m cotjax.viz paired A/predictions.jsonl B/predictions.jsonl [FIELD [FIELD_B]]: the
-    two runs' correct answers question by question (FIELD: correct, correct_flexible or, for a
-    self-consistency run, maj_correct; FIELD_B, B's field where it differs, e.g. a maj@k run
-    against its own greedy answers) and McNemar's exact p-value, as one JSON line."""
+    two runs' correct answers question by question and McNemar's exact p-value, as one JSON line.
+    FIELD (default correct; or correct_flexible, or maj_correct for a self-consistency run) is
+    read from A, and from B too unless FIELD_B is given (e.g. a maj@k vote against greedy)."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)

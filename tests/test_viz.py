@@ -159,6 +159,19 @@ def test_paired_cli_prints_the_comparison(tmp_path, capsys):
     assert (same["only_a"], same["only_b"], same["mcnemar_p"]) == (0, 0, 1.0)
 
 
+def test_paired_cli_one_field_applies_to_both_runs(tmp_path, capsys):
+    # correct_flexible differs from correct in both files: B must be read with A's field too
+    for name, right, flexible in (("a", {1}, {1, 2, 3}), ("b", {4}, {3, 4})):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(
+            {"id": i, "correct": i in right, "correct_flexible": i in flexible}) + "\n"
+            for i in range(1, 6)))
+    viz.main(["paired", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "correct_flexible"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["field_a"] == out["field_b"] == "correct_flexible"
+    assert (out["correct_a"], out["correct_b"], out["both"], out["only_a"], out["only_b"]) == (
+        3, 2, 1, 2, 1)
+
+
 def test_paired_cli_compares_different_fields_and_names_a_missing_one(tmp_path, capsys):
     # a maj@k run's vote (maj_correct) against the same run's greedy answers (correct)
     rows = [{"id": i, "correct": i == 1, "maj_correct": i in (1, 2, 3)} for i in range(1, 6)]
