@@ -146,10 +146,14 @@ def test_compare_answers_are_what_cotjax_eval_gives_each_model(tiny_run, tmp_pat
                for q in questions)
 
 
+def _write_predictions(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
 def test_paired_cli_prints_the_comparison(tmp_path, capsys):
     for name, right in (("a", {1, 2, 3}), ("b", {3})):
-        (tmp_path / f"{name}.jsonl").write_text("".join(
-            json.dumps({"id": i, "correct": i in right}) + "\n" for i in range(1, 6)))
+        _write_predictions(tmp_path / f"{name}.jsonl",
+                           [{"id": i, "correct": i in right} for i in range(1, 6)])
     viz.main(["paired", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
     out = json.loads(capsys.readouterr().out)
     assert (out["correct_a"], out["correct_b"], out["only_a"], out["only_b"]) == (3, 1, 2, 0)
@@ -162,9 +166,9 @@ def test_paired_cli_prints_the_comparison(tmp_path, capsys):
 def test_paired_cli_one_field_applies_to_both_runs(tmp_path, capsys):
     # correct_flexible differs from correct in both files: B must be read with A's field too
     for name, right, flexible in (("a", {1}, {1, 2, 3}), ("b", {4}, {3, 4})):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(
-            {"id": i, "correct": i in right, "correct_flexible": i in flexible}) + "\n"
-            for i in range(1, 6)))
+        _write_predictions(tmp_path / f"{name}.jsonl", [
+            {"id": i, "correct": i in right, "correct_flexible": i in flexible}
+            for i in range(1, 6)])
     viz.main(["paired", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "correct_flexible"])
     out = json.loads(capsys.readouterr().out)
     assert out["field_a"] == out["field_b"] == "correct_flexible"
@@ -176,7 +180,7 @@ def test_paired_cli_compares_different_fields_and_names_a_missing_one(tmp_path, 
     # a maj@k run's vote (maj_correct) against the same run's greedy answers (correct)
     rows = [{"id": i, "correct": i == 1, "maj_correct": i in (1, 2, 3)} for i in range(1, 6)]
     path = tmp_path / "maj.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    _write_predictions(path, rows)
     viz.main(["paired", str(path), str(path), "maj_correct", "correct"])
     out = json.loads(capsys.readouterr().out)
     assert (out["field_a"], out["field_b"]) == ("maj_correct", "correct")
