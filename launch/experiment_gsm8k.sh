@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Experiments 2 and 3 (issue 8): GSM8K with SmolLM2-135M-Instruct: CoT fine-tuning against
 # answer-only fine-tuning and against prompting the base model (zero-shot CoT and 8-shot CoT);
-# then CoT fine-tuning of Gemma 3 270M against its base model prompted zero-shot.
+# then CoT fine-tuning of Gemma 3 270M against answer-only fine-tuning and its base model
+# prompted zero-shot.
 #
 #   launch/experiment_gsm8k.sh [RUNS_DIR] [STAGE ...]
 #
 # Stages, in order (default: all): cot answer_only base_zero_shot base_few_shot cot_maj8 curves
-# gemma3_cot gemma3_base_zero_shot.
+# gemma3_cot gemma3_base_zero_shot gemma3_answer_only.
 # Every stage can be stopped and rerun: trainings resume from their last checkpoint (exactly),
 # and an evaluation whose summary is already in results/gsm8k/ is skipped. Each evaluation runs on
 # the 500-problem validation slice held out of data/gsm8k/train.jsonl and writes
@@ -17,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-runs/gsm8k}
 [ $# -gt 0 ] && shift
-all="cot answer_only base_zero_shot base_few_shot cot_maj8 curves gemma3_cot gemma3_base_zero_shot"
+all="cot answer_only base_zero_shot base_few_shot cot_maj8 curves gemma3_cot gemma3_base_zero_shot gemma3_answer_only"
 stages=${*:-$all}
 for stage in $stages; do  # reject a typo before hours of training, not after
   [[ " $all " == *" $stage "* ]] || { echo "unknown stage '$stage'; stages: $all" >&2; exit 2; }
@@ -51,7 +52,7 @@ train() {  # MODE: trains configs/experiments/gsm8k_MODE.py and keeps its metric
 }
 for stage in $stages; do
   case $stage in
-    cot | answer_only | gemma3_cot)
+    cot | answer_only | gemma3_cot | gemma3_answer_only)
       train "$stage"
       evaluate "$stage" "configs/experiments/gsm8k_$stage.py" --workdir="$runs/$stage" ;;
     base_zero_shot)

@@ -16,7 +16,7 @@ def test_config_loads_and_its_train_section_is_valid(path):
     train.TrainSpec.from_config(config)  # rejects unknown or inconsistent train keys
 
 
-@pytest.mark.parametrize("experiment", ["synthetic", "gsm8k"])
+@pytest.mark.parametrize("experiment", ["synthetic", "gsm8k", "gsm8k_gemma3"])
 def test_experiment_pairs_differ_only_in_mode(experiment):
     cot = cli.load_config(f"configs/experiments/{experiment}_cot.py").to_dict()
     answer_only = cli.load_config(f"configs/experiments/{experiment}_answer_only.py").to_dict()
