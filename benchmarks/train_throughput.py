@@ -9,9 +9,9 @@ causal mask; the step-0 losses agree to 1e-5). Each framework runs `rounds` time
 steps after one warm-up step, one framework after the other (the first freed before the second
 is built: with both resident, cotjax ran 8-20% slower on the 2-core CPU); the best round counts.
 Tokens are all batch positions (batch x seq_len) per second. MFU is cotjax's model FLOPs
-(6 N + attention, `train.flops_per_token`) per second over the peak of an n x n fp32 matrix
+(6 N + attention, `metrics.flops_per_token`) per second over the peak of an n x n fp32 matrix
 product measured in this run (the better of JAX's and PyTorch's); on a GPU, over the chip's bf16
-spec peak (`train.PEAK_FLOPS`), with an 8192^3 bf16 product measured in the run printed beside it
+spec peak (`metrics.PEAK_FLOPS`), with an 8192^3 bf16 product measured in the run printed beside it
 (peak_jax_gflops). `--random_init` trains random weights of the same architecture (throughput is
 the same; the losses then say nothing). The last line is one JSON object.
 """
@@ -175,16 +175,16 @@ def main():
     import jax
     import numpy as np
 
-    from configs import base
+    from cotjax import defaults
     from cotjax import model as model_lib
-    from cotjax import sharding, train, weights
+    from cotjax import metrics, sharding, weights
 
     gpu = jax.default_backend() == "gpu"
     import torch
 
     torch.set_num_threads(args.threads)
     dtype = "bfloat16" if gpu else "float32"
-    config = base.get_config()
+    config = defaults.get_config()
     config.model = args.model
     config.data.seq_len = args.seq_len
     config.data.batch_size = args.batch
@@ -207,11 +207,11 @@ def main():
     if gpu:  # MFU against the chip's bf16 spec peak; the measured bf16 product is printed beside it
         import jax.numpy as jnp
 
-        peak_jax = train.measure_matmul_flops(n=8192, dtype=jnp.bfloat16)
+        peak_jax = metrics.measure_matmul_flops(n=8192, dtype=jnp.bfloat16)
         peak_torch = 0.0
-        peak = train.peak_flops(train.TrainSpec())
+        peak = metrics.peak_flops()
     else:
-        peak_jax = train.measure_matmul_flops()
+        peak_jax = metrics.measure_matmul_flops()
         peak_torch = _torch_matmul_flops()
         peak = max(peak_jax, peak_torch)
 
@@ -229,7 +229,7 @@ def main():
             batches, args)
     cot_tps = args.steps * tokens / best["cotjax"]
     torch_tps = args.steps * tokens / best["torch"] if "torch" in best else None
-    achieved = cot_tps * train.flops_per_token(cfg, args.seq_len)
+    achieved = cot_tps * metrics.flops_per_token(cfg, args.seq_len)
     print(json.dumps({
         "cotjax_tokens_per_s": round(cot_tps, 1),
         "torch_tokens_per_s": round(torch_tps, 1) if torch_tps else None,

@@ -5,18 +5,11 @@ with fp32 master weights, remat.
         --config.model=/path/to/Qwen2.5-1.5B-Instruct   # or the hub id when online
 """
 
-try:
-    from configs import base
-except ImportError:  # loaded by file path from outside the repository root
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from configs import base
+from cotjax import defaults
 
 
-def get_config():
-    c = base.get_config()
+def get_config(arg=None):
+    c = defaults.get_config()
     c.model = "Qwen/Qwen2.5-1.5B-Instruct"
     c.param_dtype = "float32"
     c.compute_dtype = "bfloat16"

@@ -7,18 +7,11 @@ On a 2-core CPU: 200 problems, one epoch of 8 x 512-token rows, a short validati
 (greedy) into WORKDIR/eval (the README gives the measured wall time).
 """
 
-try:
-    from configs import base
-except ImportError:  # loaded by file path from outside the repository root
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from configs import base
+from cotjax import defaults
 
 
-def get_config():
-    c = base.get_config()
+def get_config(arg=None):
+    c = defaults.get_config()
     c.model = "smollm2-135m-instruct"
     c.compute_dtype = "auto"  # bfloat16 on accelerators, float32 on CPU
     c.data.source = "gsm8k"

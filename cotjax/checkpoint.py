@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run: state + data iterator, resume, best-k, export, eval loading.
+"""Orbax checkpoints of a training run: state + data iterator, resume, best-k.
 
 A run's workdir holds
 
@@ -17,7 +17,6 @@ manager keeps the last `keep` checkpoints plus the `keep_best` with the lowest v
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
+
+from cotjax.model import ModelConfig
 
 CKPT_DIR = "checkpoints"
 BEST_METRIC = "val_loss"
@@ -34,22 +34,6 @@ BEST_METRIC = "val_loss"
 
 # ----------------------------------------------------------------------------------------------
 # The run's configuration, saved beside its checkpoints.
-
-
-def model_config_to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def model_config_from_dict(d: dict):
-    from cotjax.model import ModelConfig, RopeConfig
-
-    d = dict(d)
-    d["rope"] = RopeConfig(**d["rope"])
-    if d.get("local_rope"):
-        d["local_rope"] = RopeConfig(**d["local_rope"])
-    for key in ("layer_types", "eos_token_ids"):
-        d[key] = tuple(d.get(key) or ())
-    return ModelConfig(**d)
 
 
 def write_run_config(workdir: str | Path, config, model_cfg) -> None:
@@ -61,7 +45,7 @@ def write_run_config(workdir: str | Path, config, model_cfg) -> None:
     if not (workdir / "config.json").exists():
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
     (workdir / "model_config.json").write_text(
-        json.dumps(model_config_to_dict(model_cfg), indent=2))
+        json.dumps(model_cfg.to_dict(), indent=2))
 
 
 def read_run_config(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any]:
@@ -72,7 +56,7 @@ def read_run_config(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any
         raise FileNotFoundError(f"{path} does not exist: is {workdir} a cotjax training workdir?")
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
     mpath = workdir / "model_config.json"
-    model_cfg = model_config_from_dict(json.loads(mpath.read_text())) if mpath.is_file() else None
+    model_cfg = ModelConfig.from_dict(json.loads(mpath.read_text())) if mpath.is_file() else None
     return config, model_cfg
 
 
@@ -157,72 +141,3 @@ def restore_params(workdir: str | Path, step: int | None, abstract_params):
         params=ocp.args.StandardRestore(abstract_params)))
     manager.close()
     return out["params"], step
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading a trained model for evaluation, notebooks and export.
-
-
-def _abstract_params(model_cfg, mesh=None):
-    from flax import nnx
-
-    from cotjax import model as model_lib
-    from cotjax import sharding as sharding_lib
-
-    abstract = nnx.state(model_lib.abstract(model_cfg))
-    shapes = nnx.to_pure_dict(abstract)
-    axes = nnx.to_pure_dict(jax.tree.map(lambda v: v.logical_axes, abstract,
-                                         is_leaf=lambda v: isinstance(v, nnx.Variable)))
-    if mesh is None:
-        shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
-                                 shapes)
-    else:
-        shardings = sharding_lib.param_shardings(shapes, axes, mesh)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, shardings)
-
-
-def load_model_for_eval(workdir: str | Path, step: int | str | None = None, mesh=None):
-    """(Decoder, ModelConfig, tokenizer, config) of a training run.
-
-    step: None (latest checkpoint), an int, or "base" (the pretrained model the run started
-    from, with the run's dtypes). `mesh`: shard the params by the rules table (default: one
-    device).
-    """
-    from flax import nnx
-
-    from cotjax import model as model_lib
-    from cotjax import train as train_lib
-
-    config, model_cfg = read_run_config(workdir)
-    tokenizer = train_lib.load_tokenizer_for(config)
-    if isinstance(step, str):
-        if step == "base":
-            model, model_cfg = train_lib.load_base_model(config, mesh)
-            return model, model_cfg, tokenizer, config
-        if step == "latest":
-            step = None
-        elif step.isdigit():
-            step = int(step)
-        else:
-            raise ValueError(f"step must be 'latest', 'base' or a number, got {step!r}")
-    if model_cfg is None:
-        raise FileNotFoundError(f"{Path(workdir) / 'model_config.json'} is missing")
-    params, step = restore_params(workdir, step, _abstract_params(model_cfg, mesh))
-    graphdef = nnx.graphdef(model_lib.abstract(model_cfg))
-    model = nnx.merge(graphdef, params)
-    logging.info("loaded %s step %d", workdir, step)
-    return model, model_cfg, tokenizer, config
-
-
-def export_main(flags) -> None:
-    """`cotjax export --workdir=DIR [--step=N|latest|base] --out=HF_DIR`."""
-    from cotjax import weights
-
-    if not flags.workdir or not flags.out:
-        raise SystemExit("export needs --workdir=DIR and --out=HF_DIR")
-    step = flags.step if flags.step not in (None, "") else None
-    model, model_cfg, tokenizer, _ = load_model_for_eval(flags.workdir, step)
-    out = weights.export_hf(model, flags.out, tokenizer)
-    print(json.dumps({"exported": str(out), "workdir": str(flags.workdir),
-                      "step": step if step is not None else "latest"}))

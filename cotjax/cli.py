@@ -1,72 +1,301 @@
-"""The `cotjax` console script: `cotjax SUBCOMMAND --config=PATH [--config.a.b=value] ...`.
+"""The `cotjax` console script: `cotjax SUBCOMMAND [--flag=value ...]`.
 
-Each subcommand lives in the module of its stage; this file only parses flags and dispatches.
+Each subcommand declares its own flags (so `cotjax train --help` lists train's flags and exits 0)
+and runs the stage module that does the work; this file parses, dispatches, and turns user errors
+into one line on stderr with a non-zero exit. `COTJAX_DEBUG=1` shows the traceback instead.
+Configs are ml_collections files: `--config=PATH[:ARG]` plus `--config.a.b=value` overrides.
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
+import difflib
+import json
+import os
 import sys
+from collections.abc import Callable
 
-from absl import flags
-from ml_collections import config_flags
+from absl import flags as absl_flags
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "ml_collections config file (a get_config())")
-flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics)")
-flags.DEFINE_string("model", None, "model spec: preset, .gguf file, HF directory or hub id")
-flags.DEFINE_string("prompt", None, "raw prompt text (generate)")
-flags.DEFINE_integer("max_new_tokens", 64, "tokens to generate (generate)")
-flags.DEFINE_string("task", None, "gsm8k | aqua (eval)")
-flags.DEFINE_string("data", None, "JSONL file in raw GSM8K or AQuA-RAT format (eval)")
-flags.DEFINE_string("out", None, "output directory (eval, export)")
-flags.DEFINE_string("step", None, "checkpoint step: latest (default), a number, or 'base' (eval, export)")
-
-# name: (module, function, help)
-COMMANDS = {
-    "train": ("cotjax.train", "main", "CoT fine-tune a model (resumes from the workdir)"),
-    "eval": ("cotjax.evaluate", "main", "decode and score a checkpoint or the base model"),
-    "generate": ("cotjax.decode", "generate_main", "greedy continuation of a raw prompt"),
-    "export": ("cotjax.checkpoint", "export_main", "write a checkpoint as a HF directory"),
-    "data-stats": ("cotjax.pipeline", "data_stats_main", "lengths and packing efficiency of a config"),
+# Flags shared by several subcommands: name -> (kind, default, help).
+FLAG_SPECS = {
+    "workdir": ("string", None, "run directory (checkpoints, metrics); local path or URL (gs://...)"),
+    "model": ("string", None, "model spec: preset, .gguf file, HF directory or hub id"),
+    "step": ("string", None, "checkpoint step: latest (default), a number, or 'base'"),
+    "out": ("string", None, "output directory"),
+    "task": ("string", None, "gsm8k | aqua (default: the config's eval.task)"),
+    "data": ("string", None, "questions: a JSONL file in raw GSM8K / AQuA-RAT format, or "
+                             "'validation' (the config's held-out slice; default)"),
+    "prompt": ("string", None, "the prompt: raw text with --model, a question with --workdir"),
+    "max_new_tokens": ("integer", 256, "tokens to generate at most"),
+    "temperature": ("float", 0.0, "0: greedy; > 0: sampled"),
+    "top_k": ("integer", 0, "sampling: keep the k most likely tokens (0: off)"),
+    "top_p": ("float", 1.0, "sampling: nucleus mass (1.0: off)"),
+    "seed": ("integer", 0, "sampling seed"),
+    "overwrite": ("bool", False, "replace a non-empty output directory"),
 }
 
 
-def load_config(path: str, **overrides):
-    """A config file's `get_config()` with dotted overrides, as `--config.a.b=value` would give."""
-    import importlib.util
+@dataclasses.dataclass(frozen=True)
+class Command:
+    help: str
+    run: Callable  # (flag values, positional args) -> None
+    flags: tuple[str, ...] = ()
+    config: str = ""  # "", "optional" or "required"
+    usage: str = ""  # positional arguments, for commands that take them
 
-    spec = importlib.util.spec_from_file_location("cotjax_config", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"config file {path} cannot be loaded")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for key, value in overrides.items():
-        parent = config
-        *head, last = key.split(".")
-        for part in head:
-            parent = parent[part]
-        if last not in parent:
-            raise KeyError(f"config {path} has no key {key!r}")
-        parent[last] = value
-    return config
+
+class UsageError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _need(fv, *names):
+    missing = [f"--{n}" for n in names if getattr(fv, n) in (None, "")]
+    if missing:
+        raise UsageError(f"needs {' and '.join(missing)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The subcommands: thin glue over the stage modules (imported when run, so --help stays fast).
+
+
+def _train(fv, args):
+    _need(fv, "config", "workdir")
+    from cotjax import sharding
+
+    sharding.maybe_initialize_distributed()
+    from cotjax import defaults, train
+
+    result = train.main(fv)
+    if not result.stopped_by_signal and defaults.TrainSpec.from_config(fv.config).eval_at_end:
+        # The end-of-training evaluation runs here, after `train` returned: train never
+        # imports evaluation.
+        import jax
+
+        from cotjax import evaluate
+
+        summary = evaluate.run_eval(config=fv.config, workdir=fv.workdir, step=result.step,
+                                    out=os.path.join(fv.workdir, "eval"))
+        if jax.process_index() == 0:
+            print(json.dumps({"eval": summary}, default=str), flush=True)
+
+
+def _eval(fv, args):
+    from cotjax import evaluate
+
+    if not fv.out and not fv.workdir:
+        raise UsageError("needs --out=DIR (or --workdir, to write under it)")
+    if not fv.workdir and not fv.model and fv.config is None:
+        raise UsageError("needs --workdir=RUN (a trained run), --model=SPEC or --config=PATH "
+                         "(its base model): say which model to evaluate")
+    evaluate.run_eval(fv.config, fv.workdir, fv.step, task=fv.task, data=fv.data, out=fv.out,
+                      model=fv.model)
+
+
+def _generate(fv, args):
+    _need(fv, "prompt")
+    from cotjax import evaluate
+
+    if fv.workdir and fv.model:
+        raise UsageError("takes --workdir (a trained run) or --model (a raw model), not both")
+    text = evaluate.generate_one(fv.prompt, workdir=fv.workdir, step=fv.step, model=fv.model,
+                                 config=fv.config, max_new_tokens=fv.max_new_tokens,
+                                 temperature=fv.temperature, top_k=fv.top_k, top_p=fv.top_p,
+                                 seed=fv.seed)
+    sys.stdout.write(text + "\n")
+
+
+def _export(fv, args):
+    _need(fv, "workdir", "out")
+    from cotjax import export
+
+    export.main(fv.workdir, fv.out, fv.step, overwrite=fv.overwrite)
+
+
+def _data_stats(fv, args):
+    _need(fv, "config")
+    from cotjax import load, pipeline
+
+    stats = pipeline.data_stats(fv.config, load.load_tokenizer(fv.config))
+    pipeline.print_stats(fv.config, stats)
+    print(json.dumps({k: stats[k] for k in (
+        "examples", "truncated", "dropped", "skipped", "tokens", "rows", "packing_efficiency")}))
+
+
+def _config(fv, args):
+    _need(fv, "config")
+    print(fv.config.to_json_best_effort(indent=2))
+
+
+def _viz(fv, args):
+    from cotjax import viz
+
+    viz.main(args)
+
+
+def _report(fv, args):
+    from cotjax import report
+
+    report.main(args)
+
+
+def _synthetic(fv, args):
+    from cotjax import synthetic
+
+    synthetic.main(args)
+
+
+COMMANDS = {
+    "train": Command("CoT fine-tune a model (resumes from the workdir)", _train,
+                     ("workdir",), "required"),
+    "eval": Command("decode and score a checkpoint or a base model", _eval,
+                    ("workdir", "step", "model", "task", "data", "out"), "optional"),
+    "generate": Command("answer one prompt: a trained run through its template, or a raw model",
+                        _generate, ("workdir", "step", "model", "prompt", "max_new_tokens",
+                                    "temperature", "top_k", "top_p", "seed"), "optional"),
+    "export": Command("write a checkpoint as a HF directory (safetensors + tokenizer)", _export,
+                      ("workdir", "step", "out", "overwrite")),
+    "data-stats": Command("example counts, lengths, truncation and packing of a config",
+                          _data_stats, (), "required"),
+    "config": Command("print the resolved config (with overrides) and exit", _config, (),
+                      "required"),
+    "viz": Command("training curves and sweeps as PNG", _viz,
+                   usage="compare OUT.png NAME=METRICS.jsonl ... | sweep DIR OUT.png"),
+    "report": Command("paired tests, confidence intervals, rescoring, experiment tables",
+                      _report, usage="paired A B [FIELD [FIELD_B]] | by-steps OUT_PREFIX "
+                                     "LABEL=PREDICTIONS ... | rescore DIR_OR_FILE ..."),
+    "synthetic": Command("write generated multi-step arithmetic problems (GSM8K format)",
+                         _synthetic, usage="OUT N MIN_STEPS MAX_STEPS SEED"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing.
+
+
+def _flag_values(name: str, command: Command, argv: list[str]) -> absl_flags.FlagValues:
+    from ml_collections import config_flags
+
+    fv = absl_flags.FlagValues()
+    if command.config:
+        config_flags.DEFINE_config_file(
+            "config", None, "ml_collections config file (get_config(arg)), PATH[:ARG]; "
+            "override keys with --config.section.key=value", flag_values=fv,
+            sys_argv=[f"cotjax {name}"] + argv)  # where it finds the --config.a.b overrides
+    for flag in command.flags:
+        kind, default, help_ = FLAG_SPECS[flag]
+        getattr(absl_flags, f"DEFINE_{kind}")(flag, default, help_, flag_values=fv)
+    return fv
 
 
 def _usage() -> str:
-    lines = ["usage: cotjax SUBCOMMAND [--config=PATH] [--flag=value ...]", "", "subcommands:"]
-    lines += [f"  {name:12s} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines = ["usage: cotjax SUBCOMMAND [--flag=value ...]   (cotjax SUBCOMMAND --help: its flags)",
+             "", "subcommands:"]
+    lines += [f"  {name:11s} {c.help}" for name, c in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def _help(name: str, command: Command) -> str:
+    lines = [f"usage: cotjax {name} " + (command.usage or "[--flag=value ...]"), "",
+             command.help]
+    if command.config:
+        need = "required" if command.config == "required" else "optional"
+        lines += ["", f"  --config=PATH[:ARG]  ml_collections config file (get_config(arg)); {need}",
+                  "  --config.SECTION.KEY=VALUE  override one key (cotjax config prints them all)"]
+    for flag in command.flags:
+        kind, default, help_ = FLAG_SPECS[flag]
+        shown = f"--{flag}" if kind == "bool" else f"--{flag}=..."
+        lines.append(f"  {shown:20s} {help_}" + (f" (default: {default})" if default not in
+                                                   (None, False) else ""))
+    return "\n".join(lines)
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _parse(name: str, command: Command, argv: list[str]):
+    fv = _flag_values(name, command, argv)
+    if any(a in ("-h", "--help", "--helpfull") for a in argv):
+        print(_help(name, command))
+        raise SystemExit(0)
+    try:
+        rest = fv([f"cotjax {name}"] + argv)[1:]
+    except absl_flags.UnrecognizedFlagError as e:
+        known = [f for f in fv] if command.config or command.flags else []
+        raise UsageError(f"unknown flag --{e.flagname}{_suggest(e.flagname, known)}; "
+                         f"see cotjax {name} --help") from None
+    except absl_flags.Error as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(msg) from None
+    except (KeyError, AttributeError, ValueError, TypeError) as e:
+        line = _config_error_line(e, argv)
+        if line is None:
+            raise
+        raise UsageError(line) from None
+    if command.config:
+        try:
+            config = fv["config"].value  # applies the --config.a.b overrides
+        except (KeyError, AttributeError, ValueError, TypeError) as e:
+            line = _config_error_line(e, argv)
+            if line is None:
+                raise
+            raise UsageError(line) from None
+        if command.config == "required" and config is None:
+            raise UsageError("needs --config=PATH")
+    if rest and not command.usage:
+        raise UsageError(f"takes no positional arguments, got {rest[:3]}")
+    return fv, rest
+
+
+def _config_error_line(e: Exception, argv: list[str]) -> str | None:
+    """One line for a bad `--config.a.b=v` override (ml_collections raises deep inside): the
+    key, and the closest key at the level where the path left the config."""
+    from cotjax import defaults
+
+    for arg in argv:
+        if not arg.startswith("--config.") or "=" not in arg:
+            continue
+        key = arg[len("--config."):].partition("=")[0]
+        node = defaults.get_config()
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                known = list(node.keys()) if hasattr(node, "keys") else []
+                if part in str(e) or not known:
+                    return f"unknown config key {key!r}{_suggest(part, known)}"
+                break
+            node = node[part]
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 2 or argv[1] not in COMMANDS:
-        print(_usage(), file=sys.stderr)
-        sys.exit(0 if len(argv) >= 2 and argv[1] in ("-h", "--help") else 2)
-    module, fn, _ = COMMANDS[argv[1]]
-    FLAGS(argv[:1] + argv[2:])
-    getattr(importlib.import_module(module), fn)(FLAGS)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(_usage(), file=sys.stdout if len(argv) >= 2 else sys.stderr)
+        sys.exit(0 if len(argv) >= 2 else 2)
+    name = argv[1]
+    if name not in COMMANDS:
+        print(f"cotjax: unknown subcommand {name!r}{_suggest(name, COMMANDS)}; one of: "
+              f"{', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    command = COMMANDS[name]
+    debug = os.environ.get("COTJAX_DEBUG", "") not in ("", "0")
+    try:
+        fv, rest = _parse(name, command, argv[2:])
+        command.run(fv, rest)
+    except UsageError as e:
+        if debug:
+            raise
+        print(f"cotjax {name}: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (FileNotFoundError, NotADirectoryError, FileExistsError, ValueError, KeyError) as e:
+        # Input the user gave that cannot be used: the message names the file, flag or key.
+        if debug:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"cotjax {name}: {type(e).__name__}: {msg}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

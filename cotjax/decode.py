@@ -34,7 +34,6 @@ import collections
 import dataclasses
 import functools
 import math
-import sys
 from collections.abc import Callable, Sequence
 
 import jax
@@ -450,27 +449,3 @@ def generate_text(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[i
             finish = "length"
         completions.append(Completion(text[:cut], tokens, finish, which))
     return completions
-
-
-def generate_main(flags) -> None:
-    """`cotjax generate --prompt=TEXT [--model=SPEC] [--max_new_tokens=N] [--config=PATH]`:
-    prints the greedy continuation of the raw prompt (tokenized as `tokenizer(prompt)`)."""
-    from cotjax import weights
-
-    config = flags.config
-    if flags.prompt is None:
-        raise SystemExit("cotjax generate needs --prompt=TEXT")
-    spec = flags.model or (config.model if config is not None else "smollm2-135m-instruct")
-    dtypes = {}
-    if config is not None:
-        def resolve(name):  # "auto": bfloat16 on accelerators, float32 on CPU
-            return name if name != "auto" else (
-                "float32" if jax.default_backend() == "cpu" else "bfloat16")
-        dtypes = dict(param_dtype=resolve(config.param_dtype),
-                      compute_dtype=resolve(config.compute_dtype))
-    model, _ = weights.load_model(spec, **dtypes)
-    tokenizer = weights.load_tokenizer(spec)
-    [completion] = generate_text(model, tokenizer, [flags.prompt],
-                                 max_new_tokens=flags.max_new_tokens, batch_size=1)
-    sys.stdout.write(completion.text + "\n")
-    sys.stdout.flush()

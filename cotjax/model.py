@@ -102,6 +102,21 @@ class ModelConfig:
     def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 
+    def to_dict(self) -> dict:
+        """JSON-able fields (a run's model_config.json)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        """The inverse of `to_dict` (lists back to tuples, rope dicts back to RopeConfig)."""
+        d = dict(d)
+        d["rope"] = RopeConfig(**d["rope"])
+        if d.get("local_rope"):
+            d["local_rope"] = RopeConfig(**d["local_rope"])
+        for key in ("layer_types", "eos_token_ids"):
+            d[key] = tuple(d.get(key) or ())
+        return cls(**d)
+
     @classmethod
     def from_hf(cls, hf: dict[str, Any], **overrides) -> ModelConfig:
         """Build from a HF `config.json` dict (transformers 4.x or 5.x key spellings)."""

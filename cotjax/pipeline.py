@@ -27,7 +27,6 @@ count steps over a repeated dataset (`data.num_epochs = -1`).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Sequence
 
 import grain
@@ -255,7 +254,7 @@ def data_stats(config, tokenizer) -> dict:
             "packing_efficiency": round(efficiency, 4)}
 
 
-def _print_stats(config, stats: dict) -> None:
+def print_stats(config, stats: dict) -> None:
     data = config.data
     print(f"source {data.source} ({data.get('path', '')}), template {data.template}, "
           f"mode {data.mode}, model {config.model}")
@@ -269,16 +268,3 @@ def _print_stats(config, stats: dict) -> None:
           f"{stats['dropped']} at seq_len {stats['seq_len']}")
     print(f"tokens {stats['tokens']}, with loss weight {stats['target_tokens']}")
     print(f"packed rows {stats['rows']}, packing efficiency {stats['packing_efficiency']:.2%}")
-
-
-def data_stats_main(flags) -> None:
-    """`cotjax data-stats --config=PATH`: a readable summary, then one JSON line."""
-    from cotjax.weights import load_tokenizer
-
-    config = flags.config
-    if config is None:
-        raise SystemExit("data-stats needs --config=PATH")
-    stats = data_stats(config, load_tokenizer(config.model))
-    _print_stats(config, stats)
-    print(json.dumps({k: stats[k] for k in (
-        "examples", "truncated", "dropped", "skipped", "tokens", "rows", "packing_efficiency")}))

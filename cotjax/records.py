@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cotjax import synthetic
+
 ON_BAD_RECORD = ("error", "skip")
 FORMATS = ("gsm8k", "aqua", "fields")
 SOURCES = ("gsm8k", "aqua", "jsonl", "synthetic", "hf", "tfds")
@@ -303,10 +305,10 @@ def _rows(data) -> Iterator[tuple[str, dict]]:
 
 
 def _synthetic(data) -> tuple[list[CoTRecord], LoadReport]:
-    from cotjax import synthetic  # written alongside; imported only when asked for
-
-    records = list(synthetic.generate_records(
-        data.synthetic_n, data.synthetic_min_steps, data.synthetic_max_steps, data.synthetic_seed))
+    rows = synthetic.generate_rows(data.synthetic_n, data.synthetic_min_steps,
+                                   data.synthetic_max_steps, data.synthetic_seed)
+    records = [CoTRecord(question=r["question"], chain=r["chain"], answer=r["answer"],
+                         id=r["id"], chain_raw=r["chain"]) for r in rows]
     return records, LoadReport(len(records), 0)
 
 

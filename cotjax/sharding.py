@@ -153,3 +153,39 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 
 def describe(mesh: Mesh) -> str:
     return " x ".join(f"{name}={size}" for name, size in mesh.shape.items())
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-host start-up.
+
+
+def maybe_initialize_distributed() -> bool:
+    """Join a multi-process run before JAX starts its backends; True if one was joined.
+
+    Explicit: COTJAX_COORDINATOR=host:port, COTJAX_NUM_PROCESSES, COTJAX_PROCESS_ID (CPU
+    processes use gloo collectives). Otherwise JAX's auto-detection, but only on a multi-host
+    TPU slice or under SLURM / Open MPI with more than one task. A lone process does nothing.
+    """
+    import os
+
+    if jax.distributed.is_initialized():
+        return True
+    env = os.environ
+    if env.get("COTJAX_COORDINATOR"):
+        missing = [k for k in ("COTJAX_NUM_PROCESSES", "COTJAX_PROCESS_ID") if k not in env]
+        if missing:
+            raise ValueError(f"COTJAX_COORDINATOR is set but {', '.join(missing)} is not")
+        if env.get("JAX_PLATFORMS", "").startswith("cpu"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=env["COTJAX_COORDINATOR"],
+                                   num_processes=int(env["COTJAX_NUM_PROCESSES"]),
+                                   process_id=int(env["COTJAX_PROCESS_ID"]))
+        return True
+    tpu_hosts = env.get("TPU_WORKER_HOSTNAMES", "")
+    multi_tpu = len([h for h in tpu_hosts.split(",") if h]) > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in env
+    slurm = int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env
+    mpi = int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+    if multi_tpu or slurm or mpi:
+        jax.distributed.initialize()
+        return True
+    return False

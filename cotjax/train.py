@@ -1,4 +1,4 @@
-"""Sharded, jitted CoT fine-tuning: loss, train step, loop, metrics, resume.
+"""Sharded, jitted fine-tuning: optimizer, Trainer, loop, preemption, resume.
 
     cotjax train --config=configs/quickstart.py --workdir=runs/quick [--config.train.steps=...]
 
@@ -6,227 +6,37 @@ The train state is a plain pytree, `{"params": ..., "train": {...}}`, where para
 decoder's pure dict (`nnx.to_pure_dict`) and `train` holds the optax state, the step, the RNG key
 and non-finite counters. Shardings are read off the abstract tree (`jax.eval_shape`) through the
 logical-axis rules of `cotjax.sharding`; the jitted step states its in/out shardings and donates
-the state.
-
-Loss: per weighted token over the global batch (see `cotjax.tokenize`),
-
-    loss = sum_{b,t} w[b,t] * ce[b,t] / sum_{b,t} w[b,t]
-
-computed exactly under gradient accumulation: the micro-batches' sums are added before dividing.
-Chain and answer tokens are told apart by the pipeline's per-token `kinds` array (0 none,
-1 chain, 2 answer and EOS), so the metrics report the chain and the answer loss separately.
+the state. The objective (`cotjax.loss`) is a seam: the Trainer asks it for token sums and
+divides two of them, so gradient accumulation stays exact for any objective.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
-import math
-import os
 import re
 import signal
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import logging
 from flax import nnx
 
 from cotjax import checkpoint as ckpt_lib
-from cotjax import evaluate
+from cotjax import load
+from cotjax import metrics as metrics_lib
 from cotjax import model as model_lib
 from cotjax import sharding as sharding_lib
-from cotjax.tokenize import KIND_ANSWER, KIND_CHAIN
-
-STAT_KEYS = ("wce", "w", "chain_ce", "chain_n", "answer_ce", "answer_n", "answer_correct",
-             "tokens", "nonpad")
-
-# ----------------------------------------------------------------------------------------------
-# Multi-host start-up.
-
-
-def _distributed_is_initialized() -> bool:
-    try:
-        from jax._src import distributed
-        return distributed.global_state.client is not None
-    except Exception:  # pragma: no cover - private API moved
-        return False
-
-
-def maybe_initialize_distributed() -> bool:
-    """Join a multi-process run before JAX starts its backends; True if one was joined.
-
-    Explicit: COTJAX_COORDINATOR=host:port, COTJAX_NUM_PROCESSES, COTJAX_PROCESS_ID (CPU
-    processes use gloo collectives). Otherwise JAX's auto-detection, but only on a multi-host
-    TPU slice or under SLURM / Open MPI with more than one task. A lone process does nothing.
-    """
-    if _distributed_is_initialized():
-        return True
-    env = os.environ
-    if env.get("COTJAX_COORDINATOR"):
-        missing = [k for k in ("COTJAX_NUM_PROCESSES", "COTJAX_PROCESS_ID") if k not in env]
-        if missing:
-            raise ValueError(f"COTJAX_COORDINATOR is set but {', '.join(missing)} is not")
-        if env.get("JAX_PLATFORMS", "").startswith("cpu"):
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address=env["COTJAX_COORDINATOR"],
-                                   num_processes=int(env["COTJAX_NUM_PROCESSES"]),
-                                   process_id=int(env["COTJAX_PROCESS_ID"]))
-        return True
-    tpu_hosts = env.get("TPU_WORKER_HOSTNAMES", "")
-    multi_tpu = len([h for h in tpu_hosts.split(",") if h]) > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in env
-    slurm = int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env
-    mpi = int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
-    if multi_tpu or slurm or mpi:
-        jax.distributed.initialize()
-        return True
-    return False
-
+from cotjax.defaults import TrainSpec
+from cotjax.loss import CoTLoss, Objective
 
 # ----------------------------------------------------------------------------------------------
 # Configuration.
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSpec:
-    """The `train` section of a config, with defaults (see configs/base.py)."""
-
-    steps: int = -1  # optimizer steps; -1: as many as data.num_epochs gives
-    lr: float = 1e-5
-    warmup_steps: int = 0
-    schedule: str = "cosine"  # cosine | linear | constant
-    end_lr_fraction: float = 0.1
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # global norm; <= 0: off
-    microbatches: int = 1  # gradient accumulation: the global batch in this many pieces
-    remat: bool = False
-    on_nonfinite: str = "stop"  # stop | skip
-    log_every: int = 10
-    eval_every: int = 0  # <= 0: only at the end
-    eval_batches: int = -1  # -1: the whole validation split
-    checkpoint_every: int = 0  # <= 0: only at the end (and on SIGTERM/SIGINT)
-    keep: int = 2
-    keep_best: int = 1
-    async_checkpoint: bool = True
-    peak_flops: float = 0.0  # FLOP/s of the whole job for MFU; 0: measured (CPU) or a table
-    progress: bool = True
-    eval_at_end: bool = False  # cotjax.evaluate.run_eval(config, workdir, step, out=workdir/eval)
-
-    def __post_init__(self):
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"train.schedule must be cosine|linear|constant, got {self.schedule!r}")
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise ValueError(f"train.on_nonfinite must be stop|skip, got {self.on_nonfinite!r}")
-        if self.microbatches < 1:
-            raise ValueError(f"train.microbatches must be >= 1, got {self.microbatches}")
-
-    @classmethod
-    def from_config(cls, config) -> TrainSpec:
-        section = config.get("train") or {}
-        section = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"unknown train config keys {unknown}; known: {sorted(known)}")
-        return cls(**section)
-
-
-def resolve_dtype(name: str) -> str:
-    """'auto': bfloat16 on accelerators, float32 on CPU."""
-    if name == "auto":
-        return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    return name
-
-
-# ----------------------------------------------------------------------------------------------
-# Model, tokenizer and optimizer.
-
-
-def load_tokenizer_for(config):
-    """The tokenizer of a config: `config.tokenizer` (a HF tokenizer directory) if set, else the
-    model's own."""
-    tok = config.get("tokenizer", "")
-    if tok:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(tok)
-    from cotjax import weights
-
-    return weights.load_tokenizer(config.model)
-
-
-def _random_model_config(config):
-    arch = config.get("model_arch")
-    if not arch:
-        raise ValueError("config.model='random' needs config.model_arch (ModelConfig fields)")
-    arch = arch.to_dict() if hasattr(arch, "to_dict") else dict(arch)
-    arch.setdefault("rope", {"theta": 10000.0})
-    arch.setdefault("norm_eps", 1e-5)
-    return ckpt_lib.model_config_from_dict(arch)
-
-
-def model_config_overrides(config, spec: TrainSpec | None = None) -> dict:
-    out = dict(param_dtype=resolve_dtype(config.param_dtype),
-               compute_dtype=resolve_dtype(config.compute_dtype))
-    if spec is not None:
-        out["remat"] = spec.remat
-    return out
-
-
-def load_base_model(config, mesh=None, spec: TrainSpec | None = None):
-    """(Decoder, ModelConfig) the run starts from, each parameter placed by the rules table."""
-    from cotjax import weights
-
-    overrides = model_config_overrides(config, spec)
-    if config.model == "random":
-        cfg = _random_model_config(config).replace(**overrides)
-        params = init_random_params(cfg, int(config.seed), mesh)
-        return nnx.merge(nnx.graphdef(model_lib.abstract(cfg)), params), cfg
-    hf, tensors = weights.read_checkpoint(config.model)
-    cfg = model_lib.ModelConfig.from_hf(hf, **overrides)
-    params = weights.hf_to_params(tensors, cfg, source=config.model)
-    del tensors
-    shardings = None
-    if mesh is not None:
-        dims = logical_dims(cfg)
-        fn = sharding_lib.logical_sharding(mesh)
-        shardings = lambda axes: fn(axes, tuple(dims[a] for a in axes))  # noqa: E731
-    return weights.model_from_params(cfg, params, shardings), cfg
-
-
-def logical_dims(cfg) -> dict[str, int]:
-    return {"vocab": cfg.vocab_size, "embed": cfg.d_model, "heads": cfg.num_heads,
-            "kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "mlp": cfg.mlp_dim,
-            "layers": cfg.num_layers}
-
-
-def abstract_params(cfg):
-    """(params ShapeDtypeStructs, logical axes) pure dicts of a decoder."""
-    state = nnx.state(model_lib.abstract(cfg))
-    shapes = nnx.to_pure_dict(state)
-    axes = nnx.to_pure_dict(jax.tree.map(lambda v: v.logical_axes, state,
-                                         is_leaf=lambda v: isinstance(v, nnx.Variable)))
-    return shapes, axes
-
-
-def init_random_params(cfg, seed: int, mesh=None):
-    """Random params, initialised under jit straight into their shardings (nanodo style)."""
-    shapes, axes = abstract_params(cfg)
-    init = lambda: nnx.to_pure_dict(nnx.state(model_lib.create(cfg, seed)))  # noqa: E731
-    if mesh is None:
-        return jax.jit(init)()
-    return jax.jit(init, out_shardings=sharding_lib.param_shardings(shapes, axes, mesh))()
 
 
 _NO_DECAY = re.compile(r"(norm$)|(^b[a-z]?$)|(^b_)")
@@ -263,51 +73,13 @@ def make_optimizer(spec: TrainSpec, total_steps: int):
     return optax.chain(*parts), schedule
 
 
-# ----------------------------------------------------------------------------------------------
-# Loss.
-
-
-def loss_sums(logits_BTV, targets_BT, weights_BT, kinds_BT, segment_ids_BT):
-    """Token sums of one (micro-)batch: weighted CE, weights, chain/answer CE and counts,
-    correct answer tokens, tokens and non-padding tokens."""
-    logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-    tgt_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    ce_BT = logz_BT - tgt_BT
-    # A target is predicted when its logit is the maximum (a tie counts as correct): cheaper
-    # than comparing with argmax, whose variadic reduce XLA CPU does not vectorise.
-    hit_BT = tgt_BT >= jnp.max(logits_BTV, axis=-1)
-    chain = (kinds_BT == KIND_CHAIN).astype(jnp.float32)
-    answer = (kinds_BT == KIND_ANSWER).astype(jnp.float32)
-    return {
-        "wce": jnp.sum(weights_BT * ce_BT),
-        "w": jnp.sum(weights_BT),
-        "chain_ce": jnp.sum(chain * ce_BT),
-        "chain_n": jnp.sum(chain),
-        "answer_ce": jnp.sum(answer * ce_BT),
-        "answer_n": jnp.sum(answer),
-        "answer_correct": jnp.sum(answer * hit_BT),
-        "tokens": jnp.asarray(targets_BT.size, jnp.float32),
-        "nonpad": jnp.sum((segment_ids_BT != 0).astype(jnp.float32)),
-    }
-
-
-def model_sums(graphdef, params, batch):
-    model = nnx.merge(graphdef, params)
-    logits, _ = model(batch["inputs"], batch["positions"], batch["segment_ids"])
-    return loss_sums(logits, batch["targets"], batch["weights"], batch["kinds"],
-                     batch["segment_ids"])
-
-
-def _normalised(sums):
-    return sums["wce"] / jnp.maximum(sums["w"], 1e-9)
-
-
-def loss_and_grads(graphdef, params, batch, microbatches: int = 1, batch_spec=None):
-    """(token sums, gradient of sum(w*ce) / sum(w)) over the batch, accumulated over
-    `microbatches` pieces; exact: sums are added before dividing."""
+def loss_and_grads(objective: Objective, graphdef, params, batch, microbatches: int = 1,
+                   batch_spec=None):
+    """(token sums, gradient of num / den) over the batch, accumulated over `microbatches`
+    pieces; exact: sums are added before dividing."""
     def sums_fn(p, mb):
-        s = model_sums(graphdef, p, mb)
-        return s["wce"], s
+        s = objective.sums(nnx.merge(graphdef, p), mb)
+        return s["num"], s
 
     grad_fn = jax.grad(sums_fn, has_aux=True)
     if microbatches == 1:
@@ -328,9 +100,9 @@ def loss_and_grads(graphdef, params, batch, microbatches: int = 1, batch_spec=No
             return (jax.tree.map(jnp.add, g, g2), jax.tree.map(jnp.add, s, s2)), None
 
         zeros_g = jax.tree.map(jnp.zeros_like, params)
-        zeros_s = {k: jnp.zeros((), jnp.float32) for k in STAT_KEYS}
+        zeros_s = {k: jnp.zeros((), jnp.float32) for k in objective.keys}
         (grads, sums), _ = jax.lax.scan(body, (zeros_g, zeros_s), mbs)
-    denom = jnp.maximum(sums["w"], 1e-9)
+    denom = jnp.maximum(sums["den"], 1e-9)
     grads = jax.tree.map(lambda g: g / denom.astype(g.dtype), grads)
     return sums, grads
 
@@ -393,65 +165,20 @@ class RunData:
 
 
 # ----------------------------------------------------------------------------------------------
-# FLOPs and MFU.
-
-
-def flops_per_token(cfg, seq_len: int) -> float:
-    """Training FLOPs per token: 6 N (matmul parameters, the output projection included, the
-    embedding lookup not) + 12 L N_heads H T for attention scores and values (PaLM's count)."""
-    D, N, K, H, F, V, L = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                           cfg.mlp_dim, cfg.vocab_size, cfg.num_layers)
-    per_layer = D * N * H + 2 * D * K * H + N * H * D + 3 * D * F
-    n_matmul = L * per_layer + D * V
-    return 6.0 * n_matmul + 12.0 * L * N * H * seq_len
-
-
-# Dense bf16 peak FLOP/s per device of common accelerators (for MFU; override train.peak_flops).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
-              "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-              "TPU v6": 918e12}
-
-
-def measure_matmul_flops(n: int = 2048, reps: int = 5, dtype=jnp.float32) -> float:
-    """FLOP/s of an n x n matrix product on the default device (best of `reps`)."""
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n**3 / best
-
-
-def peak_flops(spec: TrainSpec) -> float:
-    """Peak FLOP/s of the whole job: train.peak_flops, a table lookup, or (CPU) measured."""
-    if spec.peak_flops > 0:
-        return float(spec.peak_flops)
-    dev = jax.devices()[0]
-    if dev.platform == "cpu":  # the fake CPU devices of a process share its cores
-        return measure_matmul_flops() * jax.process_count()
-    for name, flops in PEAK_FLOPS.items():
-        if name.lower() in dev.device_kind.lower():
-            return flops * jax.device_count()
-    logging.warning("unknown device %s: set train.peak_flops for MFU", dev.device_kind)
-    return float("nan")
-
-
-# ----------------------------------------------------------------------------------------------
 # The trainer: shardings, jitted step and eval.
 
 
 class Trainer:
     """The jitted pieces of a run for one model config, optimizer and mesh."""
 
-    def __init__(self, cfg, spec: TrainSpec, mesh, total_steps: int):
+    def __init__(self, cfg, spec: TrainSpec, mesh, total_steps: int,
+                 objective: Objective | None = None):
         self.cfg, self.spec, self.mesh = cfg, spec, mesh
+        self.objective = objective if objective is not None else CoTLoss()
         self.total_steps = total_steps
         self.graphdef = nnx.graphdef(model_lib.abstract(cfg))
         self.tx, self.schedule = make_optimizer(spec, total_steps)
-        shapes, self.logical_axes = abstract_params(cfg)
+        shapes, self.logical_axes = load.abstract_params(cfg)
         self.param_shardings = sharding_lib.param_shardings(shapes, self.logical_axes, mesh)
         rep = sharding_lib.replicated(mesh)
         abstract_opt = jax.eval_shape(self.tx.init, shapes)
@@ -489,13 +216,13 @@ class Trainer:
     # -- pure functions under jit --
 
     def _grads_fn(self, params, batch):
-        return loss_and_grads(self.graphdef, params, batch, self.spec.microbatches,
+        return loss_and_grads(self.objective, self.graphdef, params, batch, self.spec.microbatches,
                               self._micro_spec if self.spec.microbatches > 1 else None)
 
     def _step_fn(self, params, train, batch):
         self.trace_count += 1  # Python side effect: runs once per trace
         sums, grads = self._grads_fn(params, batch)
-        loss = _normalised(sums)
+        loss = sums["num"] / jnp.maximum(sums["den"], 1e-9)
         gnorm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
 
@@ -522,7 +249,7 @@ class Trainer:
         return new_params, new_train, metrics
 
     def _eval_fn(self, params, batch):
-        return model_sums(self.graphdef, params, batch)
+        return self.objective.sums(nnx.merge(self.graphdef, params), batch)
 
     # -- host API --
 
@@ -551,68 +278,8 @@ class Trainer:
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
         if total is None:
             return {}
-        return summarize_sums(jax.device_get(total))
+        return self.objective.summarize(jax.device_get(total))
 
-
-def summarize_sums(s: dict) -> dict[str, float]:
-    div = lambda a, b: float(a) / float(b) if float(b) > 0 else float("nan")  # noqa: E731
-    return {"loss": div(s["wce"], s["w"]), "chain_loss": div(s["chain_ce"], s["chain_n"]),
-            "answer_loss": div(s["answer_ce"], s["answer_n"]),
-            "answer_acc": div(s["answer_correct"], s["answer_n"]),
-            "nonpad_frac": div(s["nonpad"], s["tokens"])}
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics output.
-
-
-class MetricWriter:
-    """metrics.jsonl + TensorBoard events in the workdir (process 0 writes)."""
-
-    def __init__(self, workdir: Path):
-        self.active = jax.process_index() == 0
-        self.tb = None
-        if self.active:
-            workdir.mkdir(parents=True, exist_ok=True)
-            self.jsonl = open(workdir / "metrics.jsonl", "a")
-            try:
-                from tensorboardX import SummaryWriter
-                self.tb = SummaryWriter(str(workdir / "tb"))
-            except ImportError:  # pragma: no cover
-                logging.warning("tensorboardX is not installed: no TensorBoard events")
-
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.active:
-            return
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                 for k, v in metrics.items()}
-        self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
-        self.jsonl.flush()
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, step)
-            self.tb.flush()
-
-    def close(self):
-        if self.active:
-            self.jsonl.close()
-            if self.tb is not None:
-                self.tb.close()
-
-
-class _Interval:
-    """Aggregates per-step metric sums between two log points."""
-
-    def __init__(self):
-        self.reset(time.perf_counter())
-
-    def reset(self, now: float):
-        self.t0, self.pending, self.steps = now, [], 0
-
-    def add(self, metrics):
-        self.pending.append(metrics)
-        self.steps += 1
 
 
 class _Signals:
@@ -677,7 +344,7 @@ def train(config, workdir: str | Path, *, mesh=None) -> RunResult:
     if B % dp or (B // dp) % spec.microbatches:
         raise ValueError(f"data.batch_size={B} must split over data x fsdp = {dp} devices and "
                          f"then into train.microbatches={spec.microbatches} micro-batches")
-    tokenizer = load_tokenizer_for(config)
+    tokenizer = load.load_tokenizer(config)
     data = RunData(config)
     if spec.steps > 0:
         total_steps = spec.steps
@@ -701,7 +368,7 @@ def train(config, workdir: str | Path, *, mesh=None) -> RunResult:
         logging.info("resumed %s from step %d", workdir, latest)
         print(f"resuming from checkpoint step {latest} in {workdir}", flush=True)
     else:
-        model, model_cfg = load_base_model(config, mesh, spec)
+        model, model_cfg = load.load_base_model(config, mesh, remat=spec.remat)
         params = nnx.to_pure_dict(nnx.state(model))
         del model
         ckpt_lib.write_run_config(workdir, config, model_cfg)
@@ -711,10 +378,10 @@ def train(config, workdir: str | Path, *, mesh=None) -> RunResult:
     start = int(jax.device_get(train_state["step"]))
 
     seq_len = int(config.data.seq_len)
-    fpt = flops_per_token(model_cfg, seq_len)
-    peak = peak_flops(spec)
+    fpt = metrics_lib.flops_per_token(model_cfg, seq_len)
+    peak = metrics_lib.peak_flops(spec.peak_flops)
     val_batches = data.validation_batches(tokenizer, spec.eval_batches)
-    writer = MetricWriter(workdir)
+    writer = metrics_lib.MetricWriter(workdir, spec.wandb_project, config.to_dict())
     bar = None
     if spec.progress and jax.process_index() == 0:
         from tqdm import tqdm
@@ -725,13 +392,17 @@ def train(config, workdir: str | Path, *, mesh=None) -> RunResult:
               f"microbatches {spec.microbatches}; dtypes {model_cfg.param_dtype}/"
               f"{model_cfg.compute_dtype}; remat {model_cfg.remat}", flush=True)
 
-    interval = _Interval()
+    interval = metrics_lib.Interval()
     last_metrics: dict = {}
     val_metrics: dict = {}
     prev = None  # the previous step's metrics, checked one step late (keeps dispatch async)
     step = start
     stopped = False
     timing_from = None  # perf_counter once the first (compiling) step is done
+
+    def log(timed=True):
+        return metrics_lib.log_interval(interval, trainer.objective, writer, bar, step, fpt,
+                                        peak, timed)
 
     def check(m, at_step):
         if spec.on_nonfinite == "stop" and not bool(jax.device_get(m["ok"])):
@@ -768,14 +439,13 @@ def train(config, workdir: str | Path, *, mesh=None) -> RunResult:
                 interval.add(metrics)
                 if timing_from is None:  # the first step compiles: log it alone, untimed
                     check(metrics, step)
-                    last_metrics = _log(interval, writer, bar, step, fpt, seq_len, B, peak,
-                                        timed=False) or last_metrics
+                    last_metrics = log(timed=False) or last_metrics
                     timing_from = interval.t0
                 if bar is not None:
                     bar.update(1)
                 if step % spec.log_every == 0 or step == total_steps:
                     check(metrics, step)
-                    last_metrics = _log(interval, writer, bar, step, fpt, seq_len, B, peak) or last_metrics
+                    last_metrics = log() or last_metrics
                 val_loss = None
                 if spec.eval_every > 0 and step % spec.eval_every == 0 and step < total_steps:
                     val_loss = do_eval(step)
@@ -794,7 +464,7 @@ def train(config, workdir: str | Path, *, mesh=None) -> RunResult:
                 print(f"already trained to step {step}; nothing to do", flush=True)
             else:
                 if interval.steps:
-                    last_metrics = _log(interval, writer, bar, step, fpt, seq_len, B, peak) or last_metrics
+                    last_metrics = log() or last_metrics
                 val_loss = do_eval(step)
                 if manager.latest_step() != step:
                     do_save(step, val_loss, force=True)
@@ -811,44 +481,9 @@ def train(config, workdir: str | Path, *, mesh=None) -> RunResult:
     return RunResult(step, stopped, last_metrics, val_metrics, skipped)
 
 
-def _log(interval: _Interval, writer: MetricWriter, bar, step: int, fpt: float, seq_len: int,
-         batch: int, peak: float, timed: bool = True) -> dict | None:
-    if not interval.pending:
-        interval.reset(time.perf_counter())
-        return None
-    fetched = jax.device_get(interval.pending)
-    now = time.perf_counter()
-    dt = max(now - interval.t0, 1e-9)
-    sums = {k: sum(float(m[k]) for m in fetched) for k in STAT_KEYS}
-    out = summarize_sums(sums)
-    out["grad_norm"] = float(np.mean([float(m["grad_norm"]) for m in fetched]))
-    out["lr"] = float(fetched[-1]["lr"])
-    if timed:
-        out["tokens_per_s"] = sums["tokens"] / dt
-        out["real_tokens_per_s"] = sums["nonpad"] / dt
-        out["mfu"] = sums["tokens"] * fpt / dt / peak if peak == peak else float("nan")
-        out["steps_per_s"] = len(fetched) / dt
-    writer.write(step, out)
-    if bar is not None:
-        post = dict(loss=f"{out['loss']:.4f}", ans_acc=f"{out['answer_acc']:.3f}")
-        if timed:
-            post.update(tok_s=f"{out['tokens_per_s']:.0f}", mfu=f"{out['mfu']:.2f}")
-        bar.set_postfix(post, refresh=False)
-    interval.reset(now)
-    return out
-
-
-def run_eval_hook(config, workdir: Path, step: int) -> None:
-    """`train.eval_at_end`: score the trained checkpoint with `cotjax eval` into workdir/eval."""
-    summary = evaluate.run_eval(config=config, workdir=str(workdir), step=step,
-                                out=str(workdir / "eval"))
-    if jax.process_index() == 0:
-        print(json.dumps({"eval": summary}, default=str), flush=True)
-
-
 def main(flags) -> None:
     """`cotjax train --config=PATH --workdir=DIR`."""
-    maybe_initialize_distributed()
+    sharding_lib.maybe_initialize_distributed()
     config = flags.config
     if config is None or not flags.workdir:
         raise SystemExit("train needs --config=PATH and --workdir=DIR")
@@ -858,5 +493,4 @@ def main(flags) -> None:
                           "skipped": result.skipped, **{f"train/{k}": v for k, v in
                                                          result.final_metrics.items()},
                           **{f"val/{k}": v for k, v in result.val_metrics.items()}}), flush=True)
-    if not result.stopped_by_signal and TrainSpec.from_config(config).eval_at_end:
-        run_eval_hook(config, Path(flags.workdir), result.step)
+    return result

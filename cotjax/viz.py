@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cotjax.records import read_json_lines
+from cotjax.steps import check_steps
+
 # Background hue per packed example; padding (segment 0) is grey.
 _HUES = (210, 30, 120, 280, 0, 170, 60, 330)
 
@@ -71,7 +74,6 @@ def read_metrics(workdir: str | Path) -> list[dict]:
 
 def read_metrics_file(path: str | Path) -> list[dict]:
     """The rows of a metrics.jsonl file (a bad line is an error naming file:line)."""
-    from cotjax.records import read_json_lines
 
     return [row for _, row in read_json_lines(path)]
 
@@ -237,31 +239,15 @@ def plot_sweep(rows: Sequence[dict]):
     return fig
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """python -m cotjax.viz compare OUT.png NAME=METRICS.jsonl ...: training curves of several
-    runs (a metrics.jsonl, or the workdir holding one) side by side, saved as a PNG.
-    python -m cotjax.viz sweep DIR OUT.png: a learning-rate x epochs sweep's table (printed and
-    written to DIR/sweep.md) and plot.
-    python -m cotjax.viz paired A/predictions.jsonl B/predictions.jsonl [FIELD [FIELD_B]]: the
-    two runs' correct answers question by question and McNemar's exact p-value, as one JSON line.
-    FIELD (default correct; or correct_flexible, or maj_correct for a self-consistency run) is
-    read from A, and from B too unless FIELD_B is given (e.g. a maj@k vote against greedy)."""
-    import sys
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["paired"] and len(args) in (3, 4, 5):
-        from cotjax import evaluate
-
-        field_a = args[3] if len(args) > 3 else "correct"
-        field_b = args[4] if len(args) > 4 else field_a
-        a = evaluate.read_correct(args[1], field_a)
-        b = evaluate.read_correct(args[2], field_b)
-        print(json.dumps({"a": args[1], "b": args[2], "field_a": field_a, "field_b": field_b,
-                          **evaluate.paired_comparison(a, b)}))
-        return
+def main(args: Sequence[str]) -> None:
+    """cotjax viz compare OUT.png NAME=METRICS.jsonl ...: training curves of several runs (a
+    metrics.jsonl, or the workdir holding one) side by side, saved as a PNG.
+    cotjax viz sweep DIR OUT.png: a learning-rate x epochs sweep's table (printed and written
+    to DIR/sweep.md) and plot."""
     import matplotlib
 
     matplotlib.use("Agg")
+    args = list(args)
     if args[:1] == ["sweep"] and len(args) == 3:
         rows = sweep_rows(args[1])
         table = sweep_table(rows)
@@ -283,8 +269,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _answer_cell(row: dict) -> str:
-    from cotjax.evaluate import check_steps
-
     verdict = "correct" if row["correct"] else "wrong"
     colour = "#1a7f37" if row["correct"] else "#b42318"
     head = (f'<div style="color:{colour}">answer {html.escape(str(row["extracted"]))}: {verdict}; '
@@ -306,6 +290,3 @@ def compare_html(questions: Sequence[dict]) -> str:
         body += "".join(f"{cell}{_answer_cell(q['answers'][lb])}</td>" for lb in labels) + "</tr>"
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
-
-if __name__ == "__main__":
-    main()

@@ -11,7 +11,7 @@
 # Every stage can be stopped and rerun: trainings resume from their last checkpoint (exactly),
 # and an evaluation whose summary is already in results/gsm8k/ is skipped. Each evaluation runs on
 # the 500-problem validation slice held out of data/gsm8k/train.jsonl and writes
-# results/gsm8k/NAME_summary.json (and NAME_predictions.jsonl, for `python -m cotjax.viz paired`);
+# results/gsm8k/NAME_summary.json (and NAME_predictions.jsonl, for `cotjax report paired`);
 # its wall time goes to results/gsm8k/wall_times.tsv.
 # Environment: OUT_DIR [results/gsm8k], COTJAX [.venv/bin/cotjax].
 set -euo pipefail
@@ -39,10 +39,16 @@ evaluate() {  # NAME CONFIG [cotjax eval options]
   cp "$runs/eval_$name/predictions.jsonl" "$out/${name}_predictions.jsonl"
   cp "$runs/eval_$name/summary.json" "$out/${name}_summary.json"
 }
-train() {  # MODE: trains configs/experiments/gsm8k_MODE.py and keeps its metrics
+config_of() {  # STAGE -> configs/gsm8k.py with the stage's model and mode
+  case $1 in
+    gemma3_*) echo "configs/gsm8k.py:model=gemma3-270m,mode=${1#gemma3_}" ;;
+    *) echo "configs/gsm8k.py:mode=$1" ;;
+  esac
+}
+train() {  # STAGE: trains its config and keeps its metrics
   mkdir -p "$runs/$1"
   # The log's tee ignores Ctrl-C, so the training can still write while it saves on the signal.
-  timed "train_$1" $cotjax train --config="configs/experiments/gsm8k_$1.py" --workdir="$runs/$1" \
+  timed "train_$1" $cotjax train --config="$(config_of "$1")" --workdir="$runs/$1" \
     2>&1 | (trap '' INT TERM; exec tee "$runs/$1/train.log")
   # A preempted training saves, prints stopped_by_signal and exits 0: evaluate nothing after it.
   if grep -q '"stopped_by_signal": true' "$runs/$1/train.log"; then
@@ -54,21 +60,21 @@ for stage in $stages; do
   case $stage in
     cot | answer_only | gemma3_cot | gemma3_answer_only)
       train "$stage"
-      evaluate "$stage" "configs/experiments/gsm8k_$stage.py" --workdir="$runs/$stage" ;;
+      evaluate "$stage" "$(config_of "$stage")" --workdir="$runs/$stage" ;;
     base_zero_shot)
-      evaluate base_zero_shot configs/experiments/gsm8k_cot.py \
+      evaluate base_zero_shot configs/gsm8k.py \
         --config.eval.prompting=zero_shot_cot ;;
     base_few_shot)
-      evaluate base_8shot configs/experiments/gsm8k_cot.py \
+      evaluate base_8shot configs/gsm8k.py \
         --config.eval.prompting=few_shot_cot --config.eval.fewshot=8 ;;
     cot_maj8)
-      evaluate cot_maj8 configs/experiments/gsm8k_cot.py --workdir="$runs/cot" \
+      evaluate cot_maj8 configs/gsm8k.py --workdir="$runs/cot" \
         --config.eval.num_samples=8 ;;
     curves)
-      .venv/bin/python -m cotjax.viz compare "$out/training_curves.png" \
+      $cotjax viz compare "$out/training_curves.png" \
         "cot=$out/cot_metrics.jsonl" "answer_only=$out/answer_only_metrics.jsonl" ;;
     gemma3_base_zero_shot)
-      evaluate gemma3_base_zero_shot configs/experiments/gsm8k_gemma3_cot.py \
+      evaluate gemma3_base_zero_shot configs/gsm8k.py:model=gemma3-270m \
         --config.eval.prompting=zero_shot_cot ;;
   esac
 done

@@ -3,7 +3,7 @@
 #
 #   launch/experiment_synthetic.sh [RUNS_DIR] [-- --config.train.steps=300 ...]
 #
-# Trains configs/experiments/synthetic_{cot,answer_only}.py (resuming if stopped), evaluates both
+# Trains configs/synthetic.py:recipe=experiment,mode={cot,answer_only} (resuming if stopped), evaluates both
 # and the base model on 240 held-out problems of 1-8 operations (seed 1234, disjoint seed from
 # training), and writes results/synthetic/{cot,answer_only,base}_summary.json, by_steps.json and
 # by_steps.png. Overrides after `--` go to both trainings.
@@ -13,20 +13,19 @@ runs=${1:-runs/synthetic}
 [ $# -gt 0 ] && shift
 [ "${1:-}" = "--" ] && shift
 cotjax=.venv/bin/cotjax
-py=.venv/bin/python
 mkdir -p "$runs" results/synthetic
 heldout=$runs/heldout_1to8.jsonl
-$py -m cotjax.synthetic write "$heldout" 240 1 8 1234
+$cotjax synthetic "$heldout" 240 1 8 1234
 evaluate() {  # NAME CONFIG [cotjax eval options]
   local name=$1 config=$2; shift 2
   $cotjax eval --config="$config" --task=gsm8k --data="$heldout" --out="$runs/eval_$name" "$@"
   cp "$runs/eval_$name/summary.json" "results/synthetic/${name}_summary.json"
 }
 for mode in cot answer_only; do
-  time $cotjax train --config=configs/experiments/synthetic_$mode.py --workdir="$runs/$mode" "$@"
-  evaluate "$mode" configs/experiments/synthetic_$mode.py --workdir="$runs/$mode"
+  time $cotjax train --config=configs/synthetic.py:recipe=experiment,mode=$mode --workdir="$runs/$mode" "$@"
+  evaluate "$mode" configs/synthetic.py:recipe=experiment,mode=$mode --workdir="$runs/$mode"
 done
-evaluate base configs/experiments/synthetic_cot.py --config.eval.prompting=zero_shot_cot
-$py -m cotjax.synthetic report results/synthetic/by_steps \
+evaluate base configs/synthetic.py:recipe=experiment --config.eval.prompting=zero_shot_cot
+$cotjax report by-steps results/synthetic/by_steps \
   "cot=$runs/eval_cot/predictions.jsonl" "answer_only=$runs/eval_answer_only/predictions.jsonl" \
   "base=$runs/eval_base/predictions.jsonl"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Learning-rate x epochs sweep for experiment 2 (issue 8): trains configs/experiments/gsm8k_MODE.py
+# Learning-rate x epochs sweep for experiment 2 (issue 8): trains configs/gsm8k.py:mode=MODE
 # once per (mode, lr, epochs), each run with its own warmup + cosine schedule over its epochs,
 # evaluates each on the 500-problem validation slice (greedy), and tabulates validation loss and
 # accuracy; the choice per mode is the highest strict accuracy, ties to the lower validation loss.
@@ -16,16 +16,15 @@
 #   EVAL_BATCH [64]  rows decoded together     OUT_DIR [results/gsm8k/sweep]
 #   EXTRA [""]     more --config.* overrides for every train and eval
 # A run whose summary is already in OUT_DIR is skipped; a stopped one resumes from its checkpoint.
-# Ends with `python -m cotjax.viz sweep OUT_DIR OUT_DIR/sweep.png` (table in OUT_DIR/sweep.md).
+# Ends with `cotjax viz sweep OUT_DIR OUT_DIR/sweep.png` (table in OUT_DIR/sweep.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-runs/sweep}
 out=${OUT_DIR:-results/gsm8k/sweep}
 parallel=${PARALLEL:-1}
 cotjax=${COTJAX:-.venv/bin/cotjax}
-python=${PYTHON:-.venv/bin/python}
 for mode in ${MODES:-cot}; do  # reject a typo before hours of training, not after
-  [ -f "configs/experiments/gsm8k_$mode.py" ] || { echo "unknown mode '$mode': no configs/experiments/gsm8k_$mode.py" >&2; exit 2; }
+  case $mode in cot | answer_only) ;; *) echo "unknown mode '$mode': cot or answer_only" >&2; exit 2 ;; esac
 done
 mkdir -p "$runs" "$out"
 if [ "$parallel" -gt 1 ] && [ -z "${XLA_PYTHON_CLIENT_MEM_FRACTION:-}" ]; then
@@ -37,7 +36,7 @@ export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$runs/jax_cache}
 
 one_run() {  # MODE LR EPOCHS
   local mode=$1 lr=$2 epochs=$3
-  local name="${mode}_lr${lr}_ep${epochs}" config="configs/experiments/gsm8k_$mode.py"
+  local name="${mode}_lr${lr}_ep${epochs}" config="configs/gsm8k.py:mode=$mode"
   local dir="$runs/$name" start=$SECONDS
   if [ -f "$out/${name}_summary.json" ]; then echo "$name: already evaluated"; return; fi
   mkdir -p "$dir"
@@ -69,4 +68,4 @@ for mode in ${MODES:-cot}; do
   done
 done
 wait
-$python -m cotjax.viz sweep "$out" "$out/sweep.png"
+$cotjax viz sweep "$out" "$out/sweep.png"

@@ -18,13 +18,13 @@ of the config. Set `CONFIG` to any config file; `OVERRIDES` shrinks the run for 
     ("code", """import json, os
 from IPython.display import HTML, display
 
-from cotjax import cli, pipeline, train, viz
+from cotjax import defaults, load, pipeline, viz
 
 os.chdir(os.environ.get("COTJAX_REPO", ".."))  # config paths are relative to the repository
 CONFIG = os.environ.get("COTJAX_NB_CONFIG", "configs/base.py")
-config = cli.load_config(CONFIG, **{"data.max_examples": 300, "data.seq_len": 512,
+config = defaults.load_config(CONFIG, **{"data.max_examples": 300, "data.seq_len": 512,
                                     "data.batch_size": 2})
-tokenizer = train.load_tokenizer_for(config)  # config.tokenizer when set, else the model's"""),
+tokenizer = load.load_tokenizer(config)  # config.tokenizer when set, else the model's"""),
     ("code", """ds, report = pipeline.make_train_dataset(config, tokenizer, "train", 0, 1)
 batch = next(iter(ds))
 print(viz.batch_summary(batch))
@@ -50,7 +50,7 @@ green (holds) or red (does not). Set `COTJAX_NB_WORKDIR` (relative to the reposi
     ("code", """import json, os
 from IPython.display import HTML, display
 
-from cotjax import checkpoint, evaluate, sharding, viz
+from cotjax import checkpoint, evaluate, load, sharding, viz
 
 os.chdir(os.environ.get("COTJAX_REPO", ".."))  # workdirs are relative to the repository
 WORKDIR = os.environ.get("COTJAX_NB_WORKDIR", "runs/quickstart")
@@ -62,7 +62,7 @@ print(model_cfg)"""),
     ("md", """## Parameters of the latest checkpoint
 
 Placed by the rules table on the run's mesh when this machine has several devices."""),
-    ("code", """model, model_cfg, tokenizer, _ = checkpoint.load_model_for_eval(
+    ("code", """model, model_cfg, tokenizer, _ = load.load_run_model(
     WORKDIR, mesh=sharding.optional_mesh(config.mesh))
 table = viz.param_table(model)
 print(json.dumps(viz.param_summary(table)))

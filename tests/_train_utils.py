@@ -40,9 +40,9 @@ TINY_ARCH = dict(family="llama", vocab_size=259, d_model=32, num_layers=2, num_h
 
 def tiny_config(tokenizer_dir: str, **train):
     """A config training a tiny random llama on the synthetic task with byte tokens."""
-    from configs import base
+    from cotjax import defaults
 
-    c = base.get_config()
+    c = defaults.get_config()
     c.model = "random"
     c.tokenizer = tokenizer_dir
     c.model_arch = dict(TINY_ARCH)
@@ -97,7 +97,9 @@ def main(argv):
 
     from cotjax import train
 
-    train.maybe_initialize_distributed()
+    from cotjax import sharding
+
+    sharding.maybe_initialize_distributed()
     config = ml_collections.ConfigDict(json.loads(Path(argv[1]).read_text()))
     result = train.train(config, argv[2])
     print("RESULT " + json.dumps({"step": result.step, "stopped": result.stopped_by_signal,

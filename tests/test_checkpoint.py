@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from cotjax import checkpoint, decode, train
+from cotjax import checkpoint, cli, decode, load, train
 
 from _train_utils import tiny_config, write_byte_tokenizer
 
@@ -40,7 +40,7 @@ def _finished_steps(workdir: Path) -> list[int]:
 
 
 def _params(workdir: Path, step=None):
-    model, *_ = checkpoint.load_model_for_eval(workdir, step)
+    model, *_ = load.load_run_model(workdir, step)
     from cotjax.weights import model_params
     return model_params(model)
 
@@ -108,17 +108,13 @@ def test_best_checkpoint_kept_and_export(tok_dir, tmp_path):
            if "val/loss" in r}
     assert min(val, key=val.get) in kept
 
-    model, cfg, tokenizer, run_config = checkpoint.load_model_for_eval(workdir)
+    model, cfg, tokenizer, run_config = load.load_run_model(workdir)
     assert run_config.train.steps == 8 and cfg.d_model == 32
-    base, *_ = checkpoint.load_model_for_eval(workdir, "base")
+    base, *_ = load.load_run_model(workdir, "base")
     from cotjax.weights import model_params
     assert not np.allclose(model_params(base)["layers/wq"], model_params(model)["layers/wq"])
 
-    class Flags:
-        pass
-    flags = Flags()
-    flags.workdir, flags.out, flags.step = str(workdir), str(tmp_path / "hf"), None
-    checkpoint.export_main(flags)
+    cli.main(["cotjax", "export", f"--workdir={workdir}", f"--out={tmp_path / 'hf'}"])
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json"):
         assert (tmp_path / "hf" / name).is_file(), name
     from transformers import AutoModelForCausalLM

@@ -1,24 +1,74 @@
-"""Every shipped config loads through the CLI's loader and is a valid run description."""
+"""Config files: every committed config loads and validates, the config families resolve to the
+values the separate experiment files had (a snapshot taken before they were folded), and no
+config touches sys.path."""
 
-from pathlib import Path
+import json
+import pathlib
 
 import pytest
 
-from cotjax import cli, train
+from cotjax import defaults
 
-CONFIGS = sorted(str(p) for p in Path("configs").rglob("*.py"))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SNAPSHOT = json.loads((ROOT / "tests/data/config_snapshots.json").read_text())
+# Keys added to the defaults after the snapshot (commit 01fe0f4), with their default values.
+ADDED = {("train", "wandb_project"): ""}
+# Where each snapshotted file went.
+NOW = {
+    "configs/base.py": "configs/base.py",
+    "configs/quickstart.py": "configs/quickstart.py",
+    "configs/gsm8k_hf_large.py": "configs/gsm8k_hf_large.py",
+    "configs/gsm8k_smollm2.py": "configs/gsm8k.py:recipe=full",
+    "configs/gsm8k_gemma3_270m.py": "configs/gsm8k.py:model=gemma3-270m,recipe=full",
+    "configs/experiments/gsm8k_cot.py": "configs/gsm8k.py",
+    "configs/experiments/gsm8k_answer_only.py": "configs/gsm8k.py:mode=answer_only",
+    "configs/experiments/gsm8k_gemma3_cot.py": "configs/gsm8k.py:model=gemma3-270m",
+    "configs/experiments/gsm8k_gemma3_answer_only.py":
+        "configs/gsm8k.py:model=gemma3-270m,mode=answer_only",
+    "configs/synthetic_smollm2.py": "configs/synthetic.py",
+    "configs/experiments/synthetic_cot.py": "configs/synthetic.py:recipe=experiment",
+    "configs/experiments/synthetic_answer_only.py":
+        "configs/synthetic.py:recipe=experiment,mode=answer_only",
+}
 
 
-@pytest.mark.parametrize("path", CONFIGS)
-def test_config_loads_and_its_train_section_is_valid(path):
-    config = cli.load_config(path)
-    assert config.model and config.data.seq_len > 0
-    train.TrainSpec.from_config(config)  # rejects unknown or inconsistent train keys
+def _resolved(spec: str) -> dict:
+    out = json.loads(defaults.load_config(str(ROOT / spec)).to_json_best_effort())
+    for (section, key), value in ADDED.items():
+        assert out[section].pop(key) == value
+    return out
 
 
-@pytest.mark.parametrize("experiment", ["synthetic", "gsm8k", "gsm8k_gemma3"])
-def test_experiment_pairs_differ_only_in_mode(experiment):
-    cot = cli.load_config(f"configs/experiments/{experiment}_cot.py").to_dict()
-    answer_only = cli.load_config(f"configs/experiments/{experiment}_answer_only.py").to_dict()
+@pytest.mark.parametrize("old", sorted(NOW))
+def test_config_resolves_to_its_snapshot(old):
+    assert _resolved(NOW[old]) == SNAPSHOT[old]
+
+
+def test_every_config_file_is_covered_and_valid():
+    files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.py")}
+    assert files == {spec.partition(":")[0] for spec in NOW.values()}
+    for spec in NOW.values():
+        config = defaults.load_config(str(ROOT / spec))
+        assert config.model and config.data.seq_len > 0
+        defaults.TrainSpec.from_config(config)  # rejects unknown or inconsistent train keys
+
+
+def test_no_config_touches_sys_path():
+    for path in (ROOT / "configs").rglob("*.py"):
+        assert "sys.path" not in path.read_text(), path
+
+
+def test_config_argument_errors_name_the_key():
+    with pytest.raises(ValueError, match="unknown config argument 'modle'; known: model, mode"):
+        defaults.load_config(str(ROOT / "configs/gsm8k.py:modle=x"))
+    with pytest.raises(ValueError, match="'mode' is not key=value"):
+        defaults.load_config(str(ROOT / "configs/gsm8k.py:mode"))
+    with pytest.raises(ValueError, match="recipe must be experiment or full"):
+        defaults.load_config(str(ROOT / "configs/gsm8k.py:recipe=fast"))
+
+
+def test_family_members_differ_only_in_their_argument():
+    cot = defaults.load_config(str(ROOT / "configs/gsm8k.py")).to_dict()
+    answer_only = defaults.load_config(str(ROOT / "configs/gsm8k.py:mode=answer_only")).to_dict()
     assert (cot["data"].pop("mode"), answer_only["data"].pop("mode")) == ("cot", "answer_only")
-    assert cot == answer_only  # same model, problems, optimiser and row shape
+    assert cot == answer_only

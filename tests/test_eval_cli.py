@@ -16,14 +16,12 @@ ROW_KEYS = ("id", "question", "gold", "generation", "extracted", "correct", "ste
             "steps_valid", "steps")
 
 CONFIG = '''
-import sys
-sys.path.insert(0, {repo!r})
 import ml_collections
-from configs import base
+from cotjax import defaults
 
 
 def get_config():
-    c = base.get_config()
+    c = defaults.get_config()
     c.model = "random"
     c.model_arch = ml_collections.ConfigDict(dict(
         family="llama", vocab_size=49152, d_model=32, num_layers=2, num_heads=4,
@@ -43,7 +41,7 @@ def config_path(tmp_path_factory):
     tok_dir = root / "tokenizer"
     weights.load_tokenizer("smollm2-135m-instruct").save_pretrained(str(tok_dir))
     path = root / "tiny.py"
-    path.write_text(CONFIG.format(repo=str(REPO), tokenizer=str(tok_dir)))
+    path.write_text(CONFIG.format(tokenizer=str(tok_dir)))
     return path
 
 

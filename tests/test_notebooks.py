@@ -73,7 +73,7 @@ def test_inspect_data_runs_on_a_config_with_its_own_tokenizer(tiny_run, monkeypa
 
 
 def test_explore_checkpoint_shows_config_params_curves_and_answers(tiny_run, monkeypatch):
-    from cotjax import checkpoint, train
+    from cotjax import checkpoint, load
 
     nb = _execute("explore_checkpoint.ipynb", monkeypatch,
                   COTJAX_NB_WORKDIR=str(tiny_run["workdir"]), COTJAX_NB_QUESTIONS="2",
@@ -84,7 +84,7 @@ def test_explore_checkpoint_shows_config_params_curves_and_answers(tiny_run, mon
     assert "model: random" in text and "fsdp: 2" in text  # the run's config
     summary = json.loads(next(line for line in text.splitlines() if '"parameters"' in line))
     _, model_cfg = checkpoint.read_run_config(tiny_run["workdir"])
-    shapes, _ = train.abstract_params(model_cfg)
+    shapes, _ = load.abstract_params(model_cfg)
     assert summary["parameters"] == sum(math.prod(s.shape) for s in jax.tree.leaves(shapes))
     params, answers = _outputs(nb, "text/html")
     assert "<td>layers/wq</td><td>(2, 32, 4, 8)</td>" in params

@@ -4,14 +4,15 @@ import collections
 import contextlib
 import io
 import json
-import types
+import pathlib
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from configs.base import get_config
+from cotjax import cli
+from cotjax.defaults import get_config
 from cotjax import pipeline, records
 from cotjax.pipeline import PackSpec
 from cotjax.tokenize import Example
@@ -23,6 +24,8 @@ ID0 = 10_000  # example i starts with token ID0 + i, so rows can be traced back 
 @pytest.fixture(scope="module")
 def tok():
     return load_tokenizer("smollm2-135m-instruct")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(**data):
@@ -215,9 +218,24 @@ def test_data_stats_on_the_default_config(tok, monkeypatch):
     monkeypatch.setattr("cotjax.weights.load_tokenizer", lambda spec: tok)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        pipeline.data_stats_main(types.SimpleNamespace(config=get_config()))
+        cli.main(["cotjax", "data-stats", f"--config={REPO / 'configs/base.py'}"])
     lines = out.getvalue().strip().split("\n")
     stats = json.loads(lines[-1])
     assert stats["examples"] == 6973 and stats["skipped"] == 0 and stats["truncated"] == 0
     assert stats["packing_efficiency"] > 0.95  # GSM8K, SmolLM2 tokenizer, seq_len 1024
     assert any(line.startswith("tokens per example: p50") for line in lines)
+
+
+def test_data_stats_honours_config_tokenizer(tmp_path, capsys):
+    """`config.tokenizer` is what training tokenizes with, so data-stats must use it too (with
+    model=random there is no model tokenizer at all)."""
+    from _train_utils import write_byte_tokenizer
+
+    tok_dir = write_byte_tokenizer(tmp_path / "bytes")
+    cli.main(["cotjax", "data-stats", f"--config={REPO / 'configs/base.py'}",
+              "--config.model=random", f"--config.tokenizer={tok_dir}",
+              "--config.data.max_examples=50", "--config.data.validation_size=10"])
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # Byte tokens: an example is as many tokens as its UTF-8 bytes (plus specials), far more
+    # than SmolLM2's tokens for the same text.
+    assert stats["examples"] + stats["dropped"] == 50 and stats["tokens"] > 50 * 300

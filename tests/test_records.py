@@ -2,11 +2,9 @@
 
 import json
 import sys
-import types
 
 import pytest
 
-import cotjax
 from configs.base import get_config
 from cotjax import records
 from cotjax.records import BadRecord, CoTRecord, RecordError
@@ -145,13 +143,12 @@ def test_optional_sources_fail_clearly_without_their_package(monkeypatch, source
 def test_synthetic_source_calls_the_generator(monkeypatch):
     calls = []
 
-    def generate_records(n, min_steps, max_steps, seed):
+    def generate_rows(n, min_steps, max_steps, seed):
         calls.append((n, min_steps, max_steps, seed))
-        return [CoTRecord(f"q{i}", "c", str(i), id=f"s{i}") for i in range(n)]
+        return [{"question": f"q{i}", "chain": "c", "answer": str(i), "id": f"s{i}"}
+                for i in range(n)]
 
-    fake = types.SimpleNamespace(generate_records=generate_records)
-    monkeypatch.setitem(sys.modules, "cotjax.synthetic", fake)
-    monkeypatch.setattr(cotjax, "synthetic", fake, raising=False)
+    monkeypatch.setattr(records.synthetic, "generate_rows", generate_rows)
     data = _data(source="synthetic", synthetic_n=40, validation_size=10)
     train, report = records.load_records(data, "train")
     assert calls == [(40, 2, 6, 0)] and len(train) == 30 and report.read == 40

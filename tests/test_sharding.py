@@ -7,7 +7,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from cotjax import sharding as sh
-from cotjax import train
+from cotjax import load, train
+from cotjax.loss import CoTLoss
 
 from _train_utils import tiny_config, write_byte_tokenizer
 
@@ -58,20 +59,20 @@ def test_mesh_222_matches_one_device():
     tok_dir = write_byte_tokenizer(tempfile.mkdtemp() + "/bytes")
     config = tiny_config(tok_dir)
     config.model_arch.num_kv_heads = 2
-    cfg = train._random_model_config(config)
+    cfg = load._random_model_config(config)
     data = train.RunData(config)
     batch = next(data.train_iterator(AutoTokenizer.from_pretrained(tok_dir)))
     results = []
     for shape in ((1, 1, 1), (2, 2, 2)):
         mesh = sh.make_mesh(_mesh_cfg(*shape), jax.devices()[:int(np.prod(shape))])
-        params = train.init_random_params(cfg, 0, mesh)
+        params = load.init_random_params(cfg, 0, mesh)
         trainer = train.Trainer(cfg, train.TrainSpec(steps=2), mesh, 2)
         sums, grads = trainer.grads(params, batch)
         if shape == (2, 2, 2):
             assert grads["layers"]["w_up"].sharding.spec == P(None, "fsdp", "tensor")
             # 259 byte-level tokens do not split over tensor=2: vocab stays whole
             assert params["embed"].sharding.spec == P(None, "fsdp")
-        results.append((train.summarize_sums(jax.device_get(sums)), jax.device_get(grads),
+        results.append((CoTLoss().summarize(jax.device_get(sums)), jax.device_get(grads),
                         jax.device_get(params)))
     (s1, g1, p1), (s8, g8, p8) = results
     jax.tree.map(np.testing.assert_array_equal, p1, p8)  # same init, whatever the mesh

@@ -3,16 +3,16 @@
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from cotjax import model as model_lib
 from cotjax import sharding as sharding_lib
-from cotjax import train
+from cotjax import load, train
+from cotjax.loss import CoTLoss
 
-from _train_utils import TINY_ARCH, tiny_config, write_byte_tokenizer
+from _train_utils import tiny_config, write_byte_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def tokenizer(tok_dir):
 
 
 def _cfg():
-    return train._random_model_config(tiny_config("unused"))
+    return load._random_model_config(tiny_config("unused"))
 
 
 def _batches(config, tokenizer, n):
@@ -71,7 +71,7 @@ def test_loss_matches_manual_cross_entropy(tok_dir, tokenizer):
     trainer = train.Trainer(cfg, train.TrainSpec(steps=4), _mesh((1, 1, 1)), 4)
     params = nnx.to_pure_dict(nnx.state(model))
     sums, _ = trainer.grads(params, batch)
-    got = train.summarize_sums(jax.device_get(sums))
+    got = CoTLoss().summarize(jax.device_get(sums))
     np.testing.assert_allclose(got["loss"], expected, rtol=1e-5)
     chain = batch["kinds"] == 1
     np.testing.assert_allclose(got["chain_loss"], ce[chain].mean(), rtol=1e-5)
@@ -86,12 +86,12 @@ def test_microbatches_give_the_same_gradients(tok_dir, tokenizer):
     cfg = _cfg()
     batch = _batches(config, tokenizer, 1)[0]
     mesh = _mesh((2, 2, 1))
-    params = train.init_random_params(cfg, 0, mesh)
+    params = load.init_random_params(cfg, 0, mesh)
     out = []
     for m in (1, 2):
         trainer = train.Trainer(cfg, train.TrainSpec(steps=4, microbatches=m), mesh, 4)
         sums, grads = trainer.grads(params, batch)
-        out.append((train.summarize_sums(jax.device_get(sums)), jax.device_get(grads)))
+        out.append((CoTLoss().summarize(jax.device_get(sums)), jax.device_get(grads)))
     assert out[0][0]["loss"] == pytest.approx(out[1][0]["loss"], rel=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
                  out[0][1], out[1][1])
@@ -104,7 +104,7 @@ def test_step_compiles_once_and_learns(tok_dir, tokenizer):
     steps = 12
     trainer = train.Trainer(cfg, train.TrainSpec(steps=steps, lr=3e-3, warmup_steps=2), mesh,
                             steps)
-    params = train.init_random_params(cfg, 0, mesh)
+    params = load.init_random_params(cfg, 0, mesh)
     state = trainer.init_train_state(params, 0)
     losses = []
     for batch in _batches(config, tokenizer, steps):
@@ -121,7 +121,7 @@ def test_step_compiles_once_and_learns(tok_dir, tokenizer):
 
 def test_weight_decay_mask_skips_norms_and_biases():
     cfg = _cfg().replace(qkv_bias=True, mlp_bias=True)
-    shapes, _ = train.abstract_params(cfg)
+    shapes, _ = load.abstract_params(cfg)
     mask = train.decay_mask(shapes)
     assert mask["embed"] and mask["lm_head"] and mask["layers"]["wq"]
     assert not mask["final_norm"] and not mask["layers"]["attn_norm"]
@@ -150,8 +150,7 @@ def test_nonfinite_skip_counts_and_keeps_params_finite(tok_dir, tmp_path):
                          schedule="constant", on_nonfinite="skip")
     result = train.train(config, tmp_path / "skip")
     assert result.step == 6 and result.skipped > 0
-    from cotjax import checkpoint
-    model, *_ = checkpoint.load_model_for_eval(tmp_path / "skip")
+    model, *_ = load.load_run_model(tmp_path / "skip")
     leaves = jax.tree.leaves(nnx.state(model))
     assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
 

@@ -9,7 +9,7 @@ import pytest
 matplotlib.use("Agg")  # no display in tests
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cotjax import evaluate, sharding, viz  # noqa: E402
+from cotjax import evaluate, report, scoring, sharding, viz  # noqa: E402
 from cotjax.checkpoint import read_run_config  # noqa: E402
 from cotjax.records import RecordError  # noqa: E402
 
@@ -113,7 +113,7 @@ def test_sweep_rejects_runs_it_cannot_read(tmp_path):
 
 def _question(generation_by_label: dict, gold="12") -> dict:
     answers = {label: {"generation": g, "finish": "eos",
-                       **evaluate.score_prediction(g, gold, "gsm8k")}
+                       **scoring.score_prediction(g, gold, "gsm8k")}
                for label, g in generation_by_label.items()}
     return {"id": "q", "question": "Is 3 < 4?", "gold": gold, "answers": answers}
 
@@ -154,11 +154,11 @@ def test_paired_cli_prints_the_comparison(tmp_path, capsys):
     for name, right in (("a", {1, 2, 3}), ("b", {3})):
         _write_predictions(tmp_path / f"{name}.jsonl",
                            [{"id": i, "correct": i in right} for i in range(1, 6)])
-    viz.main(["paired", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
+    report.main(["paired", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
     out = json.loads(capsys.readouterr().out)
     assert (out["correct_a"], out["correct_b"], out["only_a"], out["only_b"]) == (3, 1, 2, 0)
     assert out["mcnemar_p"] == 0.5 and out["field_a"] == out["field_b"] == "correct"
-    viz.main(["paired", str(tmp_path / "a.jsonl"), str(tmp_path / "a.jsonl"), "correct"])
+    report.main(["paired", str(tmp_path / "a.jsonl"), str(tmp_path / "a.jsonl"), "correct"])
     same = json.loads(capsys.readouterr().out)
     assert (same["only_a"], same["only_b"], same["mcnemar_p"]) == (0, 0, 1.0)
 
@@ -169,7 +169,7 @@ def test_paired_cli_one_field_applies_to_both_runs(tmp_path, capsys):
         _write_predictions(tmp_path / f"{name}.jsonl", [
             {"id": i, "correct": i in right, "correct_flexible": i in flexible}
             for i in range(1, 6)])
-    viz.main(["paired", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "correct_flexible"])
+    report.main(["paired", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "correct_flexible"])
     out = json.loads(capsys.readouterr().out)
     assert out["field_a"] == out["field_b"] == "correct_flexible"
     assert (out["correct_a"], out["correct_b"], out["both"], out["only_a"], out["only_b"]) == (
@@ -181,9 +181,9 @@ def test_paired_cli_compares_different_fields_and_names_a_missing_one(tmp_path, 
     rows = [{"id": i, "correct": i == 1, "maj_correct": i in (1, 2, 3)} for i in range(1, 6)]
     path = tmp_path / "maj.jsonl"
     _write_predictions(path, rows)
-    viz.main(["paired", str(path), str(path), "maj_correct", "correct"])
+    report.main(["paired", str(path), str(path), "maj_correct", "correct"])
     out = json.loads(capsys.readouterr().out)
     assert (out["field_a"], out["field_b"]) == ("maj_correct", "correct")
     assert (out["correct_a"], out["correct_b"], out["only_a"], out["only_b"]) == (3, 1, 2, 0)
     with pytest.raises(RecordError, match=r"maj\.jsonl:1: .*'correct_flexible'.*maj_correct"):
-        viz.main(["paired", str(path), str(path), "maj_correct", "correct_flexible"])
+        report.main(["paired", str(path), str(path), "maj_correct", "correct_flexible"])

@@ -1,0 +1,187 @@
+"""The defaults of every config, written once, and the typed `train` section.
+
+Config files (configs/*.py) start from `get_config()` and change a few keys:
+
+    from cotjax import defaults
+
+    def get_config(arg=None):
+        c = defaults.get_config()
+        ...
+
+A config file may take an argument, `--config=configs/gsm8k.py:model=gemma3-270m,mode=answer_only`;
+`parse_arg` reads it against the keys and defaults the file declares. Any key can be overridden on
+the command line as `--config.section.key=value`. Pure Python: no JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """The `train` section of a config: its keys, types and defaults (the only place they are
+    written; `get_config` copies them into every config)."""
+
+    steps: int = -1  # optimizer steps; -1: as many as data.num_epochs gives
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | linear | constant
+    end_lr_fraction: float = 0.1  # final lr as a fraction of lr
+    weight_decay: float = 0.0  # AdamW; never on norms and biases
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global norm; <= 0: off
+    microbatches: int = 1  # gradient accumulation: the global batch in this many pieces
+    remat: bool = False  # recompute each layer's activations in the backward pass
+    on_nonfinite: str = "stop"  # stop | skip (skip the update and count it)
+    log_every: int = 10
+    eval_every: int = 0  # validation loss every N steps; <= 0: only at the end
+    eval_batches: int = -1  # -1: the whole validation split
+    checkpoint_every: int = 0  # <= 0: only at the end (and on SIGTERM/SIGINT)
+    keep: int = 2  # last K checkpoints
+    keep_best: int = 1  # plus the best by validation loss
+    async_checkpoint: bool = True
+    peak_flops: float = 0.0  # FLOP/s of the whole job for MFU; 0: measured (CPU) or a table
+    progress: bool = True
+    eval_at_end: bool = False  # `cotjax train` then scores the final checkpoint into workdir/eval
+    wandb_project: str = ""  # Weights & Biases project to log to; empty: off (wandb not imported)
+
+    def __post_init__(self):
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"train.schedule must be cosine|linear|constant, got {self.schedule!r}")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"train.on_nonfinite must be stop|skip, got {self.on_nonfinite!r}")
+        if self.microbatches < 1:
+            raise ValueError(f"train.microbatches must be >= 1, got {self.microbatches}")
+
+    @classmethod
+    def from_config(cls, config) -> TrainSpec:
+        section = config.get("train") or {}
+        section = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(f"unknown train config keys {unknown}; known: {sorted(known)}")
+        return cls(**section)
+
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # A preset (smollm2-135m-instruct, gemma3-270m), a .gguf file, a HF directory or a hub id.
+    c.model = "smollm2-135m-instruct"
+    c.param_dtype = "float32"
+    c.compute_dtype = "float32"  # bfloat16 on accelerators
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "gsm8k"  # gsm8k | aqua | jsonl | synthetic | hf | tfds
+    c.data.path = "data/gsm8k/train.jsonl"
+    c.data.validation_size = 500  # held out of the training file, deterministic
+    c.data.template = "plain"  # plain | chat
+    c.data.mode = "cot"  # cot | answer_only
+    c.data.w_chain = 1.0
+    c.data.w_answer = 1.0
+    c.data.strip_calculator = True
+    c.data.seq_len = 1024
+    c.data.batch_size = 8  # global batch, rows of seq_len tokens
+    c.data.overlong = "drop"  # drop | truncate
+    c.data.on_bad_record = "error"  # error | skip
+    c.data.shuffle = True
+    c.data.num_epochs = 1  # -1: repeat forever (step-based training)
+    c.data.max_examples = -1  # -1: all
+    # Where records come from besides a local file (see cotjax/records.py).
+    c.data.format = "fields"  # gsm8k | aqua | fields: record layout for jsonl, hf and tfds sources
+    c.data.fields = ml_collections.ConfigDict(dict(
+        question="question", chain="chain", answer="answer", options="options", id="id"))
+    # e.g. --config.data.source=tfds --config.data.format=gsm8k on a TPU VM
+    c.data.hf_name = "openai/gsm8k"
+    c.data.hf_config = "main"
+    c.data.hf_split = "train"
+    c.data.tfds_name = "gsm8k"
+    c.data.tfds_split = "train"
+    c.data.tfds_data_dir = ""
+    c.data.synthetic_n = 2000
+    c.data.synthetic_min_steps = 2
+    c.data.synthetic_max_steps = 6
+    c.data.synthetic_seed = 0
+    # The validation slice has its own seed so changing `seed` never moves it.
+    c.data.validation_seed = 20240
+    c.data.fewshot = 0  # exemplars from the train split prepended to evaluation prompts
+    c.data.fewshot_seed = 0
+    c.data.packer = "first_fit"  # first_fit | best_fit (grain packing transforms)
+    c.data.packing_bins = 256  # rows packed at a time: more bins, less padding
+
+    # A HF tokenizer directory; empty: the model's own tokenizer.
+    c.tokenizer = ""
+    # With model="random": ModelConfig fields of a randomly initialised decoder (tests, benchmarks).
+    c.model_arch = ml_collections.ConfigDict()
+
+    c.train = ml_collections.ConfigDict(dataclasses.asdict(TrainSpec()))
+
+    # `cotjax eval` (cotjax/evaluate.py: run_eval). --data=validation means data's held-out slice.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.task = "gsm8k"  # gsm8k | aqua (--task overrides)
+    c.eval.prompting = "finetuned"  # finetuned (no exemplars) | zero_shot_cot | few_shot_cot
+    c.eval.fewshot = 8  # exemplars (from data's train split, data.fewshot_seed) for few_shot_cot
+    c.eval.cot_cue = "Let's think step by step."  # appended to the prompt for zero_shot_cot
+    c.eval.stop = ("\nQuestion:",)  # stop strings (besides EOS); the text is cut before them
+    c.eval.max_new_tokens = 256
+    c.eval.batch_size = 16  # rows decoded together (rounded up to the data-parallel devices)
+    c.eval.max_examples = -1  # -1: all; else the first N questions of the file
+    c.eval.num_samples = 1  # > 1: self-consistency, n sampled chains and a majority vote (maj@n)
+    c.eval.temperature = 0.7  # sampled chains only; the greedy pass is always run
+    c.eval.top_k = 0  # 0: off
+    c.eval.top_p = 1.0  # 1.0: off
+    c.eval.seed = 0
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1: all remaining devices
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    return c
+
+
+def parse_arg(arg: str | None, **defaults: str) -> ml_collections.ConfigDict:
+    """A config file's argument `k=v,k=v` as a locked ConfigDict over `defaults` (all strings):
+    an unknown key or a missing `=` is an error naming the key and the known ones."""
+    out = dict(defaults)
+    for item in (arg or "").split(","):
+        if not item.strip():
+            continue
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise ValueError(f"config argument {item!r} is not key=value (known keys: "
+                             f"{', '.join(defaults)})")
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; known: {', '.join(defaults)}")
+        out[key] = value.strip()
+    return ml_collections.ConfigDict(out)
+
+
+def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
+    """A config file's `get_config(arg)`, as `--config=PATH[:ARG]` gives it, with dotted
+    `overrides` applied as `--config.a.b=value` would (an unknown key is an error)."""
+    import importlib.util
+
+    path, _, arg = str(spec).partition(":")
+    module_spec = importlib.util.spec_from_file_location("cotjax_config", path)
+    if module_spec is None or module_spec.loader is None:
+        raise FileNotFoundError(f"config file {path} cannot be loaded")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+    for key, value in overrides.items():
+        parent = config
+        *head, last = key.split(".")
+        for part in head:
+            parent = parent[part]
+        if last not in parent:
+            raise KeyError(f"config {path} has no key {key!r}")
+        parent[last] = value
+    return config

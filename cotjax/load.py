@@ -1,0 +1,159 @@
+"""Everything that loads: dtypes, tokenizers, base or random models, abstract parameters, and
+"a checkpoint step or the base model" of a run.
+
+train, eval, sample, export and the notebooks load through here, so none of them imports another
+to get a model. Parameters are placed by the logical-axis rules of `cotjax.sharding` as they are
+created: random ones are initialised under jit straight into their shardings (nanodo style), so
+no full copy ever sits on one device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+from absl import logging
+from flax import nnx
+
+from cotjax import checkpoint as ckpt_lib
+from cotjax import model as model_lib
+from cotjax import sharding as sharding_lib
+from cotjax import weights
+
+
+def resolve_dtype(name: str) -> str:
+    """'auto': bfloat16 on accelerators, float32 on CPU."""
+    if name == "auto":
+        return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return name
+
+
+def load_tokenizer(config):
+    """The tokenizer of a config: `config.tokenizer` (a HF tokenizer directory) if set, else the
+    model's own."""
+    tok = config.get("tokenizer", "")
+    if tok:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(tok)
+    return weights.load_tokenizer(config.model)
+
+
+def _random_model_config(config) -> model_lib.ModelConfig:
+    arch = config.get("model_arch")
+    if not arch:
+        raise ValueError("config.model='random' needs config.model_arch (ModelConfig fields)")
+    arch = arch.to_dict() if hasattr(arch, "to_dict") else dict(arch)
+    arch.setdefault("rope", {"theta": 10000.0})
+    arch.setdefault("norm_eps", 1e-5)
+    return model_lib.ModelConfig.from_dict(arch)
+
+
+def dtype_overrides(config, remat: bool | None = None) -> dict:
+    """ModelConfig fields a run config sets: its dtypes (and remat when training)."""
+    out = dict(param_dtype=resolve_dtype(config.param_dtype),
+               compute_dtype=resolve_dtype(config.compute_dtype))
+    if remat is not None:
+        out["remat"] = bool(remat)
+    return out
+
+
+def logical_dims(cfg) -> dict[str, int]:
+    return {"vocab": cfg.vocab_size, "embed": cfg.d_model, "heads": cfg.num_heads,
+            "kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "mlp": cfg.mlp_dim,
+            "layers": cfg.num_layers}
+
+
+def abstract_params(cfg):
+    """(params ShapeDtypeStructs, logical axes) pure dicts of a decoder."""
+    state = nnx.state(model_lib.abstract(cfg))
+    shapes = nnx.to_pure_dict(state)
+    axes = nnx.to_pure_dict(jax.tree.map(lambda v: v.logical_axes, state,
+                                         is_leaf=lambda v: isinstance(v, nnx.Variable)))
+    return shapes, axes
+
+
+def placed_abstract_params(cfg, mesh=None):
+    """The abstract params with their shardings attached (by the rules table on `mesh`; one
+    device without one): what a checkpoint restore needs."""
+    shapes, axes = abstract_params(cfg)
+    if mesh is None:
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: one, shapes)
+    else:
+        shardings = sharding_lib.param_shardings(shapes, axes, mesh)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, shardings)
+
+
+def init_random_params(cfg, seed: int, mesh=None):
+    """Random params, initialised under jit straight into their shardings."""
+    shapes, axes = abstract_params(cfg)
+    init = lambda: nnx.to_pure_dict(nnx.state(model_lib.create(cfg, seed)))  # noqa: E731
+    if mesh is None:
+        return jax.jit(init)()
+    return jax.jit(init, out_shardings=sharding_lib.param_shardings(shapes, axes, mesh))()
+
+
+def load_base_model(config, mesh=None, remat: bool | None = None):
+    """(Decoder, ModelConfig) a run starts from, each parameter placed by the rules table:
+    `config.model` ('random' with `config.model_arch`, a preset, a GGUF file, a HF directory)."""
+    overrides = dtype_overrides(config, remat)
+    if config.model == "random":
+        cfg = _random_model_config(config).replace(**overrides)
+        params = init_random_params(cfg, int(config.seed), mesh)
+        return nnx.merge(nnx.graphdef(model_lib.abstract(cfg)), params), cfg
+    hf, tensors = weights.read_checkpoint(config.model)
+    cfg = model_lib.ModelConfig.from_hf(hf, **overrides)
+    params = weights.hf_to_params(tensors, cfg, source=config.model)
+    del tensors
+    shardings = None
+    if mesh is not None:
+        dims = logical_dims(cfg)
+        fn = sharding_lib.logical_sharding(mesh)
+        shardings = lambda axes: fn(axes, tuple(dims[a] for a in axes))  # noqa: E731
+    return weights.model_from_params(cfg, params, shardings), cfg
+
+
+def parse_step(step) -> int | str | None:
+    """A checkpoint step as given on a command line: None/''/'latest' -> None (the latest),
+    'base' (the model the run started from), or a non-negative number."""
+    if step in (None, "", "latest"):
+        return None
+    if step == "base" or isinstance(step, int):
+        return step
+    if str(step).isdigit():
+        return int(step)
+    raise ValueError(f"--step must be 'latest', 'base' or a number, got {step!r}")
+
+
+def load_run_model(workdir: str | Path, step=None, mesh=None):
+    """(Decoder, ModelConfig, tokenizer, config) of a training run.
+
+    step: None or 'latest' (the latest checkpoint), a number, or 'base' (the pretrained model
+    the run started from, with the run's dtypes). `mesh`: shard the params by the rules table
+    (default: one device).
+    """
+    step = parse_step(step)
+    config, model_cfg = ckpt_lib.read_run_config(workdir)
+    tokenizer = load_tokenizer(config)
+    if step == "base":
+        model, model_cfg = load_base_model(config, mesh)
+        return model, model_cfg, tokenizer, config
+    if model_cfg is None:
+        raise FileNotFoundError(f"{Path(workdir) / 'model_config.json'} is missing")
+    params, step = ckpt_lib.restore_params(workdir, step, placed_abstract_params(model_cfg, mesh))
+    model = nnx.merge(nnx.graphdef(model_lib.abstract(model_cfg)), params)
+    logging.info("loaded %s step %d", workdir, step)
+    return model, model_cfg, tokenizer, config
+
+
+def load_for_eval(config, workdir: str | None = None, step=None, mesh=None):
+    """(model, ModelConfig, tokenizer, description): the checkpoint of `workdir` at `step` when
+    a workdir is given, else the config's base model."""
+    if workdir:
+        model, cfg, tokenizer, _ = load_run_model(workdir, step, mesh=mesh)
+        step = parse_step(step)
+        return model, cfg, tokenizer, f"{workdir} step {step if step is not None else 'latest'}"
+    model, cfg = load_base_model(config, mesh)
+    return model, cfg, load_tokenizer(config), f"{config.model} (base)"

@@ -1,0 +1,163 @@
+"""Where a run's metrics go, and the throughput figures among them (tokens/s, MFU).
+
+Sinks: `metrics.jsonl` in the workdir (always), TensorBoard events (tensorboardX, when
+installed) and Weights & Biases (only with `train.wandb_project` set; wandb is imported only
+then). Process 0 writes. Non-finite values are written as JSON null, never as a bare NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+
+def _finite_or_none(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+class MetricWriter:
+    """metrics.jsonl + TensorBoard events (+ W&B) for one run (process 0 writes)."""
+
+    def __init__(self, workdir: Path, wandb_project: str = "", run_config: dict | None = None):
+        self.active = jax.process_index() == 0
+        self.tb = self.wandb = None
+        if not self.active:
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(workdir / "metrics.jsonl", "a")
+        try:
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(str(workdir / "tb"))
+        except ImportError:  # pragma: no cover
+            logging.warning("tensorboardX is not installed: no TensorBoard events")
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError as e:
+                raise SystemExit("train.wandb_project is set but wandb is not installed "
+                                 "(pip install wandb)") from e
+            self.wandb = wandb.init(project=wandb_project, name=workdir.name,
+                                    dir=str(workdir), config=run_config or {}, resume="allow")
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.active:
+            return
+        clean = {k: _finite_or_none(v) for k, v in metrics.items()}
+        self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        self.jsonl.flush()
+        scalars = {k: v for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and math.isfinite(v)}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
+    def close(self):
+        if not self.active:
+            return
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+class Interval:
+    """Per-step metric sums between two log points; summarised by `log_interval`."""
+
+    def __init__(self):
+        self.reset(time.perf_counter())
+
+    def reset(self, now: float):
+        self.t0, self.pending, self.steps = now, [], 0
+
+    def add(self, metrics):
+        self.pending.append(metrics)
+        self.steps += 1
+
+
+def log_interval(interval: Interval, objective, writer: MetricWriter, bar, step: int,
+                 flops_per_tok: float, peak: float, timed: bool = True) -> dict | None:
+    """Fetch the interval's step metrics (one device_get), summarise and write them."""
+    if not interval.pending:
+        interval.reset(time.perf_counter())
+        return None
+    fetched = jax.device_get(interval.pending)
+    now = time.perf_counter()
+    dt = max(now - interval.t0, 1e-9)
+    sums = {k: sum(float(m[k]) for m in fetched) for k in objective.keys}
+    out = objective.summarize(sums)
+    out["grad_norm"] = float(np.mean([float(m["grad_norm"]) for m in fetched]))
+    out["lr"] = float(fetched[-1]["lr"])
+    if timed:
+        out["tokens_per_s"] = sums["tokens"] / dt
+        out["real_tokens_per_s"] = sums["nonpad"] / dt
+        out["mfu"] = sums["tokens"] * flops_per_tok / dt / peak if peak == peak else float("nan")
+        out["steps_per_s"] = len(fetched) / dt
+    writer.write(step, out)
+    if bar is not None:
+        post = {"loss": f"{out['loss']:.4f}"}
+        if "answer_acc" in out:
+            post["ans_acc"] = f"{out['answer_acc']:.3f}"
+        if timed:
+            post.update(tok_s=f"{out['tokens_per_s']:.0f}", mfu=f"{out['mfu']:.2f}")
+        bar.set_postfix(post, refresh=False)
+    interval.reset(now)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOPs and MFU.
+
+
+def flops_per_token(cfg, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N (matmul parameters, the output projection included, the
+    embedding lookup not) + 12 L N_heads H T for attention scores and values (PaLM's count)."""
+    D, N, K, H, F, V, L = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                           cfg.mlp_dim, cfg.vocab_size, cfg.num_layers)
+    per_layer = D * N * H + 2 * D * K * H + N * H * D + 3 * D * F
+    n_matmul = L * per_layer + D * V
+    return 6.0 * n_matmul + 12.0 * L * N * H * seq_len
+
+
+# Dense bf16 peak FLOP/s per device of common accelerators (for MFU; override train.peak_flops).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
+              "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+              "TPU v6": 918e12}
+
+
+def measure_matmul_flops(n: int = 2048, reps: int = 5, dtype=jnp.float32) -> float:
+    """FLOP/s of an n x n matrix product on the default device (best of `reps`)."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n**3 / best
+
+
+def peak_flops(given: float = 0.0) -> float:
+    """Peak FLOP/s of the whole job: `given` (train.peak_flops) if > 0, a table lookup, or
+    (CPU) measured."""
+    if given > 0:
+        return float(given)
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":  # the fake CPU devices of a process share its cores
+        return measure_matmul_flops() * jax.process_count()
+    for name, flops in PEAK_FLOPS.items():
+        if name.lower() in dev.device_kind.lower():
+            return flops * jax.device_count()
+    logging.warning("unknown device %s: set train.peak_flops for MFU", dev.device_kind)
+    return float("nan")

@@ -1,0 +1,82 @@
+"""The command line: every subcommand's --help exits 0 with its own flags, and every user error
+is one line on stderr with a non-zero exit (a suggestion where one exists), never a traceback."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from cotjax import cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BASE = f"--config={ROOT / 'configs/base.py'}"
+
+
+def _run(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["cotjax", *argv])
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_subcommand_answers_help_with_its_own_flags(capsys, name):
+    code, out, err = _run(capsys, name, "--help")
+    assert code == 0 and not err
+    assert out.startswith(f"usage: cotjax {name}")
+    command = cli.COMMANDS[name]
+    for flag in command.flags + (("config",) if command.config else ()):
+        assert f"--{flag}" in out, (name, flag)
+    others = set(cli.FLAG_SPECS) - set(command.flags)
+    assert not any(f"--{flag}:" in out for flag in others), name
+
+
+def test_top_level_help_lists_every_subcommand(capsys):
+    code, out, _ = _run(capsys, "--help")
+    assert code == 0 and all(f"  {name} " in out for name in cli.COMMANDS)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bogus"], "cotjax: unknown subcommand 'bogus'"),
+    (["evall"], "(did you mean eval?)"),
+    (["train", BASE, "--workdr=x"], "unknown flag --workdr (did you mean workdir?)"),
+    (["train", BASE], "cotjax train: needs --workdir"),
+    (["train", "--workdir=x"], "cotjax train: needs --config=PATH"),
+    (["config", BASE, "--config.train.lrr=1"], "unknown config key 'train.lrr' (did you mean lr?)"),
+    (["config", BASE, "--config.trian.lr=1"], "unknown config key 'trian.lr' (did you mean train?)"),
+    (["eval", "--out=/tmp/x"], "say which model to evaluate"),
+    (["export", "--workdir=x"], "needs --out"),
+    (["generate"], "needs --prompt"),
+    (["data-stats", BASE, "extra"], "takes no positional arguments"),
+])
+def test_user_errors_are_one_line(capsys, argv, message):
+    code, out, err = _run(capsys, *argv)
+    assert code not in (0, None)
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_missing_workdir_is_one_line(capsys, tmp_path):
+    code, _, err = _run(capsys, "export", f"--workdir={tmp_path / 'nothing'}",
+                        f"--out={tmp_path / 'hf'}")
+    assert code == 1 and "nothing" in err and "config.json" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_config_prints_the_resolved_config_with_overrides(capsys):
+    cli.main(["cotjax", "config", f"--config={ROOT / 'configs/gsm8k.py'}:mode=answer_only",
+              "--config.train.lr=0.5"])
+    config = json.loads(capsys.readouterr().out)
+    assert config["data"]["mode"] == "answer_only" and config["train"]["lr"] == 0.5
+    assert config["model"] == "smollm2-135m-instruct" and config["data"]["seq_len"] == 512
+
+
+def test_console_script_runs_without_a_traceback():
+    exe = pathlib.Path(sys.executable).with_name("cotjax")
+    for argv in (["--help"], ["train", "--help"], ["config", BASE]):
+        proc = subprocess.run([str(exe), *argv], capture_output=True, text=True, timeout=120,
+                              cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
