@@ -18,7 +18,7 @@ manager keeps the last `keep` checkpoints plus the `keep_best` with the lowest v
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cotjax import paths
 from cotjax.model import ModelConfig
 
 CKPT_DIR = "checkpoints"
@@ -36,11 +37,16 @@ BEST_METRIC = "val_loss"
 # The run's configuration, saved beside its checkpoints.
 
 
-def write_run_config(workdir: str | Path, config, model_cfg) -> None:
+def run_dir(workdir):
+    """The workdir as an absolute epath (a URL stays a URL; Orbax wants absolute paths)."""
+    return paths.path(workdir if paths.is_remote(workdir) else os.path.abspath(workdir))
+
+
+def write_run_config(workdir, config, model_cfg) -> None:
     """Write config.json and model_config.json (process 0 only; kept if already there)."""
     if jax.process_index() != 0:
         return
-    workdir = Path(workdir)
+    workdir = paths.path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "config.json").exists():
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -48,9 +54,9 @@ def write_run_config(workdir: str | Path, config, model_cfg) -> None:
         json.dumps(model_cfg.to_dict(), indent=2))
 
 
-def read_run_config(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any]:
+def read_run_config(workdir) -> tuple[ml_collections.ConfigDict, Any]:
     """(config, ModelConfig or None) saved in a run's workdir."""
-    workdir = Path(workdir)
+    workdir = paths.path(workdir)
     path = workdir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {workdir} a cotjax training workdir?")
@@ -64,7 +70,7 @@ def read_run_config(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any
 # The manager.
 
 
-def make_manager(workdir: str | Path, *, keep: int = 3, keep_best: int = 1,
+def make_manager(workdir, *, keep: int = 3, keep_best: int = 1,
                  async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
     """A CheckpointManager over `workdir/checkpoints`: last `keep` plus best `keep_best`."""
     cm = ocp.checkpoint_managers
@@ -81,7 +87,7 @@ def make_manager(workdir: str | Path, *, keep: int = 3, keep_best: int = 1,
         read_only=read_only,
         create=not read_only,
     )
-    directory = Path(workdir).absolute() / CKPT_DIR
+    directory = run_dir(workdir) / CKPT_DIR
     return ocp.CheckpointManager(directory, options=options,
                                  item_names=("params", "train", "data"))
 
@@ -126,16 +132,16 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_params, abstract
     return out["params"], out["train"], data["states"][jax.process_index()]
 
 
-def restore_params(workdir: str | Path, step: int | None, abstract_params):
+def restore_params(workdir, step: int | None, abstract_params):
     """The params item of a run's checkpoint (`step` None: latest), and the step."""
     manager = make_manager(workdir, read_only=True)
     steps = manager.all_steps()
     if not steps:
-        raise FileNotFoundError(f"no checkpoint in {Path(workdir) / CKPT_DIR}")
+        raise FileNotFoundError(f"no checkpoint in {run_dir(workdir) / CKPT_DIR}")
     if step is None:
         step = manager.latest_step()
     elif step not in steps:
-        raise FileNotFoundError(f"no checkpoint for step {step} in {Path(workdir) / CKPT_DIR}; "
+        raise FileNotFoundError(f"no checkpoint for step {step} in {run_dir(workdir) / CKPT_DIR}; "
                                 f"steps: {sorted(steps)}")
     out = manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params)))

@@ -1,16 +1,51 @@
 """`cotjax export`: a run's checkpoint as a HF directory (config.json, model.safetensors,
-tokenizer), loadable by transformers and vLLM."""
+tokenizer), loadable by transformers and vLLM.
+
+The directory is written whole into a temporary sibling and then renamed into place, so an
+export never mixes with the files of an older one (a stale `model.safetensors.index.json` beside
+a new `model.safetensors` would make two tools load two models). A non-empty destination is
+refused unless `overwrite`.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 
-from cotjax import load, weights
+from cotjax import load, paths, weights
+
+
+def _non_empty(dest) -> bool:
+    return dest.exists() and (not dest.is_dir() or any(True for _ in dest.iterdir()))
 
 
 def main(workdir: str, out: str, step=None, overwrite: bool = False) -> None:
+    dest = paths.path(out)
+    if _non_empty(dest) and not overwrite:
+        raise FileExistsError(f"{out} is not empty: pass --overwrite to replace it whole")
     model, _, tokenizer, _ = load.load_run_model(workdir, step)
-    path = weights.export_hf(model, out, tokenizer)
+    if paths.is_remote(out):
+        tmp = tempfile.mkdtemp(prefix="cotjax-export-")
+        weights.export_hf(model, tmp, tokenizer)
+        if dest.exists():
+            dest.rmtree()
+        paths.copy_tree(tmp, dest)
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        parent = os.path.dirname(os.path.abspath(out))
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
+        weights.export_hf(model, tmp, tokenizer)
+        old = None
+        if os.path.exists(out):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old.", dir=parent)
+            os.rename(out, os.path.join(old, "x"))
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old)
     step = load.parse_step(step)
-    print(json.dumps({"exported": str(path), "workdir": str(workdir),
+    print(json.dumps({"exported": str(out), "workdir": str(workdir),
                       "step": step if step is not None else "latest"}))
+

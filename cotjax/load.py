@@ -9,14 +9,13 @@ no full copy ever sits on one device.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 from absl import logging
 from flax import nnx
 
 from cotjax import checkpoint as ckpt_lib
 from cotjax import model as model_lib
+from cotjax import paths
 from cotjax import sharding as sharding_lib
 from cotjax import weights
 
@@ -127,7 +126,7 @@ def parse_step(step) -> int | str | None:
     raise ValueError(f"--step must be 'latest', 'base' or a number, got {step!r}")
 
 
-def load_run_model(workdir: str | Path, step=None, mesh=None):
+def load_run_model(workdir, step=None, mesh=None):
     """(Decoder, ModelConfig, tokenizer, config) of a training run.
 
     step: None or 'latest' (the latest checkpoint), a number, or 'base' (the pretrained model
@@ -141,7 +140,7 @@ def load_run_model(workdir: str | Path, step=None, mesh=None):
         model, model_cfg = load_base_model(config, mesh)
         return model, model_cfg, tokenizer, config
     if model_cfg is None:
-        raise FileNotFoundError(f"{Path(workdir) / 'model_config.json'} is missing")
+        raise FileNotFoundError(f"{paths.path(workdir) / 'model_config.json'} is missing")
     params, step = ckpt_lib.restore_params(workdir, step, placed_abstract_params(model_cfg, mesh))
     model = nnx.merge(nnx.graphdef(model_lib.abstract(model_cfg)), params)
     logging.info("loaded %s step %d", workdir, step)

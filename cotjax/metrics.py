@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+
+from cotjax import paths
 
 
 def _finite_or_none(v):
@@ -23,18 +24,24 @@ def _finite_or_none(v):
 
 
 class MetricWriter:
-    """metrics.jsonl + TensorBoard events (+ W&B) for one run (process 0 writes)."""
+    """metrics.jsonl + TensorBoard events (+ W&B) for one run (process 0 writes).
 
-    def __init__(self, workdir: Path, wandb_project: str = "", run_config: dict | None = None):
+    The files are written in a `paths.Staging` directory: the workdir itself when it is local,
+    else a local copy that is mirrored to the workdir (gs://...) after every write.
+    """
+
+    def __init__(self, workdir, wandb_project: str = "", run_config: dict | None = None):
         self.active = jax.process_index() == 0
         self.tb = self.wandb = None
         if not self.active:
             return
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(workdir / "metrics.jsonl", "a")
+        self.staging = paths.Staging(workdir)
+        self.staging.pull("metrics.jsonl")  # a resumed remote run appends to its history
+        local = self.staging.local
+        self.jsonl = open(local / "metrics.jsonl", "a")
         try:
             from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(str(workdir / "tb"))
+            self.tb = SummaryWriter(str(local / "tb"))
         except ImportError:  # pragma: no cover
             logging.warning("tensorboardX is not installed: no TensorBoard events")
         if wandb_project:
@@ -43,8 +50,8 @@ class MetricWriter:
             except ImportError as e:
                 raise SystemExit("train.wandb_project is set but wandb is not installed "
                                  "(pip install wandb)") from e
-            self.wandb = wandb.init(project=wandb_project, name=workdir.name,
-                                    dir=str(workdir), config=run_config or {}, resume="allow")
+            self.wandb = wandb.init(project=wandb_project, name=self.staging.dest.name,
+                                    dir=str(local), config=run_config or {}, resume="allow")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.active:
@@ -60,6 +67,7 @@ class MetricWriter:
             self.tb.flush()
         if self.wandb is not None:
             self.wandb.log(scalars, step=step)
+        self.staging.sync()
 
     def close(self):
         if not self.active:
@@ -69,6 +77,7 @@ class MetricWriter:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+        self.staging.close()
 
 
 class Interval:

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import re
 import signal
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -283,16 +282,24 @@ class Trainer:
 
 
 class _Signals:
-    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits cleanly."""
+    """A stop request: the loop saves a checkpoint and exits cleanly.
 
-    def __init__(self):
+    One process: SIGTERM/SIGINT set a flag (a second Ctrl-C stops at once). Several processes:
+    JAX's preemption service (started by `jax.distributed.initialize`) catches SIGTERM on any
+    of them and agrees on a step at which all of them stop together (`reached_preemption`, one
+    cheap call per step instead of an all-gather of a flag); SIGINT is left to kill the job.
+    """
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.multi = jax.process_count() > 1
         self.received: int | None = None
         self._old = {}
 
     def __enter__(self):
         import threading
 
-        if threading.current_thread() is threading.main_thread():
+        if not self.multi and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
@@ -306,12 +313,11 @@ class _Signals:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
-    def any_process(self) -> bool:
-        flag = self.received is not None
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
-        return flag
+    def stop_requested(self, step: int) -> bool:
+        """Whether to save and stop before `step + 1` (called at every step, on every process)."""
+        if self.multi and self.manager.reached_preemption(step):
+            self.received = signal.SIGTERM
+        return self.received is not None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,9 +339,9 @@ def _nonfinite_error(step: int) -> FloatingPointError:
         "set train.on_nonfinite=skip to skip such updates and count them instead)")
 
 
-def train(config, workdir: str | Path, *, mesh=None) -> RunResult:
+def train(config, workdir, *, mesh=None) -> RunResult:
     """Train (or resume) a run in `workdir`; returns where it stopped."""
-    workdir = Path(workdir)
+    workdir = ckpt_lib.run_dir(workdir)
     spec = TrainSpec.from_config(config)
     if mesh is None:
         mesh = sharding_lib.make_mesh(config.mesh)
@@ -421,10 +427,10 @@ def train(config, workdir: str | Path, *, mesh=None) -> RunResult:
         ckpt_lib.save(manager, at_step, params, train_state, it.get_state(), metrics,
                       force=force)
 
-    with _Signals() as signals:
+    with _Signals(manager) as signals:
         try:
             while step < total_steps:
-                if signals.any_process():
+                if signals.stop_requested(step):
                     stopped = True
                     break
                 try:

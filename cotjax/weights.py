@@ -346,14 +346,22 @@ def _hf_dir_config(d: Path) -> dict:
 def read_hf_dir(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     import json
 
-    import safetensors
 
     d = Path(path)
     hf = _hf_dir_config(d)
     index = d / "model.safetensors.index.json"
+    single = d / "model.safetensors"
+    if index.is_file() and single.is_file():
+        # Two tools would read two different models from it (an index wins here, the single
+        # file in transformers): refuse rather than guess.
+        raise ValueError(f"HF checkpoint directory {path} holds both model.safetensors and "
+                         "model.safetensors.index.json: remove the stale one")
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (d / "model.safetensors").is_file():
+        outside = [f for f in files if Path(f).is_absolute() or ".." in Path(f).parts]
+        if outside:
+            raise ValueError(f"{index}: shard names {outside[:3]} point outside the directory")
+    elif single.is_file():
         files = ["model.safetensors"]
     else:
         bins = [p.name for p in d.glob("*.bin")] + [p.name for p in d.glob("*.pt")]
@@ -366,13 +374,29 @@ def read_hf_dir(path: str) -> tuple[dict, dict[str, np.ndarray]]:
                                 "named by its index are missing")
     tensors = {}
     for f in files:
-        # The 'flax' backend reads bfloat16, which numpy's cannot; keep the arrays on the host.
-        import jax
-
-        with jax.default_device(jax.devices("cpu")[0]), safetensors.safe_open(str(d / f), "flax") as st:
-            for k in st.keys():
-                tensors[k] = np.asarray(st.get_tensor(k))
+        tensors.update(_read_safetensors(d / f))
     return hf, tensors
+
+
+def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+    """The tensors of one safetensors file, as host arrays; a damaged file or a non-float
+    tensor is an error naming the file (and the tensor)."""
+    import jax
+    import safetensors
+
+    out = {}
+    try:
+        # The 'flax' backend reads bfloat16, which numpy's cannot; keep the arrays on the host.
+        with jax.default_device(jax.devices("cpu")[0]), safetensors.safe_open(str(file), "flax") as st:
+            for k in st.keys():
+                out[k] = np.asarray(st.get_tensor(k))
+    except safetensors.SafetensorError as e:
+        raise ValueError(f"{file}: not a readable safetensors file ({e})") from e
+    for k, v in out.items():
+        if v.dtype.kind not in "fV" and v.dtype.name != "bfloat16":
+            raise ValueError(f"{file}: tensor {k!r} has dtype {v.dtype}; model weights must be "
+                             "floating point (a quantised or corrupt checkpoint?)")
+    return out
 
 
 def _download_hub(repo_id: str) -> str:
