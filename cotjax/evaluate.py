@@ -17,8 +17,8 @@ from cotjax import decode, defaults, formatting, load, pipeline, sharding, token
 from cotjax import records as records_lib
 from cotjax.checkpoint import read_run_config
 from cotjax.report import format_table, write_report
-from cotjax.scoring import (answers_equal, check_task, extract_answer,
-                            majority_vote, normalise_gold, score_prediction, share, summarize)
+from cotjax.scoring import (check_task, normalise_gold, score_prediction, score_samples,
+                            summarize)
 
 PROMPTING = ("finetuned", "zero_shot_cot", "few_shot_cot")
 
@@ -205,12 +205,12 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
                                             seed=int(ev["seed"]))
         for q, row in enumerate(rows):
             mine = chains[q * n_samples:(q + 1) * n_samples]
-            answers = [extract_answer(c.text, task, flexible=True) for c in mine]
-            row["samples"] = [{"generation": c.text, "finish": c.finish, "extracted": a,
-                               "correct": answers_equal(a, row["gold"], task)}
-                              for c, a in zip(mine, answers)]
-            row["maj_answer"] = majority_vote(answers, task)
-            row["maj_correct"] = answers_equal(row["maj_answer"], row["gold"], task)
+            # strict and flexible answers of every sample, and both votes: each selector is
+            # scored by the same rule as the greedy answer it is compared with
+            votes = score_samples([c.text for c in mine], row["gold"], task)
+            row["samples"] = [{"generation": c.text, "finish": c.finish, **scores}
+                              for c, scores in zip(mine, votes.pop("samples"), strict=True)]
+            row.update(votes)
     summary = summarize(rows, task)
     new_tokens = sum(r["new_tokens"] for r in rows)
     summary.update({
@@ -225,11 +225,9 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
     if prompting == "few_shot_cot":
         summary["fewshot"] = len(exemplars)
     if n_samples > 1:
-        summary.update({
-            "maj_n": n_samples, "temperature": float(ev["temperature"]),
-            "sample_accuracy": share(sum(s["correct"] for r in rows for s in r["samples"]),
-                                      n_samples * len(rows)),
-            "sample_decode_seconds": round(sample_seconds, 2)})
+        # the votes' and samples' accuracies come from summarize, under both rules
+        summary.update({"maj_n": n_samples, "temperature": float(ev["temperature"]),
+                        "sample_decode_seconds": round(sample_seconds, 2)})
     write_report(out, rows, summary)
     print(format_table(summary))
     print(f"wrote {pathlib.Path(out) / 'predictions.jsonl'} and {pathlib.Path(out) / 'summary.json'}")

@@ -1,24 +1,34 @@
-"""Reports of scored runs: prediction files, summaries as tables, paired tests.
+"""Reports of scored runs: prediction files, summaries as tables, paired tests, rescoring.
 
 Pure Python, no JAX.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import math
+import os
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from cotjax.records import RecordError, read_json_lines
+from cotjax.scoring import score_prediction, score_samples, summarize
 from cotjax.synthetic import steps_in_question
+
 
 def format_table(summary: dict) -> str:
     """The summary as an aligned two-column console table."""
     width = max(len(key) for key in summary)
     lines = []
     for key, value in summary.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            shown = f"{value:.4f}"
+        elif isinstance(value, list) and all(isinstance(v, float) for v in value):
+            shown = "[" + ", ".join(f"{v:.4f}" for v in value) + "]"  # an interval
+        else:
+            shown = str(value)
         lines.append(f"{key:<{width}}  {shown:>10}")
     return "\n".join(lines)
 
@@ -73,6 +83,16 @@ def paired_comparison(a: dict[str, bool], b: dict[str, bool]) -> dict:
             "mcnemar_p": p}
 
 
+def paired_from_files(a: str | pathlib.Path, b: str | pathlib.Path, field_a: str = "correct",
+                      field_b: str | None = None) -> dict:
+    """`cotjax report paired A B FIELD_A FIELD_B` as a dict: the two predictions files' paths
+    and fields, and `paired_comparison` of A's `field_a` against B's `field_b` (default:
+    `field_a`), e.g. a maj@k vote (`maj_correct`) against greedy answers (`correct`)."""
+    field_b = field_b or field_a
+    return {"a": str(a), "b": str(b), "field_a": field_a, "field_b": field_b,
+            **paired_comparison(read_correct(a, field_a), read_correct(b, field_b))}
+
+
 def accuracy_by_steps(rows: Iterable[dict]) -> dict[int, dict]:
     """predictions.jsonl rows grouped by the number of operations in their question:
     {steps: {n, correct, accuracy, steps_valid_share}}, in step order."""
@@ -111,6 +131,191 @@ def plot_by_steps(tables: dict[str, dict[int, dict]], path: str | pathlib.Path) 
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------------------------------
+# Rescoring committed runs under the current rules
+
+# The figures `cotjax report rescore` prints for each file, old -> new.
+HEADLINE = ("accuracy", "accuracy_flexible", "maj_accuracy", "maj_accuracy_flexible",
+            "sample_accuracy", "sample_accuracy_flexible")
+_PREDICTIONS = "predictions.jsonl"
+
+
+def summary_path_for(predictions: str | pathlib.Path) -> pathlib.Path:
+    """The summary beside a predictions file, as `cotjax eval` and the experiment stages name
+    them: `predictions.jsonl` -> `summary.json`, `X_predictions.jsonl` -> `X_summary.json`."""
+    path = pathlib.Path(predictions)
+    if path.name == _PREDICTIONS:
+        return path.with_name("summary.json")
+    if path.name.endswith("_" + _PREDICTIONS):
+        return path.with_name(path.name[: -len(_PREDICTIONS)] + "summary.json")
+    raise ValueError(f"{path}: not a predictions file (predictions.jsonl or "
+                     "NAME_predictions.jsonl)")
+
+
+def prediction_files(paths: Iterable[str | pathlib.Path]) -> list[pathlib.Path]:
+    """Predictions files named, or found under named directories (recursively), in order."""
+    out: list[pathlib.Path] = []
+    for given in paths:
+        path = pathlib.Path(given)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*" + _PREDICTIONS)
+                           if p.name == _PREDICTIONS or p.name.endswith("_" + _PREDICTIONS))
+            if not found:
+                raise FileNotFoundError(f"{path}: no predictions.jsonl or *_predictions.jsonl "
+                                        "under it")
+            out += found
+        elif path.is_file():
+            summary_path_for(path)  # names it a predictions file, or raises
+            out.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+    return list(dict.fromkeys(out))
+
+
+def rescore_rows(rows: Iterable[tuple[str, dict]], task: str) -> list[dict]:
+    """(where, row) pairs of a predictions file scored again from their text alone: each row's
+    `generation` and `gold` (and each sample's `generation`) through `score_prediction` and
+    `score_samples`. Other fields (id, question, finish, ...) and the key order are kept."""
+    out = []
+    for where, row in rows:
+        missing = [k for k in ("generation", "gold") if not isinstance(row.get(k), str)]
+        samples = row.get("samples")
+        if samples is not None and not (isinstance(samples, list) and all(
+                isinstance(x, dict) and isinstance(x.get("generation"), str) for x in samples)):
+            missing.append("samples[].generation")
+        if missing:
+            raise RecordError(f"{where}: cannot rescore a row without {', '.join(missing)}")
+        new = {**row, **score_prediction(row["generation"], row["gold"], task)}
+        if samples is not None:
+            votes = score_samples([x["generation"] for x in samples], row["gold"], task)
+            new["samples"] = [{**old, **scores}
+                              for old, scores in zip(samples, votes.pop("samples"), strict=True)]
+            new.update(votes)
+        out.append(new)
+    return out
+
+
+def rescore_summary(old: dict, rows: Sequence[dict], task: str) -> dict:
+    """The summary of rescored rows: every field `summarize` computes, new, then the old
+    summary's other fields (model, data, prompting, timings, maj_n, ...) as they were."""
+    scores = summarize(rows, task)
+    return {**scores, **{k: v for k, v in old.items() if k not in scores}}
+
+
+@dataclasses.dataclass
+class Rescored:
+    """One predictions file scored again: what would change (or did, when written)."""
+
+    predictions: pathlib.Path
+    summary_path: pathlib.Path
+    old_summary: dict
+    summary: dict
+    rows: list[dict]
+    rows_changed: int
+    row_fields_changed: dict[str, int]  # field (samples' as "samples[].field") -> rows changed
+
+    @property
+    def summary_changed(self) -> dict[str, tuple]:
+        """{field: (old, new)} of every summary field that moved, appeared or went away."""
+        keys = list(self.summary) + [k for k in self.old_summary if k not in self.summary]
+        return {k: (self.old_summary.get(k), self.summary.get(k)) for k in keys
+                if self.old_summary.get(k, _MISSING) != self.summary.get(k, _MISSING)}
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.rows_changed or self.summary_changed)
+
+    def describe(self) -> str:
+        """Old -> new headline accuracies (with the new 95% interval), and what else moved."""
+        moved = self.summary_changed
+        n = self.summary["n"]
+        head = (f"{self.rows_changed} of {n} rows and {len(moved)} summary fields change"
+                if self.changed else "unchanged")
+        lines = [f"{self.predictions} ({self.summary['task']}, {n} rows): {head}"]
+        for key in HEADLINE:
+            if key in self.summary or key in self.old_summary:
+                old, new = (_shown(d.get(key, _MISSING)) for d in (self.old_summary, self.summary))
+                ci = self.summary.get(f"{key}_ci95")
+                lines.append(f"  {key:<25} {old:>7} -> {new:<7}"
+                             + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+                             + ("  (moved)" if key in moved and key in self.old_summary else ""))
+        others = [k for k in moved if k not in HEADLINE and not k.endswith("_ci95")]
+        if others:
+            lines.append("  other summary fields: " + ", ".join(
+                f"{k} {_shown(self.old_summary.get(k, _MISSING))} -> "
+                f"{_shown(self.summary.get(k, _MISSING))}" for k in others))
+        if self.row_fields_changed:
+            lines.append("  row fields changed (rows): " + ", ".join(
+                f"{k} ({n})" for k, n in sorted(self.row_fields_changed.items())))
+        return "\n".join(lines)
+
+
+_MISSING = object()
+
+
+def _shown(value) -> str:
+    if value is _MISSING:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def rescore_file(predictions: str | pathlib.Path, write: bool = False) -> Rescored:
+    """Scores a predictions file again under the current rules (the task from the summary
+    beside it); with `write`, rewrites the file and its summary when anything changed, in the
+    format `write_report` writes."""
+    path = pathlib.Path(predictions)
+    summary_path = summary_path_for(path)
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{path}: no {summary_path.name} beside it (the task is read "
+                                "from the summary)")
+    old_summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    task = old_summary.get("task")
+    if not isinstance(task, str):
+        raise RecordError(f"{summary_path}: no 'task' field")
+    old_rows = list(read_json_lines(path))
+    if not old_rows:
+        raise RecordError(f"{path}: no predictions")
+    rows = rescore_rows(old_rows, task)
+    fields: collections.Counter = collections.Counter()
+    changed = 0
+    for (_, old), new in zip(old_rows, rows, strict=True):
+        moved = _changed_fields(old, new)
+        changed += bool(moved)
+        fields.update(moved)
+    result = Rescored(path, summary_path, old_summary, rescore_summary(old_summary, rows, task),
+                      rows, changed, dict(fields))
+    if write and result.changed:
+        _write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        _write_atomic(summary_path,
+                      json.dumps(result.summary, indent=2, ensure_ascii=False) + "\n")
+    return result
+
+
+def _changed_fields(old: dict, new: dict) -> set[str]:
+    moved = {k for k in set(old) | set(new) if k != "samples" and old.get(k, _MISSING)
+             != new.get(k, _MISSING)}
+    for a, b in zip(old.get("samples") or (), new.get("samples") or ()):
+        moved |= {f"samples[].{k}" for k in set(a) | set(b)
+                  if a.get(k, _MISSING) != b.get(k, _MISSING)}
+    return moved
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def rescore(paths: Iterable[str | pathlib.Path], write: bool = True,
+            out=print) -> list[Rescored]:
+    """`cotjax report rescore`: every predictions file under `paths` scored again, rewritten
+    (unless `write` is False), and described old -> new through `out`."""
+    results = []
+    for path in prediction_files(paths):
+        result = rescore_file(path, write=write)
+        out(result.describe())
+        results.append(result)
+    return results
 
 
 def main(args) -> None:
@@ -119,13 +324,17 @@ def main(args) -> None:
     correct_flexible, or maj_correct for a self-consistency run) is read from A, and from B too
     unless FIELD_B is given (e.g. a maj@k vote against greedy answers).
     `cotjax report by-steps OUT_PREFIX LABEL=PREDICTIONS.jsonl ...`: accuracy by the number of
-    operations of synthetic problems, printed and written to OUT_PREFIX.json and .png."""
+    operations of synthetic problems, printed and written to OUT_PREFIX.json and .png.
+    `cotjax report rescore PATH ...`: every predictions.jsonl / *_predictions.jsonl (PATH a
+    file, or a directory searched recursively) scored again from its generations under the
+    current rules, with the task of the summary beside it; the file and its summary are
+    rewritten (the summary's other fields kept) and the old -> new accuracies printed.
+    `cotjax report check PATH ...` (or `rescore --check`): the same, writing nothing; the exit
+    status is 1 when any file would change."""
     if args[:1] == ["paired"] and len(args) in (3, 4, 5):
         field_a = args[3] if len(args) > 3 else "correct"
         field_b = args[4] if len(args) > 4 else field_a
-        a, b = read_correct(args[1], field_a), read_correct(args[2], field_b)
-        print(json.dumps({"a": args[1], "b": args[2], "field_a": field_a, "field_b": field_b,
-                          **paired_comparison(a, b)}))
+        print(json.dumps(paired_from_files(args[1], args[2], field_a, field_b)))
     elif args[:1] == ["by-steps"] and len(args) >= 3:
         prefix = pathlib.Path(args[1])
         tables = {}
@@ -140,5 +349,15 @@ def main(args) -> None:
         for label, t in tables.items():
             print(f"{label:<11} " + "  ".join(
                 f"{t[s]['accuracy']:5.2f}" if s in t else "    -" for s in steps))
+    elif args[:1] in (["rescore"], ["check"]) and [a for a in args[1:] if a != "--check"]:
+        check = args[0] == "check" or "--check" in args[1:]
+        results = rescore([a for a in args[1:] if a != "--check"], write=not check)
+        stale = [r for r in results if r.changed]
+        if check and stale:
+            raise SystemExit(f"{len(stale)} of {len(results)} predictions files would change "
+                             "under the current scoring rules; `cotjax report rescore PATH ...` "
+                             "rewrites them")
+        print(f"{len(stale)} of {len(results)} predictions files "
+              + ("would change" if check else "rewritten"))
     else:
         raise SystemExit(main.__doc__)

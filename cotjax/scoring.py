@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import re
 from collections.abc import Sequence
 from fractions import Fraction
@@ -26,12 +27,41 @@ def check_task(task: str) -> None:
         raise ValueError(f"unknown task {task!r}; supported tasks: {', '.join(TASKS)}")
 
 
-_GSM8K_PHRASE = re.compile(r"(?i:the\s{1,3}answer\s{1,3}is)[\s:*$]{0,6}" + SIGNED_NUM)
-_GSM8K_HASHES = re.compile(r"####[\s$]{0,6}" + SIGNED_NUM)
+# Strict answers: a final-answer statement, then the answer right after it. Statements: "The
+# answer is", "The final answer is", "The correct answer is", "Final answer is", "Answer:" (also
+# "Final Answer:", "**Answer:**") and "\boxed{...}"; below them all, "####". Between the
+# statement and the answer only decoration may sit: spaces, ":", "*", "$", "\boxed{", "\(", "\[",
+# "{". A number that merely ends a sentence ("So she has 5 apples.") is no statement; neither is
+# "answer" inside a sentence ("Each correct answer is 2 points", "she answered 5").
+#
+# Which statement wins: the first (leftmost) answer statement in the text, whatever its spelling.
+# A model that has stated its answer usually runs on (a new question, another attempt), so a later
+# statement answers something else. A statement not followed by an answer ("Answer: Tom has ...")
+# is skipped, so "Final Answer: The final answer is 18" gives 18. "####" (GSM8K's own marker) ranks
+# below every answer statement, wherever it stands: it is also a Markdown heading ("#### 1" over a
+# model's first step), so "#### 1 ... The answer is: 102" gives 102.
+#
+# Every repeat is bounded and the alternatives start on distinct characters: adjacent unbounded
+# `\s*` would backtrack quadratically on long whitespace, and hostile text must stay linear.
+_DECORATION = r"(?:[\s:*$]|\\boxed\{|\\\(|\\\[|\\\$|\{){0,6}"
+_ANSWER_IS = (r"(?:(?:the|my|our)\s{1,3}(?:(?:final|correct)\s{1,3})?|final\s{1,3})"
+              r"answer\s{1,3}is")
+_ANSWER_COLON = r"(?:final\s{1,3})?answer[*\s]{0,4}:"
+_GSM8K_STATEMENT = re.compile(
+    rf"(?:(?<![A-Za-z])(?i:{_ANSWER_IS}|{_ANSWER_COLON})|\\boxed\{{)" + _DECORATION + SIGNED_NUM
+)
+_GSM8K_HASHES = re.compile(r"####" + _DECORATION + SIGNED_NUM)
 _ANY_NUMBER = re.compile(SIGNED_NUM)
-# Bounded repeats: adjacent unbounded `\s*` would backtrack quadratically on long whitespace.
-_AQUA_PHRASE = re.compile(
-    r"(?i:answer)(?:\s{0,3}(?i:is))?[\s:]{0,6}(?:(?i:option)\s{0,3})?"
+# Multiple choice: the answer statements above ("is" optional after "answer": "Answer C",
+# "ANSWER:C", "The answer is option D"), "the correct option/choice is (C)" and "\boxed{C}", the
+# first one winning; no "####". The letter is A-E, upper case or in parentheses ("(c)"), and stands
+# alone ("A train" after a statement is still A: a model's "Answer: A) 54" is common, an article
+# right after a statement is not).
+_AQUA_PHRASE = (r"answer(?:\s{0,3}is)?"
+                r"|(?:correct|right|best|final)\s{1,3}(?:option|choice)(?:\s{1,3}is)?")
+_AQUA_STATEMENT = re.compile(
+    rf"(?:(?<![A-Za-z])(?i:{_AQUA_PHRASE}){_DECORATION}(?:(?i:option|choice)\s{{0,3}})?"
+    r"|\\boxed\{\s{0,3})"
     r"(?:\(([A-Ea-e])\)|\(?([A-E])(?![A-Za-z0-9]))"
 )
 _AQUA_LETTER = re.compile(r"(?<![A-Za-z0-9])(?:\(([a-e])\)|([A-E])(?![A-Za-z0-9]))")
@@ -40,10 +70,12 @@ _AQUA_LETTER = re.compile(r"(?<![A-Za-z0-9])(?:\(([a-e])\)|([A-E])(?![A-Za-z0-9]
 def extract_answer(text: str, task: str, flexible: bool = False) -> str | None:
     """The final answer in `text`, normalised; None when there is none.
 
-    gsm8k: the number after "The answer is" (case-insensitive), else after "####"; with
-    `flexible`, else the last number in the text. aqua: the letter A-E after an answer phrase
-    ("The answer is C", "Answer: (C)", "ANSWER:C"); with `flexible`, else the last standalone
-    letter. The first answer phrase wins: what follows it is usually a run-on generation.
+    Strict (the default): the answer right after the first final-answer statement (see
+    `_GSM8K_STATEMENT` / `_AQUA_STATEMENT`): gsm8k a number after "The answer is", "The final
+    answer is", "Answer:", in "\\boxed{}", else after "####"; aqua a letter A-E after "The
+    answer is", "Answer: (C)", "ANSWER:C", "the correct option is". The first statement wins:
+    what follows it is usually a run-on generation. With `flexible`, when there is no
+    statement: gsm8k the last number in the text, aqua the last standalone letter.
     """
     check_task(task)
     text = normalise_text(text)
@@ -57,7 +89,7 @@ def extract_answer_flexible(text: str, task: str) -> str | None:
 
 
 def _extract_gsm8k(text: str, flexible: bool) -> str | None:
-    match = _GSM8K_PHRASE.search(text) or _GSM8K_HASHES.search(text)
+    match = _GSM8K_STATEMENT.search(text) or _GSM8K_HASHES.search(text)
     if match is None and flexible:
         last = collections.deque(_ANY_NUMBER.finditer(text), maxlen=1)
         match = last[0] if last else None
@@ -65,7 +97,7 @@ def _extract_gsm8k(text: str, flexible: bool) -> str | None:
 
 
 def _extract_aqua(text: str, flexible: bool) -> str | None:
-    match = _AQUA_PHRASE.search(text)
+    match = _AQUA_STATEMENT.search(text)
     if match:
         return (match.group(1) or match.group(2)).upper()
     if not flexible:
@@ -152,12 +184,90 @@ def score_prediction(generation: str, gold_answer: str, task: str) -> dict:
     }
 
 
+def score_samples(generations: Sequence[str], gold_answer: str, task: str) -> dict:
+    """Self-consistency over sampled chains, every selector under both rules.
+
+    Returns `samples`: one dict per generation, in order (`extracted`, `extracted_flexible`,
+    `correct`, `correct_flexible`; the caller adds the generation itself), and the votes:
+    `maj_answer` / `maj_correct`, the majority of the strict answers, and `maj_answer_flexible`
+    / `maj_correct_flexible`, the majority of the flexible answers. A vote is thus scored by the
+    same rule as the greedy answer it is compared with (`correct` / `correct_flexible`).
+    """
+    check_task(task)
+    gold = normalise_gold(gold_answer, task)
+    samples = []
+    for generation in generations:
+        strict = extract_answer(generation, task)
+        flexible = extract_answer(generation, task, flexible=True)
+        samples.append({"extracted": strict, "extracted_flexible": flexible,
+                        "correct": answers_equal(strict, gold, task),
+                        "correct_flexible": answers_equal(flexible, gold, task)})
+    vote = majority_vote([s["extracted"] for s in samples], task)
+    vote_flexible = majority_vote([s["extracted_flexible"] for s in samples], task)
+    return {"samples": samples,
+            "maj_answer": vote, "maj_correct": answers_equal(vote, gold, task),
+            "maj_answer_flexible": vote_flexible,
+            "maj_correct_flexible": answers_equal(vote_flexible, gold, task)}
+
+
 def share(count: int, total: int) -> float:
     return count / total if total else 0.0
 
 
+_Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson_interval(successes: float, n: float, z: float = _Z95) -> list[float]:
+    """The Wilson score interval [lo, hi] of a binomial share (95% by default), rounded to 6
+    decimals; [0.0, 1.0] when n is 0. `successes` and `n` may be effective (non-integer)."""
+    if n <= 0:
+        return [0.0, 1.0]
+    p = successes / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(max(p * (1 - p) / n + z2 / (4 * n * n), 0.0))
+    return [round(max(0.0, centre - half), 6), round(min(1.0, centre + half), 6)]
+
+
+def clustered_wilson_interval(correct_per_question: Sequence[int],
+                              samples_per_question: Sequence[int]) -> list[float]:
+    """A 95% interval for the share of correct samples when each question has several samples.
+
+    Samples of one question are not independent, so a Wilson interval over all of them would be
+    too narrow. The interval is Wilson's at the effective sample size (Kish's design effect):
+    n_eff = p(1 - p) / var(p), with var(p) estimated from the spread of the per-question shares,
+    kept between the number of questions and the number of samples (the number of questions
+    when every sample is right, or every one wrong, and there is no spread to measure).
+    """
+    total = sum(samples_per_question)
+    questions = sum(1 for k in samples_per_question if k)
+    if not total:
+        return [0.0, 1.0]
+    p = sum(correct_per_question) / total
+    n_eff = float(total)
+    if questions > 1:
+        # The ratio estimator's variance: sum((c_i - p k_i)^2) / (q (q - 1) mean(k)^2).
+        mean_k = total / questions
+        resid = sum((c - p * k) ** 2 for c, k in zip(correct_per_question, samples_per_question))
+        var_p = resid / (mean_k**2 * questions * (questions - 1))
+        if var_p > 0:
+            n_eff = p * (1 - p) / var_p
+        elif p in (0.0, 1.0):  # no spread to measure: assume the worst, one sample per question
+            n_eff = float(questions)
+    n_eff = min(max(n_eff, float(questions)), float(total))
+    return wilson_interval(p * n_eff, n_eff)
+
+
 def summarize(rows: Sequence[dict], task: str) -> dict:
-    """Aggregates `score_prediction` rows (plus `maj_answer` when self-consistency ran).
+    """Aggregates `score_prediction` rows, plus `score_samples` fields when self-consistency ran.
+
+    Every selector is reported under both rules, each accuracy with its 95% interval beside it
+    (`<name>_ci95`: Wilson's over questions; for the share of correct samples, Wilson's at the
+    effective sample size, see `clustered_wilson_interval`): `accuracy` / `accuracy_flexible`
+    (the greedy answer), `maj_accuracy` / `maj_accuracy_flexible` (the vote of the strict /
+    flexible answers), `sample_accuracy` / `sample_accuracy_flexible` (one sample). These fields,
+    and only these, are what `summarize` computes: everything else in a summary.json (model,
+    data, timings) is written by `cotjax eval` and kept by `cotjax report rescore`.
 
     `chains_all_steps_valid` is the share of all n chains that make at least one claim and whose
     claims all hold; `correct_with_invalid_step` and `answer_differs_from_last_step` are counts.
@@ -168,13 +278,16 @@ def summarize(rows: Sequence[dict], task: str) -> dict:
     def count(key: str) -> int:
         return sum(1 for row in rows if row.get(key))
 
+    def accuracy(name: str, correct: int) -> dict:
+        return {name: share(correct, n), f"{name}_ci95": wilson_interval(correct, n)}
+
     steps_total = sum(row["steps_total"] for row in rows)
     steps_valid = sum(row["steps_valid"] for row in rows)
     summary = {
         "task": task,
         "n": n,
-        "accuracy": share(count("correct"), n),
-        "accuracy_flexible": share(count("correct_flexible"), n),
+        **accuracy("accuracy", count("correct")),
+        **accuracy("accuracy_flexible", count("correct_flexible")),
         "correct": count("correct"),
         "correct_flexible": count("correct_flexible"),
         "steps_total": steps_total,
@@ -188,12 +301,18 @@ def summarize(rows: Sequence[dict], task: str) -> dict:
         ),
         "answer_differs_from_last_step": count("answer_differs_from_last_step"),
     }
-    if any("maj_answer" in row for row in rows):
-        maj_correct = sum(
-            answers_equal(row.get("maj_answer"), row.get("gold"), task) for row in rows
-        )
-        summary["maj_correct"] = maj_correct
-        summary["maj_accuracy"] = share(maj_correct, n)
+    for suffix in ("", "_flexible"):
+        if any(f"maj_answer{suffix}" in row for row in rows):
+            right = sum(answers_equal(row.get(f"maj_answer{suffix}"), row.get("gold"), task)
+                        for row in rows)
+            summary[f"maj_correct{suffix}"] = right
+            summary.update(accuracy(f"maj_accuracy{suffix}", right))
+    for suffix in ("", "_flexible"):
+        key = f"correct{suffix}"
+        if any(key in sample for row in rows for sample in row.get("samples", ())):
+            right = [sum(bool(s.get(key)) for s in row.get("samples", ())) for row in rows]
+            drawn = [len(row.get("samples", ())) for row in rows]
+            summary[f"sample_correct{suffix}"] = sum(right)
+            summary[f"sample_accuracy{suffix}"] = share(sum(right), sum(drawn))
+            summary[f"sample_accuracy{suffix}_ci95"] = clustered_wilson_interval(right, drawn)
     return summary
-
-

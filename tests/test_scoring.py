@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -13,11 +14,14 @@ from cotjax import report
 from cotjax.report import format_table, write_report
 from cotjax.scoring import (
     answers_equal,
+    clustered_wilson_interval,
     extract_answer,
     extract_answer_flexible,
     majority_vote,
     score_prediction,
+    score_samples,
     summarize,
+    wilson_interval,
 )
 
 GSM8K_TRAIN = pathlib.Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train.jsonl"
@@ -49,6 +53,29 @@ GSM8K_TRAIN = pathlib.Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "
         ("The answer is 9 but #### 10", "9"),  # the phrase outranks ####
         ("The answer is ٣٤", "34"),  # Arabic-Indic digits are digits
         ("The answer is 3\u221212", "3"),  # unicode minus joins two numbers: not a sign
+        # other common final-answer statements
+        ("Answer: 42", "42"),
+        ("ANSWER:42", "42"),
+        ("So 6 * 7 = 42.\nFinal Answer: 42", "42"),
+        ("**Answer:** 42", "42"),
+        ("**Answer**: 42", "42"),
+        ("The final answer is $1,200.", "1200"),
+        ("Final answer is 7", "7"),
+        ("The correct answer is 12 apples.", "12"),
+        ("My answer is 9", "9"),
+        ("\\boxed{18}", "18"),
+        ("The answer is $\\boxed{18}$.", "18"),
+        ("\\[ \\boxed{\\$1,000} \\]", "1000"),
+        ("The answer is \\(18\\)", "18"),
+        ("#### 72", "72"),
+        ("the answer is: **18**", "18"),
+        # which statement wins: the first answer statement; "####" only when there is none
+        ("Final Answer: The final answer is 18", "18"),  # a statement without a number: skipped
+        ("Answer: Tom has 5 apples. The answer is 7.", "7"),
+        ("The final answer is 3.\n\nQuestion: ... Answer: 4", "3"),  # run-on continuation
+        ("\\boxed{5} The answer is 6", "5"),
+        ("#### 1\nThe answer is: 102", "102"),  # a Markdown heading over a step is not the answer
+        ("#### 10 and then The answer is 9", "9"),
     ],
 )
 def test_gsm8k_strict(text, expected):
@@ -57,7 +84,20 @@ def test_gsm8k_strict(text, expected):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "no numbers here", "She has 5 apples and 7 pears.", "The answer is unclear.", "###"],
+    [
+        "", "no numbers here", "She has 5 apples and 7 pears.", "The answer is unclear.", "###",
+        "So she has 5 apples.",  # a number ending a sentence is no answer statement
+        "The total is 18.",
+        "Each correct answer is 2 points, so 10 answers give 20.",  # "answer" inside a sentence
+        "She answered: 5 of them",
+        "Answers: 5",
+        "To answer 3 questions takes 9 minutes.",
+        "Answer: Tom has 5 apples",  # the statement is not followed by a number
+        "The final answer is unclear, perhaps 7",
+        "boxed{18}",  # not the LaTeX command
+        "\\boxed{\\frac{1}{2}}",  # not a plain number: no strict answer rather than a wrong one
+        "# 72",
+    ],
 )
 def test_gsm8k_strict_none(text):
     assert extract_answer(text, "gsm8k") is None
@@ -90,6 +130,16 @@ def test_gsm8k_flexible(text, expected):
         ("Answer: (b)", "B", "B"),
         ("27 / 3 = 9 groups.\nAnswer: E) 54", "E", "E"),
         ("I think it is B.", None, "B"),
+        ("the correct option is (C)", "C", "C"),
+        ("The correct choice is D.", "D", "D"),
+        ("The best option is B", "B", "B"),
+        ("The final answer is (e)", "E", "E"),
+        ("**Answer:** (d)", "D", "D"),
+        ("\\boxed{B}", "B", "B"),
+        ("The answer is $\\boxed{E}$", "E", "E"),
+        ("Answer: B. Question: ... Answer: D", "B", "B"),  # the first statement wins
+        ("Option A is 5 and option B is 6, so E", None, "E"),  # listing options: no statement
+        ("Answer: see above, it is (b)", None, "B"),
         ("A train leaves at 5. Pick (c)", None, "C"),
         ("A train leaves the station.", None, None),  # the article is not option A
         ("The answer is a mystery", None, None),
@@ -100,6 +150,28 @@ def test_gsm8k_flexible(text, expected):
 def test_aqua(text, strict, flexible):
     assert extract_answer(text, "aqua") == strict
     assert extract_answer(text, "aqua", flexible=True) == flexible
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Answer" + "*" * 100_000,
+        "answer:" * 30_000,
+        "The final answer is" + " " * 100_000 + "x",
+        "the final " * 20_000,
+        "\\boxed{" * 30_000,
+        "Final Answer: " + "$" * 100_000,
+        "the correct option is" + " " * 100_000,
+        "answer is " * 20_000 + "a",
+        "#### " * 25_000,
+    ],
+)
+def test_answer_statements_stay_fast_on_long_hostile_text(text):
+    start = time.perf_counter()
+    for task in ("gsm8k", "aqua"):
+        extract_answer(text, task)
+        extract_answer(text, task, flexible=True)
+    assert time.perf_counter() - start < 2.0
 
 
 def test_aqua_format_sample_rationales():
@@ -205,6 +277,103 @@ def test_summarize_format_and_write(tmp_path):
 def test_summarize_empty():
     summary = summarize([], "aqua")
     assert summary["n"] == 0 and summary["accuracy"] == 0.0 and "maj_accuracy" not in summary
+
+
+def test_score_samples_scores_every_selector_under_both_rules():
+    generations = [
+        "2 + 3 = 5. The answer is 5.",
+        "I get 5",  # flexible only
+        "Maybe 7",  # flexible only
+        "Surely 7",  # flexible only
+        "#### 6",
+    ]
+    got = score_samples(generations, "5", "gsm8k")
+    assert [s["extracted"] for s in got["samples"]] == ["5", None, None, None, "6"]
+    assert [s["extracted_flexible"] for s in got["samples"]] == ["5", "5", "7", "7", "6"]
+    assert [s["correct"] for s in got["samples"]] == [True, False, False, False, False]
+    assert [s["correct_flexible"] for s in got["samples"]] == [True, True, False, False, False]
+    # the strict vote counts strict answers only; the flexible vote, flexible ones (tie: first)
+    assert (got["maj_answer"], got["maj_correct"]) == ("5", True)
+    assert (got["maj_answer_flexible"], got["maj_correct_flexible"]) == ("5", True)
+    got = score_samples(["Maybe 7", "Surely 7", "The answer is 5"], "5", "gsm8k")
+    assert (got["maj_answer"], got["maj_correct"]) == ("5", True)
+    assert (got["maj_answer_flexible"], got["maj_correct_flexible"]) == ("7", False)
+    assert score_samples([], "5", "gsm8k")["maj_answer"] is None
+    assert score_samples(["Answer: (c)"], "c", "aqua")["maj_correct"] is True
+
+
+def test_summarize_reports_votes_and_samples_under_both_rules_with_intervals():
+    rows = []
+    for generation, gold, samples in [
+        ("The answer is 5", "5", ["The answer is 5", "maybe 5", "maybe 5"]),
+        ("about 6", "6", ["maybe 6", "maybe 6", "The answer is 7"]),
+        ("The answer is 1", "2", ["The answer is 3", "The answer is 3", "maybe 2"]),
+        ("nothing", "4", ["nothing", "nothing", "nothing"]),
+    ]:
+        row = score_prediction(generation, gold, "gsm8k")
+        votes = score_samples(samples, gold, "gsm8k")
+        row["samples"] = [{"generation": g, **s} for g, s in zip(samples, votes.pop("samples"))]
+        rows.append({**row, **votes})
+    summary = summarize(rows, "gsm8k")
+    assert (summary["correct"], summary["correct_flexible"]) == (1, 2)
+    assert (summary["maj_correct"], summary["maj_correct_flexible"]) == (1, 2)
+    assert summary["maj_accuracy"] == 0.25 and summary["maj_accuracy_flexible"] == 0.5
+    assert (summary["sample_correct"], summary["sample_correct_flexible"]) == (1, 6)
+    assert summary["sample_accuracy"] == 1 / 12 and summary["sample_accuracy_flexible"] == 6 / 12
+    for name in ("accuracy", "accuracy_flexible", "maj_accuracy", "maj_accuracy_flexible"):
+        right = summary[name.replace("accuracy", "correct")]
+        assert summary[f"{name}_ci95"] == wilson_interval(right, 4)
+    for name in ("sample_accuracy", "sample_accuracy_flexible"):
+        lo, hi = summary[f"{name}_ci95"]
+        assert 0.0 <= lo <= summary[name] <= hi <= 1.0
+    assert list(summary).index("accuracy_ci95") == list(summary).index("accuracy") + 1
+    json.dumps(summary)
+
+
+def test_summarize_without_flexible_votes_reports_the_strict_vote_only():
+    row = {**score_prediction("The answer is 5", "5", "gsm8k"), "maj_answer": "5"}
+    summary = summarize([row], "gsm8k")
+    assert summary["maj_accuracy"] == 1.0 and "maj_accuracy_flexible" not in summary
+    assert "sample_accuracy" not in summary
+
+
+@pytest.mark.parametrize("k, n", [(13, 500), (27, 500), (0, 10), (10, 10), (1, 3), (5, 7), (0, 1),
+                                  (250, 500), (1, 1000)])
+def test_wilson_interval_matches_scipy(k, n):
+    from scipy import stats  # a dependency of jax
+
+    want = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(want.low, abs=1e-6) and hi == pytest.approx(want.high, abs=1e-6)
+
+
+def test_wilson_interval_known_values():
+    # by hand: p = 0.026, z^2 = 3.8415; centre 0.029614, half-width 0.014358
+    assert wilson_interval(13, 500) == [0.015256, 0.043971]
+    assert wilson_interval(0, 10) == [0.0, round(1.959964**2 / (10 + 1.959964**2), 6)]
+    assert wilson_interval(0, 0) == [0.0, 1.0]
+
+
+def test_clustered_interval_lies_between_questions_and_samples():
+    # one sample per question: plain Wilson over questions
+    assert clustered_wilson_interval([1, 0, 1, 0, 0], [1] * 5) == wilson_interval(2, 5)
+    # all-or-nothing questions (samples perfectly correlated): as wide as one per question
+    right, drawn = [8] * 10 + [0] * 30, [8] * 40
+    assert clustered_wilson_interval(right, drawn) == wilson_interval(10, 40)
+    # samples spread evenly across questions carry more information than one per question
+    right = [2, 1, 3, 2, 2, 1, 3, 2, 2, 2] * 4
+    lo, hi = clustered_wilson_interval(right, [8] * 40)
+    q_lo, q_hi = wilson_interval(40 * 2 / 8, 40)
+    s_lo, s_hi = wilson_interval(sum(right), 320)
+    assert q_lo <= lo <= s_lo and s_hi <= hi <= q_hi
+    # nothing right anywhere: no spread to measure, so the interval of one sample per question
+    assert clustered_wilson_interval([0] * 40, [8] * 40) == wilson_interval(0, 40)
+    assert clustered_wilson_interval([], []) == [0.0, 1.0]
+
+
+def test_format_table_shows_intervals():
+    table = format_table({"accuracy": 0.026, "accuracy_ci95": [0.015256, 0.043971], "n": 500})
+    assert "[0.0153, 0.0440]" in table and "0.0260" in table
 
 
 @settings(max_examples=60, deadline=None)

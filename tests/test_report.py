@@ -1,0 +1,173 @@
+"""`cotjax report`: rescoring predictions files under the current rules, paired tests from files.
+
+Pure Python, no JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from cotjax import report
+from cotjax.records import RecordError
+from cotjax.scoring import score_prediction, score_samples, summarize
+
+# A summary's fields that `cotjax eval` writes beside the scores; rescoring keeps them.
+RUN_FIELDS = {"prompting": "finetuned", "template": "chat", "model": "runs/x step latest",
+              "data": "validation split of data/gsm8k/train.jsonl", "max_new_tokens": 256,
+              "decode_seconds": 12.5, "maj_n": 3, "temperature": 0.7,
+              "sample_decode_seconds": 40.0}
+
+QUESTIONS = [  # (greedy generation, gold, sampled generations)
+    ("3 * 4 = 12. Answer: 12", "12", ["Answer: 12", "so 12", "so 13"]),
+    ("The final answer is 7.", "7", ["so 7", "so 7", "The answer is 8"]),
+    ("5 + 5 = 10 and so 10", "10", ["#### 10", "so 9", "so 9"]),
+    ("The answer is 3.", "4", ["so 4", "so 4", "so 4"]),
+]
+
+
+def _old_style_rows() -> list[dict]:
+    """Rows as an earlier `cotjax eval` wrote them: strict answers by the old rule (only "The
+    answer is" and "####"), samples and votes with the flexible rule only."""
+    rows = []
+    for i, (generation, gold, samples) in enumerate(QUESTIONS):
+        row = {"id": f"data.jsonl:{i + 1}", "question": f"question {i}", "prompt_tokens": 9,
+               "generation": generation, "finish": "eos", "new_tokens": 5,
+               **score_prediction(generation, gold, "gsm8k")}
+        if "The answer is" not in generation:  # the old strict rule found no answer
+            row["extracted"], row["correct"] = None, False
+        flexible = [s["extracted_flexible"]
+                    for s in score_samples(samples, gold, "gsm8k")["samples"]]
+        row["samples"] = [{"generation": g, "finish": "eos", "extracted": a, "correct": a == gold}
+                          for g, a in zip(samples, flexible)]
+        vote = max(flexible, key=flexible.count)
+        row["maj_answer"], row["maj_correct"] = vote, vote == gold
+        rows.append(row)
+    return rows
+
+
+def _write_run(directory: pathlib.Path, name: str = "cot") -> pathlib.Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = _old_style_rows()
+    old = summarize(rows, "gsm8k")
+    old = {k: v for k, v in old.items() if not k.endswith("_ci95")}  # written before intervals
+    old["sample_accuracy"] = 0.5  # a stale figure
+    predictions = directory / f"{name}_predictions.jsonl"
+    predictions.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    (directory / f"{name}_summary.json").write_text(json.dumps({**old, **RUN_FIELDS}, indent=2))
+    return predictions
+
+
+def test_summary_path_for_names_the_summary_beside_a_predictions_file(tmp_path):
+    assert report.summary_path_for(tmp_path / "predictions.jsonl") == tmp_path / "summary.json"
+    assert report.summary_path_for("r/cot_maj8_predictions.jsonl") == pathlib.Path(
+        "r/cot_maj8_summary.json")
+    with pytest.raises(ValueError, match="not a predictions file"):
+        report.summary_path_for(tmp_path / "cot_metrics.jsonl")
+
+
+def test_prediction_files_walks_directories(tmp_path):
+    a = _write_run(tmp_path / "gsm8k", "b")
+    b = _write_run(tmp_path / "gsm8k" / "sweep", "a")
+    (tmp_path / "gsm8k" / "cot_metrics.jsonl").write_text("{}\n")
+    plain = tmp_path / "eval" / "predictions.jsonl"
+    plain.parent.mkdir()
+    plain.write_text("")
+    assert report.prediction_files([tmp_path]) == [plain, a, b]
+    assert report.prediction_files([a, tmp_path / "gsm8k"]) == [a, b]  # each file once
+    with pytest.raises(FileNotFoundError, match="nothing: no such file"):
+        report.prediction_files([tmp_path / "nothing"])
+    with pytest.raises(ValueError, match="cot_metrics.jsonl: not a predictions file"):
+        report.prediction_files([tmp_path / "gsm8k" / "cot_metrics.jsonl"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty: no predictions.jsonl"):
+        report.prediction_files([tmp_path / "empty"])
+
+
+def test_rescore_rewrites_scores_and_keeps_the_run_fields(tmp_path, capsys):
+    predictions = _write_run(tmp_path)
+    summary_path = tmp_path / "cot_summary.json"
+    old_summary = json.loads(summary_path.read_text())
+    old_lines = predictions.read_text().splitlines()
+
+    report.main(["rescore", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert str(predictions) in out and "1 of 1 predictions files rewritten" in out
+    assert "accuracy                   0.0000 -> 0.5000" in out  # strict: Answer:, final answer
+    assert "maj_accuracy_flexible" in out and "(moved)" in out
+
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    summary = json.loads(summary_path.read_text())
+    assert [r["extracted"] for r in rows] == ["12", "7", None, "3"]
+    assert [r["maj_answer"] for r in rows] == ["12", "8", "10", None]  # strict votes
+    assert [r["maj_answer_flexible"] for r in rows] == ["12", "7", "9", "4"]
+    assert rows[0]["samples"][0] == {"generation": "Answer: 12", "finish": "eos",
+                                     "extracted": "12", "correct": True,
+                                     "extracted_flexible": "12", "correct_flexible": True}
+    # the rows keep their other fields and key order; new fields come last
+    assert list(rows[0])[:len(json.loads(old_lines[0]))] == list(json.loads(old_lines[0]))
+    assert summary == {**summarize(rows, "gsm8k"), **RUN_FIELDS}
+    assert summary["sample_accuracy"] == 2 / 12 and summary["sample_accuracy_flexible"] == 8 / 12
+    assert summary["maj_accuracy"] == 0.5 and summary["maj_accuracy_flexible"] == 0.75
+    assert summary["accuracy_ci95"] == [0.150039, 0.849961]
+    assert old_summary["accuracy"] == 0.0 and summary["accuracy"] == 0.5
+
+    # the rewritten files are what `cotjax eval` writes, and now check clean
+    assert predictions.read_text() == "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                              for r in rows)
+    assert summary_path.read_text() == json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+    report.main(["check", str(predictions)])
+    assert "unchanged" in capsys.readouterr().out
+    before = predictions.stat().st_mtime_ns, summary_path.stat().st_mtime_ns
+    report.main(["rescore", str(predictions)])  # nothing to change: nothing written
+    assert (predictions.stat().st_mtime_ns, summary_path.stat().st_mtime_ns) == before
+
+
+def test_check_writes_nothing_and_fails_on_a_stale_file(tmp_path, capsys):
+    predictions = _write_run(tmp_path)
+    text = predictions.read_text(), (tmp_path / "cot_summary.json").read_text()
+    with pytest.raises(SystemExit, match="1 of 1 predictions files would change"):
+        report.main(["check", str(tmp_path)])
+    with pytest.raises(SystemExit, match="would change"):
+        report.main(["rescore", "--check", str(predictions)])
+    assert (predictions.read_text(), (tmp_path / "cot_summary.json").read_text()) == text
+    result = report.rescore_file(predictions)
+    assert result.changed and result.rows_changed == 4
+    assert result.summary_changed["accuracy"] == (0.0, 0.5)
+    assert result.summary_changed["maj_accuracy_flexible"] == (None, 0.75)
+    assert result.row_fields_changed["samples[].extracted"] == 4
+    assert "model" not in result.summary_changed
+    assert "sample_accuracy" in result.describe()
+
+
+def test_rescore_names_what_it_cannot_read(tmp_path):
+    predictions = tmp_path / "x_predictions.jsonl"
+    predictions.write_text(json.dumps({"id": 1, "generation": "The answer is 3"}) + "\n")
+    with pytest.raises(FileNotFoundError, match="no x_summary.json beside it"):
+        report.rescore_file(predictions)
+    (tmp_path / "x_summary.json").write_text(json.dumps({"n": 1}))
+    with pytest.raises(RecordError, match="no 'task' field"):
+        report.rescore_file(predictions)
+    (tmp_path / "x_summary.json").write_text(json.dumps({"task": "gsm8k"}))
+    with pytest.raises(RecordError, match=r"x_predictions.jsonl:1: .*without gold"):
+        report.rescore_file(predictions)
+    predictions.write_text(json.dumps({"generation": "4", "gold": "4", "samples": [{}]}) + "\n")
+    with pytest.raises(RecordError, match=r"samples\[\].generation"):
+        report.rescore_file(predictions)
+    with pytest.raises(SystemExit):
+        report.main(["rescore"])
+
+
+def test_paired_from_files_matches_the_cli(tmp_path, capsys):
+    predictions = _write_run(tmp_path)
+    report.main(["rescore", str(predictions)])
+    capsys.readouterr()
+    got = report.paired_from_files(predictions, predictions, "maj_correct", "correct")
+    report.main(["paired", str(predictions), str(predictions), "maj_correct", "correct"])
+    assert json.loads(capsys.readouterr().out) == got
+    assert (got["field_a"], got["field_b"], got["correct_a"], got["correct_b"]) == (
+        "maj_correct", "correct", 2, 2)
+    same = report.paired_from_files(predictions, predictions, "correct_flexible")
+    assert same["field_b"] == "correct_flexible" and same["mcnemar_p"] == 1.0
