@@ -18,6 +18,7 @@ manager keeps the last `keep` checkpoints plus the `keep_best` with the lowest v
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -31,6 +32,18 @@ from cotjax.model import ModelConfig
 
 CKPT_DIR = "checkpoints"
 BEST_METRIC = "val_loss"
+
+
+class _QuietMissingMetric(logging.Filter):
+    """Orbax warns at every save without metrics when best-k is on. A checkpoint saved without a
+    validation loss is never a "best" candidate (keep_checkpoints_without_metrics=False), which
+    is what we want, so the warning says nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Requested `tracked_metric`; did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietMissingMetric())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,6 +130,10 @@ def save(manager: ocp.CheckpointManager, step: int, params, train_state, data_st
     return manager.save(step, args=args, metrics=metrics, force=force)
 
 
+class ProcessCountMismatch(ValueError):
+    """A readable checkpoint written by another number of processes (not a damaged one)."""
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_params, abstract_train):
     """(params, train_state, this process's data iterator state) at `step`, placed by the
     shardings on the abstract trees (jax.ShapeDtypeStruct with .sharding)."""
@@ -126,10 +143,56 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_params, abstract
         data=ocp.args.JsonRestore()))
     data = out["data"]
     if data["process_count"] != jax.process_count():
-        raise ValueError(
+        raise ProcessCountMismatch(
             f"checkpoint step {step} was written by {data['process_count']} processes; this run "
             f"has {jax.process_count()}: the data iterator state cannot be resumed exactly")
     return out["params"], out["train"], data["states"][jax.process_index()]
+
+
+def restore_newest_readable(make_manager_fn, workdir, abstract_params, abstract_train,
+                            fallback: bool = True):
+    """(manager, step, params, train_state, data_state, unreadable steps) of the newest
+    checkpoint that can be read; step None when there is none.
+
+    A checkpoint that fails to read (a truncated array file, a deleted metadata file) is moved
+    aside to `checkpoints/<step>.unreadable` and the next older one is tried (printed, and
+    counted in the returned list); with `fallback` False it stops with one line naming the step
+    directory to remove. `make_manager_fn()` builds a fresh manager (the old one has the moved
+    step in its list).
+    """
+    manager, unreadable = make_manager_fn(), []
+    while (step := manager.latest_step()) is not None:
+        try:
+            return (manager, step, *restore(manager, step, abstract_params, abstract_train),
+                    unreadable)
+        except ProcessCountMismatch:
+            raise
+        except Exception as e:  # noqa: BLE001 - TensorStore, Orbax and JSON errors alike
+            where = run_dir(workdir) / CKPT_DIR / str(step)
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            if not fallback:
+                raise ValueError(f"checkpoint step {step} is unreadable ({reason}): remove {where} "
+                                 "to resume from the previous checkpoint (or set "
+                                 "train.resume_fallback=true)") from e
+            manager.close()
+            if jax.process_index() == 0:
+                where.rename(where.parent / f"{step}.unreadable")
+                print(f"checkpoint step {step} is unreadable ({reason}); moved it to "
+                      f"{where}.unreadable, trying the previous checkpoint", flush=True)
+            _sync(f"cotjax_unreadable_{step}")
+            unreadable.append(step)
+            manager = make_manager_fn()
+    if unreadable:
+        raise ValueError(f"no readable checkpoint in {run_dir(workdir) / CKPT_DIR} (unreadable "
+                         f"steps {unreadable}, moved aside): start a new workdir")
+    return manager, None, None, None, None, unreadable
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def restore_params(workdir, step: int | None, abstract_params):

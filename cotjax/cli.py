@@ -163,7 +163,7 @@ COMMANDS = {
                    usage="compare OUT.png NAME=METRICS.jsonl ... | sweep DIR OUT.png"),
     "report": Command("paired tests, confidence intervals, rescoring, experiment tables",
                       _report, usage="paired A B [FIELD [FIELD_B]] | by-steps OUT_PREFIX "
-                                     "LABEL=PREDICTIONS ... | rescore DIR_OR_FILE ..."),
+                                     "LABEL=PREDICTIONS ... | rescore [--check] PATH ... | check PATH ..."),
     "synthetic": Command("write generated multi-step arithmetic problems (GSM8K format)",
                          _synthetic, usage="OUT N MIN_STEPS MAX_STEPS SEED"),
 }
@@ -220,6 +220,8 @@ def _parse(name: str, command: Command, argv: list[str]):
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
         print(_help(name, command))
         raise SystemExit(0)
+    if not command.config and not command.flags:
+        return fv, list(argv)  # positional commands parse their own arguments (--check, ...)
     try:
         rest = fv([f"cotjax {name}"] + argv)[1:]
     except absl_flags.UnrecognizedFlagError as e:

@@ -38,12 +38,14 @@ class TrainSpec:
     microbatches: int = 1  # gradient accumulation: the global batch in this many pieces
     remat: bool = False  # recompute each layer's activations in the backward pass
     on_nonfinite: str = "stop"  # stop | skip (skip the update and count it)
+    max_consecutive_skips: int = 10  # skip mode: stop after more non-finite updates in a row
     log_every: int = 10
     eval_every: int = 0  # validation loss every N steps; <= 0: only at the end
     eval_batches: int = -1  # -1: the whole validation split
     checkpoint_every: int = 0  # <= 0: only at the end (and on SIGTERM/SIGINT)
     keep: int = 2  # last K checkpoints
     keep_best: int = 1  # plus the best by validation loss
+    resume_fallback: bool = True  # an unreadable newest checkpoint: resume from an older one
     async_checkpoint: bool = True
     peak_flops: float = 0.0  # FLOP/s of the whole job for MFU; 0: measured (CPU) or a table
     progress: bool = True
@@ -91,6 +93,9 @@ def get_config():
     c.data.batch_size = 8  # global batch, rows of seq_len tokens
     c.data.overlong = "drop"  # drop | truncate
     c.data.on_bad_record = "error"  # error | skip
+    # A run refuses to start when more than this share of the records read were skipped as bad
+    # or dropped as longer than seq_len (both are counted and printed at start-up either way).
+    c.data.max_skipped_fraction = 0.05
     c.data.shuffle = True
     c.data.num_epochs = 1  # -1: repeat forever (step-based training)
     c.data.max_examples = -1  # -1: all

@@ -30,7 +30,8 @@ class MetricWriter:
     else a local copy that is mirrored to the workdir (gs://...) after every write.
     """
 
-    def __init__(self, workdir, wandb_project: str = "", run_config: dict | None = None):
+    def __init__(self, workdir, wandb_project: str = "", run_config: dict | None = None,
+                 resume_step: int | None = None):
         self.active = jax.process_index() == 0
         self.tb = self.wandb = None
         if not self.active:
@@ -38,6 +39,8 @@ class MetricWriter:
         self.staging = paths.Staging(workdir)
         self.staging.pull("metrics.jsonl")  # a resumed remote run appends to its history
         local = self.staging.local
+        if resume_step is not None:
+            _drop_rows_after(local / "metrics.jsonl", resume_step)
         self.jsonl = open(local / "metrics.jsonl", "a")
         try:
             from tensorboardX import SummaryWriter
@@ -78,6 +81,17 @@ class MetricWriter:
         if self.wandb is not None:
             self.wandb.finish()
         self.staging.close()
+
+
+def _drop_rows_after(path, step: int) -> None:
+    """A resumed run replays the steps after its checkpoint: drop their old rows so the file
+    holds one row per step (and per validation), as an uninterrupted run writes it."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not line.strip() or json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        path.write_text("".join(kept))
 
 
 class Interval:

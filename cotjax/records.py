@@ -82,6 +82,7 @@ class LoadReport:
 # Parsers: raw dict -> CoTRecord.
 
 _CALC = re.compile(r"<<[^<>]*>>")
+_GSM8K_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _OPTION = re.compile(r"^\s*\(?([A-Za-z])\s*\)\s*(.*)$", re.S)
 # AQuA rationales end with an answer line in many spellings ("Answer: C", "ANSWER:C",
 # "The answer is B", "Correct answer is C", "Answer D", a bare "C"); it is the answer, not a step.
@@ -127,8 +128,12 @@ def parse_gsm8k(raw: Mapping[str, Any], where: str, *, strip_calc: bool = True) 
     if full.count("####") != 1:
         raise BadRecord(f"{where}: field 'answer' needs exactly one '####' before the final answer")
     chain_raw, answer = (s.strip() for s in full.split("####"))
+    answer = answer.replace(",", "")
+    if not _GSM8K_NUMBER.fullmatch(answer):
+        # A record whose answer is not a number can never be scored correct.
+        raise BadRecord(f"{where}: field 'answer' ends in '#### {answer[:40]}', not a number")
     chain = strip_calculator(chain_raw) if strip_calc else chain_raw
-    rec = CoTRecord(question.strip(), chain, answer.replace(",", ""),
+    rec = CoTRecord(question.strip(), chain, answer,
                     id=str(raw.get("id") or where), chain_raw=chain_raw)
     return _checked(rec, where)
 
@@ -205,17 +210,35 @@ def resolve_path(path: str | Path) -> Path:
     raise RecordError(f"data file {path} does not exist")
 
 
-def read_json_lines(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """(`file:line`, object) per non-blank line of a JSONL file; a `.json` file holds a list."""
+def read_json_lines(path: str | Path, bad_lines: str = "raise"
+                    ) -> Iterator[tuple[str, dict | BadRecord]]:
+    """(`file:line`, object) per non-blank line of a JSONL file; a `.json` file holds a list.
+
+    A line that is not UTF-8 or not a JSON object raises a BadRecord naming file:line; with
+    `bad_lines="yield"` the BadRecord is yielded in the object's place instead, so a caller
+    that skips bad records (`parse_all`) can count it and go on.
+    """
+    if bad_lines not in ("raise", "yield"):
+        raise ValueError(f"bad_lines must be raise or yield, got {bad_lines!r}")
     real = resolve_path(path)
     if real.suffix == ".json":
         yield from _read_json_list(real, str(path))
         return
-    with real.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                where = f"{path}:{lineno}"  # as the user wrote it: stable ids
-                yield where, _as_dict(_loads(line, where), where)
+    with real.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"  # as the user wrote it: stable ids
+            try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
+                row = _as_dict(_loads(line, where), where)
+            except UnicodeDecodeError as e:
+                row = BadRecord(f"{where}: not UTF-8 (byte {e.start + 1} of the line)")
+            except BadRecord as e:
+                row = e
+            if isinstance(row, BadRecord) and bad_lines == "raise":
+                raise row
+            yield where, row
 
 
 def _read_json_list(real: Path, shown: str) -> Iterator[tuple[str, dict]]:
@@ -230,12 +253,12 @@ def _loads(text: str, where: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise RecordError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        raise BadRecord(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from None
 
 
 def _as_dict(obj: Any, where: str) -> dict:
     if not isinstance(obj, dict):
-        raise RecordError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        raise BadRecord(f"{where}: expected a JSON object, got {type(obj).__name__}")
     return obj
 
 
@@ -275,6 +298,8 @@ def parse_all(rows: Iterable[tuple[str, dict]], parse: Callable[[dict, str], CoT
     for where, raw in rows:
         read += 1
         try:
+            if isinstance(raw, BadRecord):  # a line that could not be read (see read_json_lines)
+                raise raw
             records.append(parse(raw, where))
         except BadRecord as e:
             if on_bad_record == "error":
@@ -296,7 +321,7 @@ def _parser(fmt: str, data) -> Callable[[dict, str], CoTRecord]:
 
 def _rows(data) -> Iterator[tuple[str, dict]]:
     if data.source in ("gsm8k", "aqua", "jsonl"):
-        return read_json_lines(data.path)
+        return read_json_lines(data.path, bad_lines="yield")
     if data.source == "hf":
         return read_hf(data.hf_name, data.hf_config, data.hf_split)
     if data.source == "tfds":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import re
 import signal
 from typing import Any
@@ -30,9 +31,11 @@ from cotjax import checkpoint as ckpt_lib
 from cotjax import load
 from cotjax import metrics as metrics_lib
 from cotjax import model as model_lib
+from cotjax import paths, pipeline
 from cotjax import sharding as sharding_lib
 from cotjax.defaults import TrainSpec
 from cotjax.loss import CoTLoss, Objective
+from cotjax.tokenize import EncodeSpec
 
 # ----------------------------------------------------------------------------------------------
 # Configuration.
@@ -114,21 +117,37 @@ class RunData:
     """The training and validation batches of a config for this process."""
 
     def __init__(self, config):
-        from cotjax.tokenize import EncodeSpec
-
         EncodeSpec.from_config(config.data)  # fail early on invalid loss weights
         self.config = copy.deepcopy(config)
+        self.report: pipeline.DataReport | None = None
 
     def train_iterator(self, tokenizer):
-        from cotjax import pipeline
+        """The training batches' iterator; `self.report` then says what loading them did."""
+        ds, self.report = pipeline.make_train_dataset(self.config, tokenizer, "train")
+        self.check_report()
+        return iter(ds)
 
-        return pipeline.make_train_iterator(self.config, tokenizer, "train")
+    def check_report(self) -> None:
+        """Print what was skipped, dropped or cut (and the first reasons); refuse to start past
+        `data.max_skipped_fraction`."""
+        r = self.report
+        lost = r.skipped + r.dropped
+        if jax.process_index() == 0:
+            print(f"data: {r.read} records read, {r.skipped} skipped as bad, {r.examples} "
+                  f"training examples, {r.dropped} dropped and {r.truncated} truncated as longer "
+                  f"than seq_len={self.config.data.seq_len}", flush=True)
+            for reason in r.skip_reasons[:5]:
+                print(f"  skipped: {reason}", flush=True)
+        limit = float(self.config.data.get("max_skipped_fraction", 1.0))
+        if r.read and lost / r.read > limit:
+            raise ValueError(
+                f"{lost} of {r.read} records were skipped or dropped ({lost / r.read:.1%}), more "
+                f"than data.max_skipped_fraction={limit}: fix the data, raise data.seq_len, set "
+                "data.overlong=truncate, or raise the limit")
 
     def count_batches(self, tokenizer) -> int:
         """Batches per process in `data.num_epochs` epochs (finite runs), the minimum over
         processes."""
-        from cotjax import pipeline
-
         ds, _ = pipeline.make_train_dataset(self.config, tokenizer, "train")
         n = sum(1 for _ in ds)
         if jax.process_count() > 1:
@@ -139,8 +158,6 @@ class RunData:
     def validation_batches(self, tokenizer, limit: int = -1) -> list[dict[str, np.ndarray]]:
         """The validation split, one pass, unshuffled; every process gets as many batches
         (processes short of batches get empty padding ones)."""
-        from cotjax import pipeline
-
         cfg = copy.deepcopy(self.config)
         with cfg.unlocked():
             cfg.data.num_epochs = 1
@@ -328,6 +345,7 @@ class _Signals:
 class RunResult:
     step: int
     stopped_by_signal: bool
+    data: dict  # what loading the training data did (pipeline.DataReport's counts)
     final_metrics: dict
     val_metrics: dict
     skipped: int
@@ -359,17 +377,25 @@ def train(config, workdir, *, mesh=None) -> RunResult:
             raise ValueError("train.steps=-1 needs a finite data.num_epochs")
         total_steps = data.count_batches(tokenizer)
 
-    manager = ckpt_lib.make_manager(workdir, keep=spec.keep, keep_best=spec.keep_best,
-                                    async_save=spec.async_checkpoint)
+    def make_manager():
+        return ckpt_lib.make_manager(workdir, keep=spec.keep, keep_best=spec.keep_best,
+                                     async_save=spec.async_checkpoint)
+
+    manager = make_manager()
     latest = manager.latest_step()
     it = data.train_iterator(tokenizer)
+    if jax.process_index() == 0:  # beside config.json: what this start trained on
+        paths.write_text(workdir / "data_report.json",
+                         json.dumps(dataclasses.asdict(data.report), indent=2))
     if latest is not None:
         _, model_cfg = ckpt_lib.read_run_config(workdir)
         if model_cfg is None:
             raise FileNotFoundError(f"{workdir}/model_config.json is missing; cannot resume")
         trainer = Trainer(model_cfg, spec, mesh, total_steps)
-        params, train_state, data_state = ckpt_lib.restore(
-            manager, latest, trainer.abstract_params, trainer.abstract_train)
+        manager.close()
+        manager, latest, params, train_state, data_state, _ = ckpt_lib.restore_newest_readable(
+            make_manager, workdir, trainer.abstract_params, trainer.abstract_train,
+            fallback=spec.resume_fallback)
         it.set_state(data_state)
         logging.info("resumed %s from step %d", workdir, latest)
         print(f"resuming from checkpoint step {latest} in {workdir}", flush=True)
@@ -387,7 +413,8 @@ def train(config, workdir, *, mesh=None) -> RunResult:
     fpt = metrics_lib.flops_per_token(model_cfg, seq_len)
     peak = metrics_lib.peak_flops(spec.peak_flops)
     val_batches = data.validation_batches(tokenizer, spec.eval_batches)
-    writer = metrics_lib.MetricWriter(workdir, spec.wandb_project, config.to_dict())
+    writer = metrics_lib.MetricWriter(workdir, spec.wandb_project, config.to_dict(),
+                                      resume_step=start if latest is not None else None)
     bar = None
     if spec.progress and jax.process_index() == 0:
         from tqdm import tqdm
@@ -410,9 +437,22 @@ def train(config, workdir, *, mesh=None) -> RunResult:
         return metrics_lib.log_interval(interval, trainer.objective, writer, bar, step, fpt,
                                         peak, timed)
 
+    checked = {"step": start, "run": 0}  # last step checked; consecutive skipped updates
+
     def check(m, at_step):
-        if spec.on_nonfinite == "stop" and not bool(jax.device_get(m["ok"])):
+        if at_step <= checked["step"]:
+            return
+        checked["step"] = at_step
+        ok = bool(jax.device_get(m["ok"]))
+        if spec.on_nonfinite == "stop" and not ok:
             raise _nonfinite_error(at_step)
+        checked["run"] = 0 if ok else checked["run"] + 1
+        if checked["run"] > spec.max_consecutive_skips:
+            raise FloatingPointError(
+                f"{checked['run']} updates in a row (steps {at_step - checked['run'] + 1}-"
+                f"{at_step}) had a non-finite loss or gradients and were skipped, more than "
+                f"train.max_consecutive_skips={spec.max_consecutive_skips}: stopping (lower the "
+                "learning rate or check the data); the last checkpoint is unaffected")
 
     def do_eval(at_step):
         nonlocal val_metrics
@@ -423,7 +463,9 @@ def train(config, workdir, *, mesh=None) -> RunResult:
         return val_metrics["loss"]
 
     def do_save(at_step, val_loss=None, force=False):
-        metrics = {ckpt_lib.BEST_METRIC: val_loss} if val_loss is not None else None
+        # Only a finite validation loss makes a checkpoint a candidate for "best".
+        finite = val_loss is not None and math.isfinite(val_loss)
+        metrics = {ckpt_lib.BEST_METRIC: val_loss} if finite else None
         ckpt_lib.save(manager, at_step, params, train_state, it.get_state(), metrics,
                       force=force)
 
@@ -484,7 +526,9 @@ def train(config, workdir, *, mesh=None) -> RunResult:
     if skipped:
         print(f"skipped {skipped} update(s) with non-finite loss or gradients "
               f"(first at step {int(jax.device_get(train_state['first_bad']))})", flush=True)
-    return RunResult(step, stopped, last_metrics, val_metrics, skipped)
+    r = data.report
+    counts = {k: getattr(r, k) for k in ("read", "skipped", "examples", "dropped", "truncated")}
+    return RunResult(step, stopped, counts, last_metrics, val_metrics, skipped)
 
 
 def main(flags) -> None:
@@ -495,8 +539,17 @@ def main(flags) -> None:
         raise SystemExit("train needs --config=PATH and --workdir=DIR")
     result = train(config, flags.workdir)
     if jax.process_index() == 0:
-        print(json.dumps({"step": result.step, "stopped_by_signal": result.stopped_by_signal,
-                          "skipped": result.skipped, **{f"train/{k}": v for k, v in
-                                                         result.final_metrics.items()},
-                          **{f"val/{k}": v for k, v in result.val_metrics.items()}}), flush=True)
+        print(final_line(result), flush=True)
     return result
+
+
+def final_line(result: RunResult) -> str:
+    """The run's last line, strict JSON (a non-finite metric is null, never a bare NaN): where
+    it stopped, how many updates it skipped and how many examples it trained on."""
+    row = {"step": result.step, "stopped_by_signal": result.stopped_by_signal,
+           "skipped": result.skipped, **{f"data/{k}": v for k, v in result.data.items()},
+           **{f"train/{k}": v for k, v in result.final_metrics.items()},
+           **{f"val/{k}": v for k, v in result.val_metrics.items()}}
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+             for k, v in row.items()}
+    return json.dumps(clean, allow_nan=False)

@@ -86,8 +86,35 @@ def test_aqua_correct_letter_not_among_options():
 
 def test_malformed_json_names_file_and_line(tmp_path):
     path = _write_jsonl(tmp_path / "d.jsonl", [NATALIA, NATALIA, "{not json"])
-    with pytest.raises(RecordError, match=rf"{tmp_path}/d.jsonl:3: malformed JSON"):
+    with pytest.raises(RecordError, match=rf"{tmp_path}/d.jsonl:3: malformed JSON: Expecting "
+                                          r"property name enclosed in double quotes \(column 2\)$"):
         records.load_pool(_data(path=str(path)))
+    recs, report = records.load_pool(_data(path=str(path), on_bad_record="skip"))
+    assert len(recs) == 2 and report.skipped == 1  # a malformed line is a skippable record
+    path.write_text('{"question": "unterminated')
+    with pytest.raises(RecordError, match=r"d.jsonl:1: malformed JSON: Unterminated string "
+                                          r"starting at \(column 14\)"):  # once "at at column"
+        records.load_pool(_data(path=str(path)))
+
+
+def test_invalid_utf8_names_file_and_line_and_can_be_skipped(tmp_path):
+    path = tmp_path / "d.jsonl"
+    good = json.dumps(NATALIA).encode()
+    path.write_bytes(good + b"\n" + b'{"question": "caf\xe9", "answer": "x #### 1"}\n' + good + b"\n")
+    with pytest.raises(RecordError, match=rf"{tmp_path}/d.jsonl:2: not UTF-8 \(byte 18 "):
+        records.load_pool(_data(path=str(path)))
+    recs, report = records.load_pool(_data(path=str(path), on_bad_record="skip"))
+    assert len(recs) == 2 and report.read == 3 and report.skipped == 1
+    assert report.skip_reasons[0].startswith(f"{path}:2: not UTF-8")
+
+
+@pytest.mark.parametrize("answer", ["twelve", "12 apples", "", "1/2"])
+def test_a_gsm8k_answer_that_is_not_a_number_is_a_bad_record(answer):
+    raw = {"question": "q", "answer": f"She has 12.\n#### {answer}"}
+    with pytest.raises(BadRecord, match=r"f:4: field 'answer' ends in '#### .*', not a number"):
+        records.parse_gsm8k(raw, "f:4")
+    assert records.parse_gsm8k({"question": "q", "answer": "x\n#### -1,200.5"}, "f").answer \
+        == "-1200.5"
 
 
 def test_missing_field_names_field_and_line(tmp_path):
