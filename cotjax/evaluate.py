@@ -7,7 +7,7 @@ and step checks (cotjax.scoring, cotjax.steps) -> predictions.jsonl and summary.
 
 from __future__ import annotations
 
-import pathlib
+import os
 import time
 from collections.abc import Sequence
 
@@ -42,7 +42,7 @@ def load_eval_records(data: str | None, task: str, config) -> tuple[list, str]:
                                            strip_calc=config.data.get("strip_calculator", True))
     else:
         parse = records_lib.parse_aqua
-    recs, report = records_lib.parse_all(records_lib.read_json_lines(data), parse,
+    recs, report = records_lib.parse_all(records_lib.read_json_lines(data, bad_lines="yield"), parse,
                                          config.data.get("on_bad_record", "error"))
     if report.skipped:
         print(f"{data}: skipped {report.skipped} bad records of {report.read}: "
@@ -175,13 +175,16 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
     if out is None:
         if not workdir:
             raise ValueError("cotjax eval needs --out=DIR (or --workdir, to write under it)")
-        out = str(pathlib.Path(workdir) / "eval" / f"step_{step if step is not None else 'latest'}")
+        out = os.path.join(workdir, "eval", f"step_{step if step is not None else 'latest'}")
 
     mesh = sharding.optional_mesh(config.mesh)
     net, model_cfg, tokenizer, source = load.load_for_eval(config, workdir, step, mesh)
     recs, data_desc = load_eval_records(data, task, config)
     if ev["max_examples"] >= 0:
         recs = recs[:ev["max_examples"]]
+    # Say which model answers before minutes of decoding (a base model when no --workdir).
+    print(f"evaluating {source} on {len(recs)} {task} questions ({data_desc}); prompting "
+          f"{prompting}, template {template}", flush=True)
     exemplars = eval_exemplars(config)
     _, ids = eval_prompts(config, recs, tokenizer, exemplars)
     common = decode_settings(config, model_cfg, tokenizer, mesh)
@@ -230,7 +233,7 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
                         "sample_decode_seconds": round(sample_seconds, 2)})
     write_report(out, rows, summary)
     print(format_table(summary))
-    print(f"wrote {pathlib.Path(out) / 'predictions.jsonl'} and {pathlib.Path(out) / 'summary.json'}")
+    print(f"wrote {os.path.join(out, 'predictions.jsonl')} and {os.path.join(out, 'summary.json')}")
     return summary
 
 

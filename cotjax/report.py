@@ -13,6 +13,7 @@ import os
 import pathlib
 from collections.abc import Iterable, Sequence
 
+from cotjax import paths
 from cotjax.records import RecordError, read_json_lines
 from cotjax.scoring import score_prediction, score_samples, summarize
 from cotjax.synthetic import steps_in_question
@@ -33,18 +34,14 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(
-    out_dir: str | pathlib.Path, rows: Iterable[dict], summary: dict
-) -> tuple[pathlib.Path, pathlib.Path]:
-    """Writes `predictions.jsonl` (one line per question) and `summary.json` into `out_dir`."""
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def write_report(out_dir, rows: Iterable[dict], summary: dict):
+    """Writes `predictions.jsonl` (one line per question) and `summary.json` into `out_dir`
+    (a local path or a URL such as gs://...); returns their two paths."""
+    out = paths.path(out_dir)
     predictions, summary_path = out / "predictions.jsonl", out / "summary.json"
-    with predictions.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    summary_text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
-    summary_path.write_text(summary_text, encoding="utf-8")
+    paths.write_text(predictions, "".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                          for row in rows))
+    paths.write_text(summary_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return predictions, summary_path
 
 

@@ -80,3 +80,46 @@ def test_console_script_runs_without_a_traceback():
                               cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
+
+
+def test_generate_with_a_workdir_answers_through_the_runs_template(capsys, tiny_run):
+    from cotjax import evaluate, load, records
+
+    question = "Start with 7. Add 5. What is the result?"
+    cli.main(["cotjax", "generate", f"--workdir={tiny_run['workdir']}", f"--prompt={question}",
+              "--max_new_tokens=8"])
+    text = capsys.readouterr().out
+    net, model_cfg, tokenizer, config = load.load_run_model(tiny_run["workdir"])
+    record = records.CoTRecord(question=question, chain="", answer="0")
+    [row] = evaluate.greedy_answers(net, model_cfg, tokenizer, config, [record],
+                                    max_new_tokens=8)
+    assert text == row["generation"] + "\n"  # exactly what `cotjax eval` would decode
+    sampled = []
+    for _ in range(2):
+        cli.main(["cotjax", "generate", f"--workdir={tiny_run['workdir']}",
+                  f"--prompt={question}", "--max_new_tokens=8", "--temperature=1.0",
+                  "--seed=3"])
+        sampled.append(capsys.readouterr().out)
+    assert sampled[0] == sampled[1]  # seeded
+
+
+def test_wandb_is_imported_only_when_asked_and_gets_the_metrics(tmp_path, monkeypatch):
+    import types
+
+    from cotjax import metrics
+
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)
+    writer = metrics.MetricWriter(tmp_path / "plain")
+    writer.write(1, {"loss": 1.0})
+    writer.close()
+    assert "wandb" not in sys.modules
+
+    logged = []
+    run = types.SimpleNamespace(log=lambda m, step: logged.append((step, m)),
+                                finish=lambda: logged.append("finished"))
+    fake = types.SimpleNamespace(init=lambda **kw: logged.append(kw["project"]) or run)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    writer = metrics.MetricWriter(tmp_path / "wb", wandb_project="cot", run_config={"a": 1})
+    writer.write(2, {"loss": 0.5, "bad": float("nan")})
+    writer.close()
+    assert logged == ["cot", (2, {"loss": 0.5}), "finished"]

@@ -79,6 +79,8 @@ def test_eval_gsm8k_few_shot_with_self_consistency(config_path, tmp_path):
         assert len(row["samples"]) == 2 and "maj_answer" in row
         assert "\nQuestion:" not in row["generation"]  # cut at the stop string
     assert "accuracy_flexible" in stdout  # the console table
+    # Without --workdir it says which model it evaluates before decoding.
+    assert "evaluating random (base) on 3 gsm8k questions" in stdout.splitlines()[0]
 
 
 def test_eval_aqua_zero_shot_chat(config_path, tmp_path):
