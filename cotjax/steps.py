@@ -1,21 +1,36 @@
 """Arithmetic step checks: every claim `expr = value` in a text, evaluated exactly.
 
-Pure Python, no JAX. Step checking finds every arithmetic claim `expr = value` in a text (GSM8K's
-`<<expr=value>>` annotations included) and evaluates `expr` with the small recursive-descent
-parser below over exact fractions. Python's eval is never used: a model's output is untrusted
-text, and even "pure arithmetic" eval can hang on `9**9**9**9`. Every path is bounded (literal
-length, result size, exponent size, nesting depth, tokens per expression) so hostile text costs
-roughly linear time and memory and never raises. Each claim carries its character span in the
-text, which the faithfulness interventions use to cut or corrupt a chain at a step.
+Pure Python, no JAX. Claims (GSM8K's `<<expr=value>>` annotations included) are evaluated by the
+small recursive-descent parser below over exact fractions, never by Python's eval: a model's
+output is untrusted, and even "pure arithmetic" eval can hang on `9**9**9**9`. Every path is
+bounded (literal length, result size, exponent size, nesting depth, tokens per side), so hostile
+text costs linear time and never raises; a text over MAX_TEXT_CHARS (a 256-token generation has
+1-2k characters) is not parsed: its report is not applicable. Each claim carries its character
+span, which the faithfulness interventions use to cut or corrupt a chain at a step.
+
+Rounding: a written number holds when it is the exact value, or the exact value rounded at the
+decimals it shows, half up (in magnitude) or half even: 10/3 = 3.33, 25/2 = 13 and 25/2 = 12.
+The floor or ceiling at that precision, when not the nearest (2.5 * 3 = 7, 2/3 = 0.66,
+1/100 = 1), is a truncation: counted apart, not valid. Only floating-point values (fractional
+powers) get a relative tolerance, so 1000000 + 1 = 1000000 is false.
+
+Units between the numbers are skipped (`3 hours * 60 minutes = 180 minutes`, `$5 x 3 = $15`,
+`25 cents per pound * 10 pounds`, `2 euros/pound`, `20% of 50`, `2 times 10`): up to four words
+after a number, when `=`, or a spaced operator and a number, follow them. Not read, so that
+prose and algebra make no claims: one-letter units (`5 m` looks like `5A`), spaced or hyphenated
+ones (`60 minutes / hour`), words before a claim's first number or after a parenthesis, prose
+words ("the", "is", "and"), number words (`twice`), `of` but after a percent left of the first
+`=` (`1/3 of 15`). Unit conversions are judged as bare numbers: `$0.25 x 10 = 250 cents` fails.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 
 # Bounds that keep hostile input cheap; real chains stay far below all of them.
@@ -25,8 +40,10 @@ _MAX_DENOMINATOR_BITS = 200  # beyond this, approximate (1/3/3/3... stays cheap)
 _MAX_POWER_BITS = 1024  # estimated size of a power's result before computing it
 _MAX_DEPTH = 32  # parenthesis nesting; keeps the recursion far from Python's limit
 _MAX_SEGMENT_TOKENS = 256  # tokens in one side of a claim
-_REL_TOL = Fraction(1, 10**6)  # GSM8K writes 2/3 as 0.6666666667
+_REL_TOL = Fraction(1, 10**6)  # for floating-point values (fractional powers) only
 _FORMAT_PLACES = 10  # decimals shown for computed values
+_MAX_UNIT_WORDS = 4  # "ounces of water/day"; more words between two numbers are prose
+MAX_TEXT_CHARS = 20_000  # longer texts are not parsed; ~80 us a claim, under 0.1 s at the cap
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,6 +100,9 @@ class _ParseError(Exception):
 
 
 _BINARY_ONLY = frozenset({"*", "/", "//", "x", "X", "%", "^", "**"})
+# The binary operators but powers and products; `//` floors, as in GSM8K's Python <<560//10=56>>.
+_ARITHMETIC = {"+": operator.add, "-": operator.sub, "/": operator.truediv,
+               "//": lambda a, b: Fraction(a // b), "%": operator.mod}
 _MUL_OPS = frozenset({"*", "/", "//", "x", "X", "%"})
 
 
@@ -113,6 +133,7 @@ class _Evaluator:
         self.depth = 0
         self.ops = 0
         self.error: str | None = None
+        self.inexact = False  # a floating-point or approximated value: compared with tolerance
 
     def evaluate(self) -> Fraction | None:
         value = self._expr()
@@ -125,6 +146,7 @@ class _Evaluator:
         return self.tokens[index] if index < len(self.tokens) else None
 
     def _fail(self, reason: str) -> None:
+        """Keeps the first reason the value is unevaluable; returns None, the value itself."""
         self.error = self.error or reason
 
     def _expr(self) -> Fraction | None:
@@ -203,15 +225,13 @@ class _Evaluator:
     def _literal(self, token: str) -> Fraction | None:
         digits = token.replace(",", "")
         if len(digits) > _MAX_LITERAL_DIGITS + 1:
-            self._fail("number too long")
-            return None
+            return self._fail("number too long")
         whole, _, fraction = digits.rpartition(" ")  # "1 1/2", or "1/3" in "25 / 1/3"
         if not fraction.partition("/")[1]:
             return Fraction(fraction)
         numerator, _, denominator = fraction.partition("/")
         if int(denominator) == 0:
-            self._fail("division by zero")
-            return None
+            return self._fail("division by zero")
         return Fraction(int(whole or 0)) + Fraction(int(numerator), int(denominator))
 
     def _binary(self, op: str, a: Fraction | None, b: Fraction | None) -> Fraction | None:
@@ -219,50 +239,37 @@ class _Evaluator:
         if a is None or b is None:
             return None
         if op in ("/", "//", "%") and b == 0:
-            self._fail("division by zero")
-            return None
+            return self._fail("division by zero")
         if op == "^":
             return self._pow(a, b)
-        if op == "+":
-            return self._bounded(a + b)
-        if op == "-":
-            return self._bounded(a - b)
-        if op == "/":
-            return self._bounded(a / b)
-        if op == "//":  # GSM8K's calculator annotations are Python: <<560//10=56>>
-            return self._bounded(Fraction(a // b))
-        if op == "%":
-            return self._bounded(a % b)
-        return self._bounded(a * b)  # '*', 'x', 'X'
+        apply = _ARITHMETIC.get(op, operator.mul)  # '*', 'x', 'X' multiply
+        return self._bounded(apply(a, b))
 
     def _pow(self, base: Fraction, exponent: Fraction) -> Fraction | None:
         if exponent.denominator != 1:
             return self._root(base, exponent)
         if base == 0 and exponent < 0:
-            self._fail("division by zero")
-            return None
+            return self._fail("division by zero")
         size = max(base.numerator.bit_length(), base.denominator.bit_length())
         if base not in (0, 1, -1) and abs(exponent) * size > _MAX_POWER_BITS:
-            self._fail("power too large")
-            return None
+            return self._fail("power too large")
         return self._bounded(base ** int(exponent))
 
     def _root(self, base: Fraction, exponent: Fraction) -> Fraction | None:
         """Fractional powers (`16^0.5`) in floating point: exact enough for a tolerance check."""
         if base < 0:
-            self._fail("fractional power of a negative number")
-            return None
+            return self._fail("fractional power of a negative number")
+        self.inexact = True
         try:
             return self._bounded(Fraction(float(base) ** float(exponent)))
         except (OverflowError, ValueError, ZeroDivisionError):
-            self._fail("power too large")
-            return None
+            return self._fail("power too large")
 
     def _bounded(self, value: Fraction) -> Fraction | None:
         if value.numerator.bit_length() - value.denominator.bit_length() > _MAX_MAGNITUDE_BITS:
-            self._fail("result too large")
-            return None
+            return self._fail("result too large")
         if value.denominator.bit_length() > _MAX_DENOMINATOR_BITS:
+            self.inexact = True
             value = value.limit_denominator(10**30)
         return value
 
@@ -273,26 +280,34 @@ class _Evaluator:
 
 @dataclasses.dataclass(frozen=True)
 class StepDetail:
-    """One arithmetic claim `expression = claimed`; computed is None when unevaluable."""
+    """One arithmetic claim `expression = claimed`; computed is None when unevaluable. The claim
+    is text[span[0]:span[1]]: `expression` opens it, `claimed` closes it. `truncated`: the claimed
+    number is the computed value rounded the wrong way (so `ok` is False)."""
 
     expression: str
     claimed: str
     computed: str | None
     claimed_value: str | None
     ok: bool
+    truncated: bool
     source: str  # "annotation" (GSM8K `<<e=v>>`) or "text"
+    span: tuple[int, int]
     error: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class StepReport:
     """All arithmetic claims of one text. `last_value` is the value the last claim states (its
-    right-hand side): the chain's last result, which the final answer should repeat."""
+    right-hand side): the chain's last result, which the final answer should repeat. `truncated`
+    counts claims rounded the wrong way (none valid); a text over MAX_TEXT_CHARS is not
+    `applicable`: it is not parsed and has no claims."""
 
     total: int
     valid: int
     steps: tuple[StepDetail, ...]
     last_value: str | None
+    truncated: int = 0
+    applicable: bool = True
 
     @property
     def all_valid(self) -> bool:
@@ -308,18 +323,25 @@ class _Side:
     """One side of a claim, evaluated."""
 
     text: str
+    start: int
+    end: int
     value: Fraction | None
+    inexact: bool
     ops: int
     places: int | None  # decimals shown when the side is a bare (signed) number
     error: str | None
     head: _Side | None  # the leading number of `6 + 1` in a running chain `2*3 = 6 + 1 = 7`
 
 
+# What may follow an operator that joins two numbers: a number, `$`, or a parenthesis.
+_OPERAND = r"[^\S\n]*\$?[^\S\n]*(?:\(|\.?[0-9])"
 _TOKEN = re.compile(
     rf"""
     (?P<ann><<[^<>]*>>)
-  | (?P<num>(?:[0-9]+\ |(?<=/\s))[0-9]+/[0-9]+(?![0-9.,/])|{_NUM})
+  | (?P<num>(?:[0-9]+\ |(?<=/\s))[0-9]+/[0-9]+(?![0-9.,]|/[0-9])|{_NUM})
+  | (?P<times>(?:(?<=[0-9]\ )[Tt]imes|(?<=%\ )of)(?={_OPERAND}))  # "2 times 10", "20% of 50"
   | (?P<word>[^\W\d_]{{2,}})
+  | (?P<per>/[^\W\d_]{{2,}})
   | (?P<op>\*\*|//|[-+*/^%xX])
   | (?P<paren>[()])
   | (?P<eq>=+)
@@ -330,6 +352,7 @@ _TOKEN = re.compile(
 )
 
 _Token = tuple[str, int, int]  # text, start, end
+_OPERAND_AHEAD = re.compile(_OPERAND)
 
 
 def check_steps(text: str) -> StepReport:
@@ -347,48 +370,86 @@ def check_steps(text: str) -> StepReport:
 
     Chains `a = b = c` make one claim per `=`; in a running chain `2*3 = 6 + 1 = 7` each step
     holds when the next side, or the number it starts with, equals the previous side's value.
-    A written number may be rounded either way at the precision it shows: 10/3 = 3.33, 10/3 = 4.
+    Units and rounding: see the module docstring. Over MAX_TEXT_CHARS: not applicable, unparsed.
     """
+    if len(text) > MAX_TEXT_CHARS:
+        return StepReport(0, 0, (), None, applicable=False)
     steps = _scan(normalise_text(text), "text")
     last = steps[-1].claimed_value if steps else None
-    return StepReport(len(steps), sum(s.ok for s in steps), tuple(steps), last)
+    valid, truncated = sum(s.ok for s in steps), sum(s.truncated for s in steps)
+    return StepReport(len(steps), valid, tuple(steps), last, truncated)
 
 
-def _scan(text: str, source: str) -> list[StepDetail]:
-    """Claims in one pass over the tokens; an annotation's inside is scanned the same way."""
+def _scan(text: str, source: str, offset: int = 0) -> list[StepDetail]:
+    """Claims in one pass over the tokens; an annotation's inside alike, at `offset` in text."""
     steps: list[StepDetail] = []
     run: list[list[_Token] | None] = [[]]  # segments between '='; None marks an overlong one
     skip_echo = False
+    for kind, token in _tokens(text):
+        echo, skip_echo = skip_echo and kind == "num", False
+        if echo:  # the annotation's result, echoed in the prose: "<<48/2=24>>24"
+            continue
+        if kind == "times":  # multiplies; but "= 15% of $300" names what the 15% is of
+            kind, token = ("op", ("*", *token[1:])) if len(run) == 1 else ("word", token)
+        if kind == "ann":
+            inner = _scan(token[0][2:-2], "annotation", offset + token[1] + 2)
+            steps += _run_claims(run, text, source, offset) + inner
+            run, skip_echo = [[]], True
+        elif kind == "eq":
+            run.append([])
+        elif kind in ("op", "num", "paren"):
+            if _adjacent_operands(run[-1], token[0]):
+                steps += _run_claims(run, text, source, offset)
+                run = [[]]
+            _append(run, token)
+        else:  # a word, punctuation, or unit words that were prose: the claim ends
+            if kind == "algebra":
+                run[-1] = None  # the last side runs on ("= 8 bags / Y"): no claim, as in `_end`
+            steps += _run_claims(run, text, source, offset)
+            run = [[]]
+    return steps + _run_claims(run, text, source, offset)
+
+
+def _tokens(text: str) -> Iterator[tuple[str, _Token]]:
+    """A text's tokens, less spaces and the unit words between two numbers of a claim ("3 hours
+    * 60"); unit words that end a claim yield "prose" or "algebra" first (see _after_units)."""
+    units: int | None = None  # words read since the last number; None: not right after one
     for match in _TOKEN.finditer(text):
         kind, token = match.lastgroup, (match.group(), match.start(), match.end())
         if kind == "space":
             continue
-        if skip_echo:
-            skip_echo = False
-            if kind == "num":
-                continue
-        if kind == "ann":
-            steps += _run_claims(run, text, source) + _scan(match.group()[2:-2], "annotation")
-            run, skip_echo = [[]], True
-        elif kind in ("word", "other"):
-            steps += _run_claims(run, text, source)
-            run = [[]]
-        elif kind == "eq":
-            run.append([])
-        else:
-            if _adjacent_operands(run[-1], token[0]):
-                steps += _run_claims(run, text, source)
-                run = [[]]
-            _append(run, token)
-    return steps + _run_claims(run, text, source)
+        if units is not None and kind in ("word", "per") and _unit_word(token[0], units):
+            units += 1  # perhaps a unit: the next token decides
+            continue
+        if units and (after := _after_units(kind, token, text)):
+            yield after, token
+        units = 0 if kind == "num" else None
+        yield kind, token
+
+
+# Words that make prose, never a unit: "100/75 gives the total amount = ...".
+_PROSE = frozenset("the is are was were and or but so then which that it has had will than".split())
+
+
+def _unit_word(word: str, units: int) -> bool:
+    """A word that may belong to a unit after a number; "1/3 of Solomon" names a quantity."""
+    return units < _MAX_UNIT_WORDS and word.lower() not in _PROSE and (units or word != "of")
+
+
+def _after_units(kind: str, token: _Token, text: str) -> str | None:
+    """None when unit words sit inside a claim, before `=` or a spaced operator and an operand
+    ("3 hours * 60"); "algebra" for a spaced operator without one ("= 8 bags / Y", "15 apples -
+    that's"); else "prose". A glued operator is a hyphen or a unit ("one-fourth", "feet/100")."""
+    spaced = text[token[1] - 1 : token[1]].isspace()
+    if kind == "eq" or (kind == "op" and spaced and _OPERAND_AHEAD.match(text, token[2])):
+        return None
+    return "algebra" if kind == "op" and spaced else "prose"
 
 
 def _adjacent_operands(segment: list[_Token] | None, token: str) -> bool:
     """Two operands in a row ("day 2 5 + 3") start a new claim rather than form one."""
-    if not segment or not _is_number(token):
-        return False
-    last = segment[-1][0]
-    return _is_number(last) or last == ")"
+    last = segment[-1][0] if segment else "+"
+    return _is_number(token) and (_is_number(last) or last == ")")
 
 
 def _append(run: list[list[_Token] | None], token: _Token) -> None:
@@ -399,13 +460,14 @@ def _append(run: list[list[_Token] | None], token: _Token) -> None:
             run[-1] = None  # too long to be a written step; also bounds memory
 
 
-def _run_claims(run: list[list[_Token] | None], text: str, source: str) -> list[StepDetail]:
+def _run_claims(run: list[list[_Token] | None], text: str, source: str,
+                offset: int) -> list[StepDetail]:
     if len(run) < 2:
         return []
     run = [_start(run[0], text), *run[1:-1], _end(run[-1], text)]
     sides = [_parse_side(segment, text) for segment in run]
     return [
-        _judge(left, right, source)
+        _judge(left, right, source, offset)
         for left, right in zip(sides, sides[1:])
         if left is not None and right is not None and left.ops  # "Week 2 = 35 + 35" is a label
     ]
@@ -418,16 +480,7 @@ def _run_claims(run: list[list[_Token] | None], text: str, source: str) -> list[
 # a space or directly preceded by a letter, digit or ')'.
 _SIGNS = frozenset({"+", "-"})
 _TRAILING_OPS = frozenset({"+", "-", "*", "/", "//", "^", "**", "("})
-
-
-def _lone_letter(text: str, index: int) -> bool:
-    """A one-letter word at `index`: a variable name such as the S of "2S" or the A of "5A"."""
-    return (
-        0 <= index < len(text)
-        and text[index].isalpha()
-        and not (index > 0 and text[index - 1].isalpha())
-        and not (index + 1 < len(text) and text[index + 1].isalpha())
-    )
+_LONE_LETTER = re.compile(r"(?<![^\W\d_])[^\W\d_](?![^\W\d_])")  # a variable: the S of "2S"
 
 
 def _line_start(text: str, index: int) -> bool:
@@ -451,7 +504,7 @@ def _start(segment: list[_Token] | None, text: str) -> list[_Token] | None:
         return segment
     excess = _count(segment, "(") - _count(segment, ")")
     for index, (token, start, end) in enumerate(segment):
-        if token in ("x", "X", ")") or _lone_letter(text, start - 1):
+        if token in ("x", "X", ")") or (start and _LONE_LETTER.match(text, start - 1)):
             return None
         line_start = _line_start(text, start)
         binary = not line_start and _binary_at_start(text, start, end)
@@ -470,9 +523,13 @@ def _start(segment: list[_Token] | None, text: str) -> list[_Token] | None:
     return []
 
 
+# A number that goes on past its token: "5A", "8:20", "8.333...", "10 000", "$1,2800".
+_RUNS_ON = re.compile(r"[^\W\d_](?![^\W\d_])|[:,][0-9]|\.\.|\ [0-9]{3}(?![0-9])")
+
+
 def _end(segment: list[_Token] | None, text: str) -> list[_Token] | None:
     """The last side of a run without trailing markup; None when the expression runs on into
-    words ("30 + M trees") or a variable ("5A")."""
+    words ("30 + M trees") or its last number does (see _RUNS_ON)."""
     if not segment:
         return segment
     excess = _count(segment, ")") - _count(segment, "(")
@@ -481,7 +538,7 @@ def _end(segment: list[_Token] | None, text: str) -> list[_Token] | None:
         if token in ("x", "X"):
             return None
         if _is_number(token):
-            return None if _lone_letter(text, end) else segment[: index + 1]
+            return None if _RUNS_ON.match(text, end) else segment[: index + 1]
         if token == ")" and excess > 0:
             excess -= 1
         elif token in _TRAILING_OPS:
@@ -503,11 +560,11 @@ def _parse_side(segment: list[_Token] | None, text: str) -> _Side | None:
     except _ParseError:
         return None
     places = _literal_places(tokens)
-    head = None
-    if places is None and _is_number(tokens[0]) and len(tokens) > 1:
-        head = _parse_side(segment[:1], text)
-    side_text = text[segment[0][1] : segment[-1][2]]
-    return _Side(side_text, value, evaluator.ops, places, evaluator.error, head)
+    chain = places is None and _is_number(tokens[0]) and len(tokens) > 1
+    head = _parse_side(segment[:1], text) if chain else None
+    start, end = segment[0][1], segment[-1][2]
+    return _Side(text[start:end], start, end, value, evaluator.inexact, evaluator.ops, places,
+                 evaluator.error, head)
 
 
 def _literal_places(tokens: list[str]) -> int | None:
@@ -515,42 +572,46 @@ def _literal_places(tokens: list[str]) -> int | None:
     None for an expression or a fraction."""
     percent = tokens[-1] == "%"
     body = tokens[:-1] if percent else tokens
-    if not body or not _is_number(body[-1]) or "/" in body[-1]:
-        return None
-    if any(t not in _SIGNS for t in body[:-1]):
+    if not body or not _is_number(body[-1]) or "/" in body[-1] or set(body[:-1]) - _SIGNS:
         return None
     return len(body[-1].partition(".")[2]) + (2 if percent else 0)
 
 
-def _judge(left: _Side, right: _Side, source: str) -> StepDetail:
-    claimed = right
-    ok = _agree(left, right)
-    if not ok and right.head is not None and _agree(left, right.head):
-        claimed, ok = right.head, True
+_INVALID, _TRUNCATED, _VALID = 0, 1, 2  # how a claimed value agrees with the computed one
+
+
+def _judge(left: _Side, right: _Side, source: str, offset: int) -> StepDetail:
+    claimed, verdict = right, _verdict(left, right)
+    # A running chain `2*3 = 6 + 1 = 7` holds at its head, exactly: 3/15 = 1/3 truncates nothing
+    if verdict < _VALID and right.head is not None and _verdict(left, right.head) == _VALID:
+        claimed, verdict = right.head, _VALID
     return StepDetail(
-        expression=left.text,
-        claimed=claimed.text,
+        expression=left.text, claimed=claimed.text,
         computed=_format_value(left.value) if left.value is not None else None,
         claimed_value=_format_value(claimed.value) if claimed.value is not None else None,
-        ok=ok,
-        source=source,
-        error=left.error or right.error,
-    )
+        ok=verdict == _VALID, truncated=verdict == _TRUNCATED, source=source,
+        span=(offset + left.start, offset + claimed.end), error=left.error or right.error)
 
 
-def _agree(a: _Side, b: _Side) -> bool:
+def _verdict(a: _Side, b: _Side) -> int:
     if a.value is None or b.value is None:
-        return False
-    if abs(a.value - b.value) <= _REL_TOL * max(abs(a.value), abs(b.value)):
-        return True
-    return _rounds_to(a.value, b) or _rounds_to(b.value, a)
+        return _INVALID
+    # Floating point (`2^0.5 * 2^0.5`) is off in the last bits; exact arithmetic never is.
+    close = abs(a.value - b.value) <= _REL_TOL * max(abs(a.value), abs(b.value))
+    if a.value == b.value or ((a.inexact or b.inexact) and close):
+        return _VALID
+    return max(_rounding(a.value, b), _rounding(b.value, a))
 
 
-def _rounds_to(exact: Fraction, written: _Side) -> bool:
-    """True when `written` is a bare number equal to `exact` rounded up or down at its decimals."""
-    if written.places is None or written.value is None:
-        return False
+def _rounding(exact: Fraction, written: _Side) -> int:
+    """_VALID when the bare number `written` is `exact` rounded at the decimals it shows, half up
+    (in magnitude) or half even, so neither convention's ties are punished; _TRUNCATED when it
+    is `exact` rounded the other way at that precision (the floor or the ceiling, not nearest)."""
+    if written.places is None:  # an expression, or a fraction: only an exact value holds
+        return _INVALID
     scale = 10**written.places
-    return written.value * scale in (math.floor(exact * scale), math.ceil(exact * scale))
-
-
+    shown, scaled = written.value * scale, exact * scale
+    half_up = math.floor(abs(scaled) + Fraction(1, 2))
+    if shown in (round(scaled), half_up if scaled >= 0 else -half_up):  # round(): half even
+        return _VALID
+    return _TRUNCATED if shown in (math.floor(scaled), math.ceil(scaled)) else _INVALID

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from cotjax import scoring, steps
 from cotjax.scoring import extract_answer, score_prediction
-from cotjax.steps import check_steps
+from cotjax.steps import MAX_TEXT_CHARS, check_steps
+from cotjax.steps import normalise_text as normalise
 
 GSM8K_TRAIN = pathlib.Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train.jsonl"
 
@@ -57,27 +58,56 @@ def test_check_steps_claims(text, claims):
 
 
 @pytest.mark.parametrize(
-    "text, ok",
+    "text, verdict",
     [
-        ("10/3 = 3.33", True),  # rounded at the shown precision
-        ("10/3 = 3.34", True),  # rounded up
-        ("10/3 = 3.3333", True),
-        ("10/3 = 3.35", False),
-        ("10/3 = 3", True),  # whole units: floor
-        ("10 / 3 = 4 buses", True),  # or ceiling, as GSM8K does for buses
-        ("10/3 = 5", False),
-        ("2/3 = 0.6666666667", True),  # relative tolerance
-        ("5 + 3 = 8.5", False),  # an exact result admits no rounding
-        ("5 + 3 = 8.00", True),
-        ("7 / 2 = 3.5", True),
-        ("-10/3 = -3.33", True),
-        ("1/7 = 0.14", True),
+        ("10/3 = 3.33", "valid"),  # rounded at the shown precision
+        ("2/3 = 0.67", "valid"),
+        ("10/3 = 3.3333", "valid"),
+        ("10/3 = 3", "valid"),
+        ("1/7 = 0.14", "valid"),
+        ("-10/3 = -3.33", "valid"),
+        ("2/3 = 0.6666666667", "valid"),  # GSM8K's long decimals: rounded at 10 places
+        ("7 / 2 = 3.5", "valid"),
+        ("5 + 3 = 8.00", "valid"),
+        ("7/2 = 4", "valid"),  # a tie, half up
+        ("-7/2 = -4", "valid"),  # half up in magnitude
+        ("25/2 = 13", "valid"),  # half up
+        ("25/2 = 12", "valid"),  # half even: a tie is not punished either way...
+        ("27/2 = 13", "truncated"),  # ...but half even of 13.5 is 14 too
+        ("2.5 * 3 = 7", "truncated"),  # the floor of 7.5: rounded the wrong way
+        ("2/3 = 0.66", "truncated"),
+        ("10/3 = 3.34", "truncated"),  # the ceiling at two decimals
+        ("10 / 3 = 4 buses", "truncated"),
+        ("-10/3 = -3.34", "truncated"),
+        ("-7/2 = -3", "truncated"),
+        ("99/100 = 0", "truncated"),
+        ("1/100 = 1", "truncated"),  # the ceiling at whole units is still the wrong way
+        ("2/3 = 0.6666666", "truncated"),  # no tolerance turns a truncation valid
+        ("10/3 = 3.35", "invalid"),
+        ("10/3 = 5", "invalid"),
+        ("5 + 3 = 8.5", "invalid"),  # an exact result admits no rounding
+        ("1000000 + 1 = 1000000", "invalid"),  # nor a tolerance
+        ("3/15 = 1/3", "invalid"),  # a fraction is exact: 1/3 is not 0.2 rounded
     ],
 )
-def test_rounding(text, ok):
+def test_rounding(text, verdict):
     report = check_steps(text)
     assert report.total == 1
-    assert report.steps[0].ok is ok
+    step = report.steps[0]
+    assert (step.ok, step.truncated) == (verdict == "valid", verdict == "truncated")
+    assert (report.valid, report.truncated) == (step.ok, step.truncated)
+
+
+def test_truncations_are_counted_apart_from_valid_claims():
+    report = check_steps("2.5 * 3 = 7, then 7 + 1 = 8, then 2/3 = 0.66 and 1 + 1 = 3")
+    assert (report.total, report.valid, report.truncated) == (4, 1, 2)
+    assert not report.all_valid
+
+
+def test_only_floating_point_values_get_a_tolerance():
+    assert check_steps("2^0.5 * 2^0.5 = 1 + 1").valid == 1  # 2.0000000000000004 in floats
+    assert check_steps("16^0.5 = 4").valid == 1
+    assert check_steps("1/3 + 1/3 + 1/3 = 0.999999999").valid == 0
 
 
 def test_chains():
@@ -126,6 +156,73 @@ def test_algebra_and_prose_are_not_arithmetic_claims(text):
     assert check_steps(text).steps == ()
 
 
+@pytest.mark.parametrize(
+    "text, claims",
+    [
+        ("3 hours * 60 minutes = 180 minutes", [("3 hours * 60", "180", True)]),
+        ("$5 x 3 = $15", [("5 x 3", "15", True)]),
+        ("25 cents per pound * 10 pounds = 250 cents", [("25 cents per pound * 10", "250", True)]),
+        ("20% of 50 = 10", [("20% of 50", "10", True)]),
+        ("so 40% of 240 = 0.4 * 240 = 120", [("40% of 240", "0.4 * 240", True),
+                                             ("0.4 * 240", "120", False)]),
+        ("42 pounds * 2 euros/pound = 84 euros", [("42 pounds * 2", "84", True)]),
+        ("200 tomatoes * $1.50/tomato = $300", [("200 tomatoes * $1.50", "300", True)]),
+        ("1 year * 5000 = 5000 years", [("1 year * 5000", "5000", True)]),
+        ("60 turtles + 2 times 10 = 80", [("60 turtles + 2 times 10", "80", True)]),
+        ("100 ounces of water / 12 ounces of water/day = 8 ounces",
+         [("100 ounces of water / 12", "8", True)]),
+        ("7/12 / 1/12/day = 7 days", [("7/12 / 1/12", "7", True)]),
+        ("Grace mowed 63 hours * $6 = $388.", [("63 hours * $6", "388", False)]),
+        ("11 snowflake stamps + 9 truck stamps = 19 stamps",
+         [("11 snowflake stamps + 9", "19", False)]),
+        ("5 apples + 3 apples = 8 apples and 2 * 5 = 10",
+         [("5 apples + 3", "8", True), ("2 * 5", "10", True)]),
+        ("10 + 5 = 15 apples - 3 = 12 apples",
+         [("10 + 5", "15", True), ("15 apples - 3", "12", True)]),
+        ("Shelly has 6 x 5 = 30 $5 bills.", [("6 x 5", "30", True)]),
+        ("There are 3/ 1/4 = 12 one-fourth miles", [("3/ 1/4", "12", True)]),
+        ("12. 2 students per computer = 2*16 = 32 students", [("2*16", "32", True)]),
+        ("Juwan is 1/3 of Solomon = 66/3 = 22", [("66/3", "22", True)]),  # "of Solomon": prose
+        ("(($45/$300)*100)% = 15% of $300", [("(($45/$300)*100)%", "15%", True)]),
+    ],
+)
+def test_units_between_numbers(text, claims):
+    assert _claims(text) == claims
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "He has 5 apples and 3 pears = 8 fruit",  # no operator on the left once "and" ends it
+        "Answer: 1 gallon = 1200 cubic feet.",
+        "4. 5 flowers = 5 flowers",
+        "by 100/75 gives the total amount = (100/75)*$4500",  # "the": prose, not a unit
+        "Peter rakes 3 bags / 15 minutes = 8 bags / Y.",  # runs on into algebra
+        "he arrived at 6:00+18 hours = 00:00 on Tuesday",  # clock times
+        "at 7:50 + 30 minutes = 8:20 a.m.",
+        "100 boxes x 100 kg/box = 10 000 kg.",  # "10 000" is not 10
+        "20 minutes / 240 minutes = 8.333...%, which rounds down to 8%",
+        "150 minutes / 5 minutes/100 meters = 3 times",  # a unit with a number inside
+        "6 bars * $2200 = $1,2800.",
+        "Sedrich has 4+2x jelly beans = 7",
+        "She did it 3 times a day = 21",
+        "He ran 5 km/h * 2 h = 10 km",  # one-letter units are not read (see cotjax.steps)
+    ],
+)
+def test_prose_with_units_makes_no_claim(text):
+    assert check_steps(text).steps == ()
+
+
+def test_claim_spans_point_into_the_text():
+    text = "He paid 5 x $3 = $15; 2 × 3 = 6, and 48/2 = <<48/2=24>>24 clips in May."
+    spans = [text[slice(*s.span)] for s in check_steps(text).steps]
+    assert spans == ["5 x $3 = $15", "2 × 3 = 6", "48/2=24"]
+    for step in check_steps(text).steps:
+        start, end = step.span
+        assert normalise(text)[start:].startswith(step.expression)
+        assert normalise(text)[:end].endswith(step.claimed)
+
+
 def test_markup_around_claims():
     text = "- 5 + 3 = 8\n* 2 * 4 = 8\n**6 / 2 = 3**\n(so 5*3 = 15)\nis -5 + 3 = -2"
     report = check_steps(text)
@@ -161,10 +258,23 @@ def test_deep_parentheses_do_not_recurse():
 
 
 def test_step_report_to_dict_is_json():
-    report = check_steps("5 + 3 = 8")
+    report = check_steps("5 + 3 = 8, 7/2 = 3")
     data = json.loads(json.dumps(report.to_dict()))
-    assert data["total"] == 1 and data["steps"][0]["computed"] == "8"
-    assert report.all_valid and not check_steps("no steps").all_valid
+    assert data["total"] == 2 and data["steps"][0]["computed"] == "8"
+    assert (data["truncated"], data["applicable"], data["steps"][1]["truncated"]) == (1, True, True)
+    assert data["steps"][0]["span"] == [0, 9]
+    assert check_steps("5 + 3 = 8").all_valid and not check_steps("no steps").all_valid
+
+
+def test_text_over_the_cap_is_not_applicable():
+    claims = "3 hours * 60 minutes = 180 minutes. "
+    at_cap = (claims * (MAX_TEXT_CHARS // len(claims) + 1))[:MAX_TEXT_CHARS]
+    report = check_steps(at_cap)
+    assert report.applicable and report.total == report.valid == at_cap.count("=")
+    over = check_steps(at_cap + " ")
+    assert not over.applicable and (over.total, over.valid, over.steps) == (0, 0, ())
+    assert over.last_value is None and not over.all_valid
+    assert MAX_TEXT_CHARS >= 10 * 2_000  # a 256-token generation has 1-2k characters
 
 
 def test_real_gsm8k_annotations_check():
@@ -192,6 +302,7 @@ def test_real_gsm8k_answers_score_as_correct():
 _HOSTILE_ALPHABET = st.sampled_from(
     list("0123456789+-*/^%()=.,$ xXSab\n<>#:–")
     + ["**", "//", "<<", ">>", "1 1/2", "/ ", "- ", "The answer is ", "####", "Answer: ", "(C)"]
+    + [" hours ", " of ", " times ", "/day", " per ", " the ", "...", " 000"]
     + ["٣", "×", "−", "²", "9" * 30]
 )
 
@@ -232,11 +343,17 @@ def test_any_unicode_text_never_raises(text):
         "#" * 100_000,
         "٣" * 50_000 + " + 1 = 2",
         "10^10^10 = 1. " * 2_000,
+        "1 hours " * 20_000 + "= 1",
+        "1 ab/cd * " * 20_000 + "1 = 1",
+        "20% of " * 20_000 + "1 = 1",
+        "2 times " * 20_000 + "2 = 4",
+        "1 hours of water/day + " * 10_000 + "1 = 2",
     ],
 )
 def test_long_hostile_text_is_fast(text):
     start = time.perf_counter()
-    check_steps(text)
+    assert not check_steps(text).applicable  # over the cap: not parsed at all
+    check_steps(text[:MAX_TEXT_CHARS])  # at the cap: parsed, and still bounded
     extract_answer(text, "gsm8k", flexible=True)
     extract_answer(text, "aqua", flexible=True)
     assert time.perf_counter() - start < 3.0
