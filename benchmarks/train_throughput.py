@@ -190,6 +190,7 @@ def main():
     config.data.batch_size = args.batch
     config.data.num_epochs = -1
     config.data.template = "chat"
+    config.data.max_skipped_fraction = 1.0  # any rows will do: short --seq_len drops examples
     tokenizer = weights.load_tokenizer(args.model)
     batches = _batches(config, tokenizer, args.steps + 1)
 

@@ -8,7 +8,7 @@ A run's workdir holds
         params           the model parameters (what evaluation and export read)
         train            optimizer state, step, RNG key, non-finite counters
         data             the data iterator state of every process (JSON)
-    metrics.jsonl, events.out.tfevents.*   written by `cotjax.train`
+    metrics.jsonl, tb/, data_report.json   written by `cotjax.train`
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete (atomic
 finalize), so a process killed mid-save leaves no checkpoint that a restart would load. The

@@ -13,6 +13,7 @@ import difflib
 import json
 import os
 import sys
+import types
 from collections.abc import Callable
 
 from absl import flags as absl_flags
@@ -88,8 +89,22 @@ def _eval(fv, args):
     if not fv.workdir and not fv.model and fv.config is None:
         raise UsageError("needs --workdir=RUN (a trained run), --model=SPEC or --config=PATH "
                          "(its base model): say which model to evaluate")
-    evaluate.run_eval(fv.config, fv.workdir, fv.step, task=fv.task, data=fv.data, out=fv.out,
+    evaluate.run_eval(_run_config(fv), fv.workdir, fv.step, task=fv.task, data=fv.data, out=fv.out,
                       model=fv.model)
+
+
+def _run_config(fv):
+    """The config a command runs with: --config's, or, with --workdir and no --config, the
+    run's own config with the --config.KEY=VALUE overrides given (None: the run's as saved)."""
+    if fv.config is not None or not fv.run_overrides:
+        return fv.config
+    if not fv.workdir:
+        raise UsageError("--config.KEY=VALUE overrides need --config=PATH or --workdir=RUN")
+    from cotjax import checkpoint, defaults
+
+    config, _ = checkpoint.read_run_config(fv.workdir)
+    defaults.apply_overrides(config, fv.run_overrides, where=f"the config of {fv.workdir}")
+    return config
 
 
 def _generate(fv, args):
@@ -99,7 +114,7 @@ def _generate(fv, args):
     if fv.workdir and fv.model:
         raise UsageError("takes --workdir (a trained run) or --model (a raw model), not both")
     text = evaluate.generate_one(fv.prompt, workdir=fv.workdir, step=fv.step, model=fv.model,
-                                 config=fv.config, max_new_tokens=fv.max_new_tokens,
+                                 config=_run_config(fv), max_new_tokens=fv.max_new_tokens,
                                  temperature=fv.temperature, top_k=fv.top_k, top_p=fv.top_p,
                                  seed=fv.seed)
     sys.stdout.write(text + "\n")
@@ -216,12 +231,19 @@ def _suggest(word: str, choices) -> str:
 
 
 def _parse(name: str, command: Command, argv: list[str]):
+    run_overrides = {}
+    if command.config == "optional" and not any(a.startswith("--config=") for a in argv):
+        # `cotjax eval --workdir=RUN --config.eval.num_samples=8`: overrides of the run's own
+        # config, applied once it is read (see _config).
+        run_overrides = dict(a[len("--config."):].split("=", 1) for a in argv
+                             if a.startswith("--config.") and "=" in a)
+        argv = [a for a in argv if not (a.startswith("--config.") and "=" in a)]
     fv = _flag_values(name, command, argv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
         print(_help(name, command))
         raise SystemExit(0)
     if not command.config and not command.flags:
-        return fv, list(argv)  # positional commands parse their own arguments (--check, ...)
+        return _namespace(fv, command, {}), list(argv)  # positional commands parse their own
     try:
         rest = fv([f"cotjax {name}"] + argv)[1:]
     except absl_flags.UnrecognizedFlagError as e:
@@ -229,7 +251,11 @@ def _parse(name: str, command: Command, argv: list[str]):
         raise UsageError(f"unknown flag --{e.flagname}{_suggest(e.flagname, known)}; "
                          f"see cotjax {name} --help") from None
     except absl_flags.Error as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        msg = lines[0] if lines else type(e).__name__
+        if msg.endswith(":") and len(lines) > 1:
+            # A config file's get_config raised: its traceback's last line says why.
+            msg = f"{msg} {lines[-1]}"
         raise UsageError(msg) from None
     except (KeyError, AttributeError, ValueError, TypeError) as e:
         line = _config_error_line(e, argv)
@@ -248,7 +274,14 @@ def _parse(name: str, command: Command, argv: list[str]):
             raise UsageError("needs --config=PATH")
     if rest and not command.usage:
         raise UsageError(f"takes no positional arguments, got {rest[:3]}")
-    return fv, rest
+    return _namespace(fv, command, run_overrides), rest
+
+
+def _namespace(fv, command: Command, run_overrides: dict):
+    """The parsed flags as plain attributes (absl's FlagValues takes no extra ones)."""
+    names = command.flags + (("config",) if command.config else ())
+    return types.SimpleNamespace(run_overrides=run_overrides,
+                                 **{n: fv[n].value for n in names})
 
 
 def _config_error_line(e: Exception, argv: list[str]) -> str | None:

@@ -181,12 +181,40 @@ def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     config = module.get_config(arg) if arg else module.get_config()
-    for key, value in overrides.items():
-        parent = config
-        *head, last = key.split(".")
-        for part in head:
-            parent = parent[part]
-        if last not in parent:
-            raise KeyError(f"config {path} has no key {key!r}")
-        parent[last] = value
+    apply_overrides(config, overrides, where=f"config {path}")
     return config
+
+
+def apply_overrides(config, overrides: dict, where: str = "config") -> None:
+    """Set dotted keys (`{"train.lr": "1e-4"}`) in place, as `--config.train.lr=1e-4` would: a
+    string value is converted to the type the key holds; an unknown key is a KeyError naming
+    it and the closest existing one."""
+    import difflib
+    import json
+
+    for key, value in overrides.items():
+        node = config
+        *head, last = key.split(".")
+        for part in [*head, last]:
+            if not hasattr(node, "keys") or part not in node:
+                close = difflib.get_close_matches(part, list(node.keys()) if hasattr(
+                    node, "keys") else [], n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise KeyError(f"{where} has no key {key!r}{hint}")
+            if part != last:
+                node = node[part]
+        node[last] = _converted(value, node[last], json) if isinstance(value, str) else value
+
+
+def _converted(text: str, current, json):
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, (tuple, list)):
+        return type(current)(json.loads(text) if text.startswith("[") else [text])
+    return text

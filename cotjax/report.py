@@ -272,7 +272,8 @@ def rescore_file(predictions: str | pathlib.Path, write: bool = False) -> Rescor
     old_rows = list(read_json_lines(path))
     if not old_rows:
         raise RecordError(f"{path}: no predictions")
-    rows = rescore_rows(old_rows, task)
+    # Through JSON, as the file holds them (a span tuple reads back as a list).
+    rows = json.loads(json.dumps(rescore_rows(old_rows, task)))
     fields: collections.Counter = collections.Counter()
     changed = 0
     for (_, old), new in zip(old_rows, rows, strict=True):

@@ -177,6 +177,8 @@ def score_prediction(generation: str, gold_answer: str, task: str) -> dict:
         "correct_flexible": answers_equal(flexible, gold, task),
         "steps_total": report.total,
         "steps_valid": report.valid,
+        "steps_truncated": report.truncated,
+        "steps_checked": report.applicable,  # False: longer than steps.MAX_TEXT_CHARS
         "all_steps_valid": report.all_valid,
         "answer_differs_from_last_step": differs,
         "last_step_value": report.last_value,
@@ -293,6 +295,8 @@ def summarize(rows: Sequence[dict], task: str) -> dict:
         "steps_total": steps_total,
         "steps_valid": steps_valid,
         "step_validity": share(steps_valid, steps_total),
+        "steps_truncated": sum(row.get("steps_truncated", 0) for row in rows),
+        "chains_not_checked": sum(1 for row in rows if row.get("steps_checked") is False),
         "chains_with_steps": sum(1 for row in rows if row["steps_total"] > 0),
         "chains_all_steps_valid": share(count("all_steps_valid"), n),
         "chains_all_steps_valid_count": count("all_steps_valid"),

@@ -47,6 +47,8 @@ def test_top_level_help_lists_every_subcommand(capsys):
     (["config", BASE, "--config.train.lrr=1"], "unknown config key 'train.lrr' (did you mean lr?)"),
     (["config", BASE, "--config.trian.lr=1"], "unknown config key 'trian.lr' (did you mean train?)"),
     (["eval", "--out=/tmp/x"], "say which model to evaluate"),
+    (["config", f"--config={ROOT / 'configs/gsm8k.py'}:modl=x"],
+     "ValueError: unknown config argument 'modl'; known: model, mode, recipe"),
     (["export", "--workdir=x"], "needs --out"),
     (["generate"], "needs --prompt"),
     (["data-stats", BASE, "extra"], "takes no positional arguments"),
@@ -123,3 +125,21 @@ def test_wandb_is_imported_only_when_asked_and_gets_the_metrics(tmp_path, monkey
     writer.write(2, {"loss": 0.5, "bad": float("nan")})
     writer.close()
     assert logged == ["cot", (2, {"loss": 0.5}), "finished"]
+
+
+def test_a_missing_checkpoint_step_is_one_line(capsys, tiny_run, tmp_path):
+    code, _, err = _run(capsys, "export", f"--workdir={tiny_run['workdir']}", "--step=999",
+                        f"--out={tmp_path / 'hf'}")
+    assert code == 1 and "no checkpoint for step 999" in err and "steps: [" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_eval_of_a_run_takes_overrides_of_its_own_config(capsys, tiny_run, tmp_path):
+    out = tmp_path / "eval"
+    cli.main(["cotjax", "eval", f"--workdir={tiny_run['workdir']}", f"--out={out}",
+              "--config.eval.max_examples=2", "--config.eval.max_new_tokens=4"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 2 and summary["max_new_tokens"] == 4
+    code, _, err = _run(capsys, "eval", f"--workdir={tiny_run['workdir']}", f"--out={out}",
+                        "--config.eval.max_exmples=2")
+    assert code == 1 and "has no key 'eval.max_exmples' (did you mean max_examples?)" in err

@@ -131,3 +131,12 @@ def test_without_fallback_an_unreadable_checkpoint_is_named(tok_dir, tmp_path):
     with pytest.raises(ValueError, match=rf"checkpoint step 4 is unreadable .*: remove "
                                          rf"{workdir}/checkpoints/4 to resume from the previous"):
         train.train(config, workdir)
+
+
+def test_saves_without_validation_do_not_warn_about_missing_metrics(tok_dir, tmp_path, caplog):
+    config = tiny_config(tok_dir, steps=4, checkpoint_every=1, eval_every=0, keep_best=1)
+    with caplog.at_level("WARNING"):
+        train.train(config, tmp_path / "run")
+    assert not [r for r in caplog.records if "tracked_metric" in r.getMessage()]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()
+                  if p.name.isdigit()) == ["3", "4"]  # keep=2 latest; none is "best" but 4
