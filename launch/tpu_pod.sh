@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 need tpu "$tpu"; need zone "$zone"; need config "$config"; need workdir "$workdir"
-[ -f "$config" ] || die "config $config does not exist"
+[ -f "${config%%:*}" ] || die "config ${config%%:*} does not exist"  # PATH[:ARG]
 
 g=(gcloud compute tpus tpu-vm)
 where=("--zone=$zone")

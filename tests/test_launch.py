@@ -148,3 +148,15 @@ def test_experiment_script_lets_an_interrupted_training_save(tmp_path):
     assert (tmp_path / "saved").exists()
     assert "stopped_by_signal" in (tmp_path / "runs" / "cot" / "train.log").read_text()
     assert proc.returncode != 0 and not list((tmp_path / "out").glob("*_summary.json"))
+
+
+def test_tpu_pod_accepts_a_config_argument():
+    out = subprocess.run(["bash", "launch/tpu_pod.sh", "--tpu=t", "--zone=z", "--dry-run",
+                          "--config=configs/gsm8k.py:recipe=full", "--workdir=gs://b/r"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "train\\ --config=configs/gsm8k.py:recipe=full" in out.stdout + out.stderr
+    bad = subprocess.run(["bash", "launch/tpu_pod.sh", "--tpu=t", "--zone=z", "--dry-run",
+                          "--config=configs/nope.py:recipe=full", "--workdir=gs://b/r"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "config configs/nope.py does not exist" in bad.stderr
