@@ -63,9 +63,12 @@ def logical_dims(cfg) -> dict[str, int]:
             "layers": cfg.num_layers}
 
 
-def abstract_params(cfg):
-    """(params ShapeDtypeStructs, logical axes) pure dicts of a decoder."""
-    state = nnx.state(model_lib.abstract(cfg))
+def abstract_params(cfg_or_module):
+    """(params ShapeDtypeStructs, logical axes) pure dicts of a decoder: of a ModelConfig, or
+    of an abstract NNX module (`nnx.eval_shape`; a decoder with another head, say)."""
+    module = (cfg_or_module if isinstance(cfg_or_module, nnx.Module)
+              else model_lib.abstract(cfg_or_module))
+    state = nnx.state(module)
     shapes = nnx.to_pure_dict(state)
     axes = nnx.to_pure_dict(jax.tree.map(lambda v: v.logical_axes, state,
                                          is_leaf=lambda v: isinstance(v, nnx.Variable)))

@@ -185,16 +185,23 @@ class RunData:
 
 
 class Trainer:
-    """The jitted pieces of a run for one model config, optimizer and mesh."""
+    """The jitted pieces of a run for one model, objective, optimizer and mesh.
+
+    Two seams, so that other objectives need no second loop: `objective` (cotjax.loss: the
+    token sums of (model, batch); default the CoT loss) and `abstract_model` (an abstract NNX
+    module, `nnx.eval_shape(...)`, whose graph and parameter shapes and logical axes the
+    trainer takes; default the decoder of `cfg`), e.g. a decoder with a reward head.
+    """
 
     def __init__(self, cfg, spec: TrainSpec, mesh, total_steps: int,
-                 objective: Objective | None = None):
+                 objective: Objective | None = None, abstract_model: nnx.Module | None = None):
         self.cfg, self.spec, self.mesh = cfg, spec, mesh
         self.objective = objective if objective is not None else CoTLoss()
         self.total_steps = total_steps
-        self.graphdef = nnx.graphdef(model_lib.abstract(cfg))
+        module = abstract_model if abstract_model is not None else model_lib.abstract(cfg)
+        self.graphdef = nnx.graphdef(module)
         self.tx, self.schedule = make_optimizer(spec, total_steps)
-        shapes, self.logical_axes = load.abstract_params(cfg)
+        shapes, self.logical_axes = load.abstract_params(module)
         self.param_shardings = sharding_lib.param_shardings(shapes, self.logical_axes, mesh)
         rep = sharding_lib.replicated(mesh)
         abstract_opt = jax.eval_shape(self.tx.init, shapes)

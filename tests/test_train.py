@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -194,3 +195,40 @@ def test_synthetic_task_loss_down_answer_accuracy_up(tok_dir, tmp_path):
     assert last["loss"] < 0.5 * first["loss"], (first, last)
     assert last["answer_acc"] > first["answer_acc"] + 0.3, (first, last)
     assert result.val_metrics["answer_acc"] > 0.5
+
+
+class _Tempered(nnx.Module):
+    """The decoder with a learned logit temperature: a model the Trainer has never seen."""
+
+    def __init__(self, cfg, rngs):
+        self.decoder = model_lib.Decoder(cfg, rngs)
+        self.temperature = nnx.Param(jnp.ones(()), logical_axes=())
+
+    def __call__(self, inputs, positions, segment_ids):
+        logits, cache = self.decoder(inputs, positions, segment_ids)
+        return logits / self.temperature[...], cache
+
+
+class _AnswerOnlyLoss(CoTLoss):
+    """Another objective through the seam: cross-entropy on answer tokens alone."""
+
+    def sums(self, model, batch):
+        weights = (batch["kinds"] == 2).astype(jnp.float32)
+        return super().sums(model, {**batch, "weights": weights})
+
+
+def test_trainer_takes_the_model_and_the_objective_as_seams(tok_dir, tokenizer):
+    config = tiny_config(tok_dir)
+    cfg = _cfg()
+    batch = _batches(config, tokenizer, 1)[0]
+    abstract = nnx.eval_shape(lambda: _Tempered(cfg, nnx.Rngs(0)))
+    trainer = train.Trainer(cfg, train.TrainSpec(steps=2, lr=1e-2), _mesh((1, 1, 1)), 2,
+                            objective=_AnswerOnlyLoss(), abstract_model=abstract)
+    params = nnx.to_pure_dict(nnx.state(_Tempered(cfg, nnx.Rngs(0))))
+    sums, _ = trainer.grads(params, batch)
+    got = _AnswerOnlyLoss().summarize(jax.device_get(sums))
+    np.testing.assert_allclose(got["loss"], got["answer_loss"], rtol=1e-6)  # the seam's loss
+    state = trainer.init_train_state(params, 0)
+    params, state, metrics = trainer.step(params, state, batch)
+    assert abs(float(params["temperature"]) - 1.0) > 1e-4  # the new parameter trained
+    assert bool(metrics["ok"])
