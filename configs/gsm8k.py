@@ -23,7 +23,7 @@ def get_config(arg=None):
     a = defaults.parse_arg(arg, model="smollm2-135m-instruct", mode="cot", recipe="experiment")
     if a.recipe not in ("experiment", "full"):
         raise ValueError(f"configs/gsm8k.py: recipe must be experiment or full, got {a.recipe!r}")
-    gemma = a.model.startswith("gemma3")
+    gemma = "gemma" in a.model.rsplit("/", 1)[-1].lower()  # a preset name or a .gguf path
     c = defaults.get_config()
     c.model = a.model
     c.compute_dtype = "auto"  # bfloat16 on accelerators, float32 on CPU

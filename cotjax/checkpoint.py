@@ -154,45 +154,54 @@ def restore_newest_readable(make_manager_fn, workdir, abstract_params, abstract_
     """(manager, step, params, train_state, data_state, unreadable steps) of the newest
     checkpoint that can be read; step None when there is none.
 
-    A checkpoint that fails to read (a truncated array file, a deleted metadata file) is moved
-    aside to `checkpoints/<step>.unreadable` and the next older one is tried (printed, and
-    counted in the returned list); with `fallback` False it stops with one line naming the step
-    directory to remove. `make_manager_fn()` builds a fresh manager (the old one has the moved
-    step in its list).
+    When the newest checkpoint fails to read (a truncated array file, a deleted metadata file),
+    the older ones are tried; once one restores, the newer unreadable ones are moved aside to
+    `checkpoints/<step>.unreadable[.k]` (printed, and returned) so that the run can save those
+    steps again. Nothing is moved unless an older step restored: when every step fails (a
+    config that changed the optimizer state, a storage outage) the first error is raised and
+    the directory is left as it was. With `fallback` False, or with several processes (a read
+    can fail on one host only, and they must agree), the first failure stops with one line
+    naming the step directory. `make_manager_fn()` builds a fresh manager.
     """
-    manager, unreadable = make_manager_fn(), []
-    while (step := manager.latest_step()) is not None:
+    manager = make_manager_fn()
+    failed: list[tuple[int, str, Exception]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
         try:
-            return (manager, step, *restore(manager, step, abstract_params, abstract_train),
-                    unreadable)
+            restored = restore(manager, step, abstract_params, abstract_train)
         except ProcessCountMismatch:
             raise
         except Exception as e:  # noqa: BLE001 - TensorStore, Orbax and JSON errors alike
-            where = run_dir(workdir) / CKPT_DIR / str(step)
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            if not fallback:
-                raise ValueError(f"checkpoint step {step} is unreadable ({reason}): remove {where} "
-                                 "to resume from the previous checkpoint (or set "
-                                 "train.resume_fallback=true)") from e
-            manager.close()
-            if jax.process_index() == 0:
-                where.rename(where.parent / f"{step}.unreadable")
-                print(f"checkpoint step {step} is unreadable ({reason}); moved it to "
-                      f"{where}.unreadable, trying the previous checkpoint", flush=True)
-            _sync(f"cotjax_unreadable_{step}")
-            unreadable.append(step)
-            manager = make_manager_fn()
-    if unreadable:
-        raise ValueError(f"no readable checkpoint in {run_dir(workdir) / CKPT_DIR} (unreadable "
-                         f"steps {unreadable}, moved aside): start a new workdir")
-    return manager, None, None, None, None, unreadable
+            failed.append((step, reason, e))
+            if not fallback or jax.process_count() > 1:
+                where = run_dir(workdir) / CKPT_DIR / str(step)
+                hint = "" if fallback else " (or set train.resume_fallback=true)"
+                raise ValueError(f"checkpoint step {step} is unreadable ({reason}): remove "
+                                 f"{where} to resume from the previous checkpoint{hint}") from e
+            continue
+        if not failed:
+            return (manager, step, *restored, [])
+        manager.close()
+        for bad, reason, _ in failed:
+            moved = _move_aside(run_dir(workdir) / CKPT_DIR / str(bad))
+            print(f"checkpoint step {bad} is unreadable ({reason}); moved it to {moved}",
+                  flush=True)
+        return (make_manager_fn(), step, *restored, [bad for bad, _, _ in failed])
+    if failed:
+        step, reason, e = failed[0]
+        raise ValueError(f"no checkpoint in {run_dir(workdir) / CKPT_DIR} could be read (step "
+                         f"{step}: {reason}); nothing was moved. A changed config (the "
+                         "optimizer state's structure) or unreachable storage does this too") from e
+    return manager, None, None, None, None, []
 
 
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
+def _move_aside(where):
+    """Rename a step directory to `<step>.unreadable` (or `.unreadable.<k>` if taken)."""
+    target, k = where.parent / f"{where.name}.unreadable", 1
+    while target.exists():
+        target, k = where.parent / f"{where.name}.unreadable.{k}", k + 1
+    where.rename(target)
+    return target
 
 
 def restore_params(workdir, step: int | None, abstract_params):

@@ -232,12 +232,16 @@ def _suggest(word: str, choices) -> str:
 
 def _parse(name: str, command: Command, argv: list[str]):
     run_overrides = {}
-    if command.config == "optional" and not any(a.startswith("--config=") for a in argv):
+    if command.config == "optional" and not any(a.startswith("--config=") or a == "--config"
+                                                 for a in argv):
         # `cotjax eval --workdir=RUN --config.eval.num_samples=8`: overrides of the run's own
         # config, applied once it is read (see _config).
         run_overrides = dict(a[len("--config."):].split("=", 1) for a in argv
                              if a.startswith("--config.") and "=" in a)
         argv = [a for a in argv if not (a.startswith("--config.") and "=" in a)]
+    for arg in argv:  # ml_collections reports a missing file only lazily, without its name
+        if arg.startswith("--config=") and not os.path.isfile(arg[len("--config="):].split(":")[0]):
+            raise UsageError(f"config file {arg[len('--config='):].split(':')[0]} does not exist")
     fv = _flag_values(name, command, argv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
         print(_help(name, command))
@@ -324,12 +328,16 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"cotjax {name}: {e}", file=sys.stderr)
         sys.exit(2)
-    except (FileNotFoundError, NotADirectoryError, FileExistsError, ValueError, KeyError) as e:
-        # Input the user gave that cannot be used: the message names the file, flag or key.
+    except (FileNotFoundError, NotADirectoryError, FileExistsError, ValueError, KeyError,
+            FloatingPointError) as e:
+        # Input the user gave that cannot be used (the message names the file, flag, key or
+        # step), or a run stopped on purpose (non-finite loss). A bug can land here too, hence
+        # the pointer to the traceback.
         if debug:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"cotjax {name}: {type(e).__name__}: {msg}", file=sys.stderr)
+        print(f"cotjax {name}: {type(e).__name__}: {msg} (COTJAX_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
         sys.exit(1)
 
 

@@ -203,7 +203,10 @@ def apply_overrides(config, overrides: dict, where: str = "config") -> None:
                 raise KeyError(f"{where} has no key {key!r}{hint}")
             if part != last:
                 node = node[part]
-        node[last] = _converted(value, node[last], json) if isinstance(value, str) else value
+        try:
+            node[last] = _converted(value, node[last], json) if isinstance(value, str) else value
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {key}={value!r}: {e}") from None
 
 
 def _converted(text: str, current, json):

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Sequence
 
+import jax
 from tqdm import tqdm
 
 from cotjax import decode, defaults, formatting, load, pipeline, sharding, tokenize
@@ -231,7 +232,8 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
         # the votes' and samples' accuracies come from summarize, under both rules
         summary.update({"maj_n": n_samples, "temperature": float(ev["temperature"]),
                         "sample_decode_seconds": round(sample_seconds, 2)})
-    write_report(out, rows, summary)
+    if jax.process_index() == 0:  # every process decoded the same rows: one writes them
+        write_report(out, rows, summary)
     print(format_table(summary))
     print(f"wrote {os.path.join(out, 'predictions.jsonl')} and {os.path.join(out, 'summary.json')}")
     return summary
@@ -253,7 +255,8 @@ def generate_one(prompt: str, *, workdir: str | None = None, step=None, model: s
     (or the config's) continues the raw prompt text."""
     sampling = decode.SamplingConfig(float(temperature), int(top_k), float(top_p))
     if workdir:
-        net, model_cfg, tokenizer, config = load.load_run_model(workdir, step)
+        net, model_cfg, tokenizer, run_config = load.load_run_model(workdir, step)
+        config = config if config is not None else run_config
         record = records_lib.CoTRecord(question=prompt, chain="", answer="")
         _, [ids] = eval_prompts(config, [record], tokenizer)
         settings = decode_settings(config, model_cfg, tokenizer)

@@ -25,6 +25,11 @@ def main(workdir: str, out: str, step=None, overwrite: bool = False) -> None:
     dest = paths.path(out)
     if _non_empty(dest) and not overwrite:
         raise FileExistsError(f"{out} is not empty: pass --overwrite to replace it whole")
+    if not paths.is_remote(out) and not paths.is_remote(workdir):
+        run, target = os.path.abspath(workdir), os.path.abspath(out)
+        if run == target or run.startswith(target.rstrip(os.sep) + os.sep):
+            raise ValueError(f"--out={out} holds the run being exported ({workdir}): "
+                             "export somewhere else")
     model, _, tokenizer, _ = load.load_run_model(workdir, step)
     if paths.is_remote(out):
         tmp = tempfile.mkdtemp(prefix="cotjax-export-")
@@ -37,7 +42,14 @@ def main(workdir: str, out: str, step=None, overwrite: bool = False) -> None:
         parent = os.path.dirname(os.path.abspath(out))
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
-        weights.export_hf(model, tmp, tokenizer)
+        try:
+            weights.export_hf(model, tmp, tokenizer)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the export from other users
         old = None
         if os.path.exists(out):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old.", dir=parent)

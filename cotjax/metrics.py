@@ -89,9 +89,20 @@ def _drop_rows_after(path, step: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if not line.strip() or json.loads(line)["step"] <= step]
+    kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
     if len(kept) != len(lines):
-        path.write_text("".join(kept))
+        cut = sum(1 for line in lines if line.strip() and _row_step(line) is None)
+        if cut:
+            logging.warning("%s: dropped %d unreadable line(s) (a write cut short)", path, cut)
+        path.write_text("".join(line if line.endswith("\n") else line + "\n" for line in kept))
+
+
+def _row_step(line: str) -> int | None:
+    """A metrics row's step; None for a blank or half-written line."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class Interval:
@@ -121,7 +132,7 @@ def log_interval(interval: Interval, objective, writer: MetricWriter, bar, step:
     out = objective.summarize(sums)
     out["grad_norm"] = float(np.mean([float(m["grad_norm"]) for m in fetched]))
     out["lr"] = float(fetched[-1]["lr"])
-    if timed:
+    if timed and {"tokens", "nonpad"} <= set(sums):  # throughput needs the token counts
         out["tokens_per_s"] = sums["tokens"] / dt
         out["real_tokens_per_s"] = sums["nonpad"] / dt
         out["mfu"] = sums["tokens"] * flops_per_tok / dt / peak if peak == peak else float("nan")

@@ -132,6 +132,9 @@ class RunData:
         `data.max_skipped_fraction`."""
         r = self.report
         lost = r.skipped + r.dropped
+        # Out of the records this split drew on: the bad ones skipped before the split, and
+        # its own examples (kept or dropped); not the validation hold-out or past max_examples.
+        considered = r.skipped + r.examples + r.dropped
         if jax.process_index() == 0:
             print(f"data: {r.read} records read, {r.skipped} skipped as bad, {r.examples} "
                   f"training examples, {r.dropped} dropped and {r.truncated} truncated as longer "
@@ -139,9 +142,10 @@ class RunData:
             for reason in r.skip_reasons[:5]:
                 print(f"  skipped: {reason}", flush=True)
         limit = float(self.config.data.get("max_skipped_fraction", 1.0))
-        if r.read and lost / r.read > limit:
+        if considered and lost / considered > limit:
             raise ValueError(
-                f"{lost} of {r.read} records were skipped or dropped ({lost / r.read:.1%}), more "
+                f"{lost} of {considered} records were skipped or dropped "
+                f"({lost / considered:.1%}), more "
                 f"than data.max_skipped_fraction={limit}: fix the data, raise data.seq_len, set "
                 "data.overlong=truncate, or raise the limit")
 
@@ -364,8 +368,10 @@ def _nonfinite_error(step: int) -> FloatingPointError:
         "set train.on_nonfinite=skip to skip such updates and count them instead)")
 
 
-def train(config, workdir, *, mesh=None) -> RunResult:
-    """Train (or resume) a run in `workdir`; returns where it stopped."""
+def train(config, workdir, *, mesh=None, objective: Objective | None = None) -> RunResult:
+    """Train (or resume) a run in `workdir`; returns where it stopped. `objective`: the loss
+    (default the CoT loss). A model other than the config's decoder (the Trainer's
+    `abstract_model` seam) needs its own loading of initial parameters, not written yet."""
     workdir = ckpt_lib.run_dir(workdir)
     spec = TrainSpec.from_config(config)
     if mesh is None:
@@ -398,7 +404,7 @@ def train(config, workdir, *, mesh=None) -> RunResult:
         _, model_cfg = ckpt_lib.read_run_config(workdir)
         if model_cfg is None:
             raise FileNotFoundError(f"{workdir}/model_config.json is missing; cannot resume")
-        trainer = Trainer(model_cfg, spec, mesh, total_steps)
+        trainer = Trainer(model_cfg, spec, mesh, total_steps, objective)
         manager.close()
         manager, latest, params, train_state, data_state, _ = ckpt_lib.restore_newest_readable(
             make_manager, workdir, trainer.abstract_params, trainer.abstract_train,
@@ -411,7 +417,7 @@ def train(config, workdir, *, mesh=None) -> RunResult:
         params = nnx.to_pure_dict(nnx.state(model))
         del model
         ckpt_lib.write_run_config(workdir, config, model_cfg)
-        trainer = Trainer(model_cfg, spec, mesh, total_steps)
+        trainer = Trainer(model_cfg, spec, mesh, total_steps, objective)
         params = jax.device_put(params, trainer.param_shardings)
         train_state = trainer.init_train_state(params, int(config.seed))
     start = int(jax.device_get(train_state["step"]))
@@ -421,7 +427,7 @@ def train(config, workdir, *, mesh=None) -> RunResult:
     peak = metrics_lib.peak_flops(spec.peak_flops)
     val_batches = data.validation_batches(tokenizer, spec.eval_batches)
     writer = metrics_lib.MetricWriter(workdir, spec.wandb_project, config.to_dict(),
-                                      resume_step=start if latest is not None else None)
+                                      resume_step=start)  # rows past it are replays
     bar = None
     if spec.progress and jax.process_index() == 0:
         from tqdm import tqdm

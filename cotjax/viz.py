@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cotjax import paths
 from cotjax.records import read_json_lines
 from cotjax.steps import check_steps
 
@@ -67,9 +68,12 @@ def param_table(model) -> list[dict]:
     return out
 
 
-def read_metrics(workdir: str | Path) -> list[dict]:
-    """The rows of a run's metrics.jsonl."""
-    return read_metrics_file(Path(workdir) / "metrics.jsonl")
+def read_metrics(workdir) -> list[dict]:
+    """The rows of a run's metrics.jsonl (a local workdir or a gs:// one)."""
+    path = paths.path(workdir) / "metrics.jsonl"
+    if paths.is_remote(workdir):
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_metrics_file(path)
 
 
 def read_metrics_file(path: str | Path) -> list[dict]:
@@ -260,9 +264,9 @@ def main(args: Sequence[str]) -> None:
         raise SystemExit(main.__doc__)
     runs = {}
     for spec in args[2:]:
-        name, _, path = spec.partition("=")
-        path = Path(path)
-        runs[name] = read_metrics(path) if path.is_dir() else read_metrics_file(path)
+        name, _, where = spec.partition("=")
+        is_run = paths.path(where).is_dir()  # a workdir (local or gs://), else a metrics file
+        runs[name] = read_metrics(where) if is_run else read_metrics_file(where)
     fig = plot_runs(runs)
     fig.savefig(args[1], dpi=110)
     print(f"wrote {args[1]}")

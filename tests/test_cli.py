@@ -143,3 +143,29 @@ def test_eval_of_a_run_takes_overrides_of_its_own_config(capsys, tiny_run, tmp_p
     code, _, err = _run(capsys, "eval", f"--workdir={tiny_run['workdir']}", f"--out={out}",
                         "--config.eval.max_exmples=2")
     assert code == 1 and "has no key 'eval.max_exmples' (did you mean max_examples?)" in err
+
+
+def test_a_missing_config_file_is_one_line(capsys, tmp_path):
+    code, _, err = _run(capsys, "config", f"--config={tmp_path / 'nope.py'}")
+    assert code == 2 and f"config file {tmp_path / 'nope.py'} does not exist" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_run_config_override_of_the_wrong_type_names_the_key(capsys, tiny_run, tmp_path):
+    code, _, err = _run(capsys, "eval", f"--workdir={tiny_run['workdir']}",
+                        f"--out={tmp_path / 'e'}", "--config.eval.max_new_tokens=1e3")
+    assert code == 1 and "eval.max_new_tokens='1e3'" in err
+
+
+def test_generate_honours_overrides_of_the_runs_config(capsys, tiny_run, monkeypatch):
+    from cotjax import evaluate
+
+    prompts = []
+    build = evaluate.build_prompt
+    monkeypatch.setattr(evaluate, "build_prompt",
+                        lambda *a, **kw: prompts.append(build(*a, **kw)) or prompts[-1])
+    cue = "Think about it carefully, step by step."
+    cli.main(["cotjax", "generate", f"--workdir={tiny_run['workdir']}", "--max_new_tokens=2",
+              "--prompt=Start with 7. Add 5. What is the result?",
+              "--config.eval.prompting=zero_shot_cot", f"--config.eval.cot_cue={cue}"])
+    assert prompts and prompts[-1].endswith(cue)  # the run's prompting, overridden

@@ -87,3 +87,18 @@ def test_the_tpu_launcher_bundles_into_a_private_temporary_file(tmp_path):
     assert bundle.startswith(f"{tmp_path}/cotjax-t.") and bundle.endswith(".tar.gz")
     assert bundle != f"{tmp_path}/cotjax-t.tar.gz"  # not a predictable name
     assert not list(tmp_path.iterdir())  # removed on exit
+
+
+def test_export_is_readable_by_others_and_never_swallows_the_run(tiny_run, tmp_path, capsys):
+    out = tmp_path / "hf"
+    _export(tiny_run, out)
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+    parent = tiny_run["workdir"].parent
+    with pytest.raises(SystemExit):
+        _export(tiny_run, parent, "--overwrite")
+    assert "holds the run being exported" in capsys.readouterr().err
+    assert (tiny_run["workdir"] / "config.json").is_file()

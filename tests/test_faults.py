@@ -142,3 +142,33 @@ def test_saves_without_validation_do_not_warn_about_missing_metrics(tok_dir, tmp
     assert not [r for r in caplog.records if "tracked_metric" in r.getMessage()]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()
                   if p.name.isdigit()) == ["3", "4"]  # keep=2 latest; none is "best" but 4
+
+
+def test_when_no_checkpoint_reads_nothing_is_moved(tok_dir, tmp_path):
+    workdir = tmp_path / "run"
+    train.train(_constant_lr(tok_dir, 4), workdir)
+    for step in ("2", "4"):
+        shutil.rmtree(workdir / "checkpoints" / step / "train")
+    with pytest.raises(ValueError, match=r"no checkpoint in .* could be read \(step 4: .*nothing "
+                                         r"was moved"):
+        train.train(_constant_lr(tok_dir, 6), workdir)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()
+                  if not p.name.startswith(".")) == ["2", "4"]
+
+
+def test_a_half_written_metrics_line_does_not_block_the_resume(tok_dir, tmp_path):
+    workdir = tmp_path / "run"
+    train.train(_constant_lr(tok_dir, 4), workdir)
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 1.2')  # killed mid-write
+    train.train(_constant_lr(tok_dir, 6), workdir)
+    steps = [r["step"] for r in _rows(workdir) if "loss" in r]
+    assert steps == list(range(1, 7))
+
+
+def test_a_restart_before_the_first_checkpoint_replays_no_rows(tok_dir, tmp_path):
+    workdir = tmp_path / "run"
+    train.train(_constant_lr(tok_dir, 3), workdir)
+    shutil.rmtree(workdir / "checkpoints")  # as if killed before its first save
+    train.train(_constant_lr(tok_dir, 3), workdir)
+    assert [r["step"] for r in _rows(workdir) if "loss" in r] == [1, 2, 3]
