@@ -368,6 +368,37 @@ def _nonfinite_error(step: int) -> FloatingPointError:
         "set train.on_nonfinite=skip to skip such updates and count them instead)")
 
 
+def _start_or_resume(config, workdir, spec: TrainSpec, mesh, total_steps: int, objective, it):
+    """(manager, trainer, params, train state, ModelConfig): restored from the newest readable
+    checkpoint of `workdir` (the data iterator `it` set to its position), else the base model
+    with a fresh optimizer state (and the run's config.json written)."""
+    def make_manager():
+        return ckpt_lib.make_manager(workdir, keep=spec.keep, keep_best=spec.keep_best,
+                                     async_save=spec.async_checkpoint)
+
+    manager = make_manager()
+    if manager.latest_step() is not None:
+        _, model_cfg = ckpt_lib.read_run_config(workdir)
+        if model_cfg is None:
+            raise FileNotFoundError(f"{workdir}/model_config.json is missing; cannot resume")
+        trainer = Trainer(model_cfg, spec, mesh, total_steps, objective)
+        manager.close()
+        manager, step, params, train_state, data_state, _ = ckpt_lib.restore_newest_readable(
+            make_manager, workdir, trainer.abstract_params, trainer.abstract_train,
+            fallback=spec.resume_fallback)
+        it.set_state(data_state)
+        logging.info("resumed %s from step %d", workdir, step)
+        print(f"resuming from checkpoint step {step} in {workdir}", flush=True)
+        return manager, trainer, params, train_state, model_cfg
+    model, model_cfg = load.load_base_model(config, mesh, remat=spec.remat)
+    params = nnx.to_pure_dict(nnx.state(model))
+    del model
+    ckpt_lib.write_run_config(workdir, config, model_cfg)
+    trainer = Trainer(model_cfg, spec, mesh, total_steps, objective)
+    params = jax.device_put(params, trainer.param_shardings)
+    return manager, trainer, params, trainer.init_train_state(params, int(config.seed)), model_cfg
+
+
 def train(config, workdir, *, mesh=None, objective: Objective | None = None) -> RunResult:
     """Train (or resume) a run in `workdir`; returns where it stopped. `objective`: the loss
     (default the CoT loss). A model other than the config's decoder (the Trainer's
@@ -389,37 +420,12 @@ def train(config, workdir, *, mesh=None, objective: Objective | None = None) -> 
         if config.data.num_epochs == -1:
             raise ValueError("train.steps=-1 needs a finite data.num_epochs")
         total_steps = data.count_batches(tokenizer)
-
-    def make_manager():
-        return ckpt_lib.make_manager(workdir, keep=spec.keep, keep_best=spec.keep_best,
-                                     async_save=spec.async_checkpoint)
-
-    manager = make_manager()
-    latest = manager.latest_step()
     it = data.train_iterator(tokenizer)
     if jax.process_index() == 0:  # beside config.json: what this start trained on
         paths.write_text(workdir / "data_report.json",
                          json.dumps(dataclasses.asdict(data.report), indent=2))
-    if latest is not None:
-        _, model_cfg = ckpt_lib.read_run_config(workdir)
-        if model_cfg is None:
-            raise FileNotFoundError(f"{workdir}/model_config.json is missing; cannot resume")
-        trainer = Trainer(model_cfg, spec, mesh, total_steps, objective)
-        manager.close()
-        manager, latest, params, train_state, data_state, _ = ckpt_lib.restore_newest_readable(
-            make_manager, workdir, trainer.abstract_params, trainer.abstract_train,
-            fallback=spec.resume_fallback)
-        it.set_state(data_state)
-        logging.info("resumed %s from step %d", workdir, latest)
-        print(f"resuming from checkpoint step {latest} in {workdir}", flush=True)
-    else:
-        model, model_cfg = load.load_base_model(config, mesh, remat=spec.remat)
-        params = nnx.to_pure_dict(nnx.state(model))
-        del model
-        ckpt_lib.write_run_config(workdir, config, model_cfg)
-        trainer = Trainer(model_cfg, spec, mesh, total_steps, objective)
-        params = jax.device_put(params, trainer.param_shardings)
-        train_state = trainer.init_train_state(params, int(config.seed))
+    manager, trainer, params, train_state, model_cfg = _start_or_resume(
+        config, workdir, spec, mesh, total_steps, objective, it)
     start = int(jax.device_get(train_state["step"]))
 
     seq_len = int(config.data.seq_len)
