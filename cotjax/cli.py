@@ -9,7 +9,6 @@ Configs are ml_collections files: `--config=PATH[:ARG]` plus `--config.a.b=value
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import sys
@@ -226,8 +225,9 @@ def _help(name: str, command: Command) -> str:
 
 
 def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
+    from cotjax import defaults
+
+    return defaults.did_you_mean(word, choices)
 
 
 def _parse(name: str, command: Command, argv: list[str]):
@@ -293,18 +293,13 @@ def _config_error_line(e: Exception, argv: list[str]) -> str | None:
     key, and the closest key at the level where the path left the config."""
     from cotjax import defaults
 
+    base = defaults.get_config()
     for arg in argv:
-        if not arg.startswith("--config.") or "=" not in arg:
-            continue
-        key = arg[len("--config."):].partition("=")[0]
-        node = defaults.get_config()
-        for part in key.split("."):
-            if not hasattr(node, "keys") or part not in node:
-                known = list(node.keys()) if hasattr(node, "keys") else []
-                if part in str(e) or not known:
-                    return f"unknown config key {key!r}{_suggest(part, known)}"
-                break
-            node = node[part]
+        if arg.startswith("--config.") and "=" in arg:
+            key = arg[len("--config."):].partition("=")[0]
+            hint = defaults.missing_key_hint(base, key)
+            if hint is not None:
+                return f"unknown config key {key!r}{hint}"
     return None
 
 

@@ -185,24 +185,39 @@ def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
     return config
 
 
+def did_you_mean(word: str, choices) -> str:
+    """` (did you mean X?)` for the closest of `choices`, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def missing_key_hint(config, key: str) -> str | None:
+    """None when the dotted `key` exists in `config`; else the hint naming the closest key at
+    the level where the path left the config (possibly '')."""
+    node = config
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return did_you_mean(part, node.keys() if hasattr(node, "keys") else ())
+        node = node[part]
+    return None
+
+
 def apply_overrides(config, overrides: dict, where: str = "config") -> None:
     """Set dotted keys (`{"train.lr": "1e-4"}`) in place, as `--config.train.lr=1e-4` would: a
     string value is converted to the type the key holds; an unknown key is a KeyError naming
     it and the closest existing one."""
-    import difflib
     import json
 
     for key, value in overrides.items():
-        node = config
+        hint = missing_key_hint(config, key)
+        if hint is not None:
+            raise KeyError(f"{where} has no key {key!r}{hint}")
         *head, last = key.split(".")
-        for part in [*head, last]:
-            if not hasattr(node, "keys") or part not in node:
-                close = difflib.get_close_matches(part, list(node.keys()) if hasattr(
-                    node, "keys") else [], n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                raise KeyError(f"{where} has no key {key!r}{hint}")
-            if part != last:
-                node = node[part]
+        node = config
+        for part in head:
+            node = node[part]
         try:
             node[last] = _converted(value, node[last], json) if isinstance(value, str) else value
         except (ValueError, TypeError) as e:

@@ -84,6 +84,11 @@ def placed_abstract_params(cfg, mesh=None):
         shardings = jax.tree.map(lambda _: one, shapes)
     else:
         shardings = sharding_lib.param_shardings(shapes, axes, mesh)
+    return placed(shapes, shardings)
+
+
+def placed(shapes, shardings):
+    """ShapeDtypeStructs with a sharding each (a tree of shapes, a matching tree of shardings)."""
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, shardings)
 

@@ -19,7 +19,8 @@ from absl import logging
 from cotjax import paths
 
 
-def _finite_or_none(v):
+def finite_or_none(v):
+    """A non-finite float as None (JSON null): metric lines stay strict JSON."""
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
@@ -59,7 +60,7 @@ class MetricWriter:
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.active:
             return
-        clean = {k: _finite_or_none(v) for k, v in metrics.items()}
+        clean = {k: finite_or_none(v) for k, v in metrics.items()}
         self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
         self.jsonl.flush()
         scalars = {k: v for k, v in metrics.items()

@@ -34,14 +34,22 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def predictions_text(rows: Iterable[dict]) -> str:
+    """predictions.jsonl's text: one JSON object per line."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def summary_text(summary: dict) -> str:
+    return json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+
+
 def write_report(out_dir, rows: Iterable[dict], summary: dict):
     """Writes `predictions.jsonl` (one line per question) and `summary.json` into `out_dir`
     (a local path or a URL such as gs://...); returns their two paths."""
     out = paths.path(out_dir)
     predictions, summary_path = out / "predictions.jsonl", out / "summary.json"
-    paths.write_text(predictions, "".join(json.dumps(row, ensure_ascii=False) + "\n"
-                                          for row in rows))
-    paths.write_text(summary_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    paths.write_text(predictions, predictions_text(rows))
+    paths.write_text(summary_path, summary_text(summary))
     return predictions, summary_path
 
 
@@ -283,9 +291,8 @@ def rescore_file(predictions: str | pathlib.Path, write: bool = False) -> Rescor
     result = Rescored(path, summary_path, old_summary, rescore_summary(old_summary, rows, task),
                       rows, changed, dict(fields))
     if write and result.changed:
-        _write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        _write_atomic(summary_path,
-                      json.dumps(result.summary, indent=2, ensure_ascii=False) + "\n")
+        _write_atomic(path, predictions_text(rows))
+        _write_atomic(summary_path, summary_text(result.summary))
     return result
 
 

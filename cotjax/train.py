@@ -120,10 +120,19 @@ class RunData:
         EncodeSpec.from_config(config.data)  # fail early on invalid loss weights
         self.config = copy.deepcopy(config)
         self.report: pipeline.DataReport | None = None
+        self._train = None
+
+    def _train_dataset(self, tokenizer):
+        """The training split's dataset, loaded once (`count_batches` and the iterator share
+        it); sets `self.report`."""
+        if self._train is None:
+            self._train, self.report = pipeline.make_train_dataset(self.config, tokenizer,
+                                                                   "train")
+        return self._train
 
     def train_iterator(self, tokenizer):
         """The training batches' iterator; `self.report` then says what loading them did."""
-        ds, self.report = pipeline.make_train_dataset(self.config, tokenizer, "train")
+        ds = self._train_dataset(tokenizer)
         self.check_report()
         return iter(ds)
 
@@ -152,8 +161,7 @@ class RunData:
     def count_batches(self, tokenizer) -> int:
         """Batches per process in `data.num_epochs` epochs (finite runs), the minimum over
         processes."""
-        ds, _ = pipeline.make_train_dataset(self.config, tokenizer, "train")
-        n = sum(1 for _ in ds)
+        n = sum(1 for _ in self._train_dataset(tokenizer))
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             n = int(np.min(multihost_utils.process_allgather(np.int32(n))))
@@ -214,17 +222,13 @@ class Trainer:
             transform_non_params=lambda _: rep, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
         self.train_shardings = {"opt_state": opt_shardings, "step": rep, "rng": rep,
                                 "skipped": rep, "first_bad": rep}
-        self.abstract_params = jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
-            self.param_shardings)
+        self.abstract_params = load.placed(shapes, self.param_shardings)
         abstract_train = {"opt_state": abstract_opt,
                           "step": jax.ShapeDtypeStruct((), jnp.int32),
                           "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
                           "skipped": jax.ShapeDtypeStruct((), jnp.int32),
                           "first_bad": jax.ShapeDtypeStruct((), jnp.int32)}
-        self.abstract_train = jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_train,
-            self.train_shardings)
+        self.abstract_train = load.placed(abstract_train, self.train_shardings)
         self.batch_sharding = sharding_lib.batch_sharding(mesh)
         self.trace_count = 0
         micro_spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
@@ -569,6 +573,5 @@ def final_line(result: RunResult) -> str:
            "skipped": result.skipped, **{f"data/{k}": v for k, v in result.data.items()},
            **{f"train/{k}": v for k, v in result.final_metrics.items()},
            **{f"val/{k}": v for k, v in result.val_metrics.items()}}
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-             for k, v in row.items()}
-    return json.dumps(clean, allow_nan=False)
+    return json.dumps({k: metrics_lib.finite_or_none(v) for k, v in row.items()},
+                      allow_nan=False)
