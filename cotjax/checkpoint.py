@@ -204,6 +204,16 @@ def _move_aside(where):
     return target
 
 
+def latest_step(workdir) -> int:
+    """The newest checkpoint step of a run (an error naming the directory when there is none)."""
+    manager = make_manager(workdir, read_only=True)
+    step = manager.latest_step()
+    manager.close()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir(workdir) / CKPT_DIR}")
+    return step
+
+
 def restore_params(workdir, step: int | None, abstract_params):
     """The params item of a run's checkpoint (`step` None: latest), and the step."""
     manager = make_manager(workdir, read_only=True)

@@ -24,8 +24,12 @@ FLAG_SPECS = {
     "step": ("string", None, "checkpoint step: latest (default), a number, or 'base'"),
     "out": ("string", None, "output directory"),
     "task": ("string", None, "gsm8k | aqua (default: the config's eval.task)"),
-    "data": ("string", None, "questions: a JSONL file in raw GSM8K / AQuA-RAT format, or "
-                             "'validation' (the config's held-out slice; default)"),
+    "data": ("string", None, "questions: a JSONL file in raw GSM8K / AQuA-RAT format, "
+                             "'validation' (the config's held-out slice; default) or 'train' "
+                             "(the rest of the config's data)"),
+    "k": ("integer", 4, "samples per problem"),
+    "hint": ("bool", False, "STaR rationalisation: the gold answer as a hint in the prompt "
+                            "(the written lines keep the question without it)"),
     "prompt": ("string", None, "the prompt: raw text with --model, a question with --workdir"),
     "max_new_tokens": ("integer", 256, "tokens to generate at most"),
     "temperature": ("float", 0.0, "0: greedy; > 0: sampled"),
@@ -106,6 +110,19 @@ def _run_config(fv):
     return config
 
 
+def _sample(fv, args):
+    _need(fv, "out")
+    from cotjax import sample
+
+    if fv.workdir and fv.model:
+        raise UsageError("takes --workdir (a trained run) or --model (a raw model), not both")
+    if not fv.workdir and not fv.model and fv.config is None:
+        raise UsageError("needs --workdir=RUN, --model=SPEC or --config=PATH: say which model "
+                         "samples")
+    sample.run_sample(_run_config(fv), fv.workdir, fv.step, model=fv.model, data=fv.data,
+                      k=fv.k, out=fv.out, overwrite=fv.overwrite, hint=fv.hint, task=fv.task)
+
+
 def _generate(fv, args):
     _need(fv, "prompt")
     from cotjax import evaluate
@@ -164,6 +181,9 @@ COMMANDS = {
                      ("workdir",), "required"),
     "eval": Command("decode and score a checkpoint or a base model", _eval,
                     ("workdir", "step", "model", "task", "data", "out"), "optional"),
+    "sample": Command("K sampled chains per problem (continuous batching), scored, resumable",
+                      _sample, ("workdir", "step", "model", "task", "data", "k", "out", "hint",
+                                "overwrite"), "optional"),
     "generate": Command("answer one prompt: a trained run through its template, or a raw model",
                         _generate, ("workdir", "step", "model", "prompt", "max_new_tokens",
                                     "temperature", "top_k", "top_p", "seed"), "optional"),

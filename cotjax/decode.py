@@ -117,12 +117,27 @@ def argmax(x: jax.Array) -> jax.Array:
 
 
 def sample_tokens(logits_BV: jax.Array, keys_B: jax.Array, step, sampling: SamplingConfig) -> jax.Array:
-    """One token per row: argmax when greedy, else a draw with `fold_in(row key, step)`."""
+    """One token per row: argmax when greedy, else a draw with `fold_in(row key, step)`; `step`
+    is one number or one per row (the engine's rows are at different tokens of their samples)."""
     if sampling.greedy:
         return argmax(logits_BV)
     logits_BV = filter_logits(logits_BV, sampling)
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys_B)
+    step_B = jnp.broadcast_to(jnp.asarray(step, jnp.uint32), keys_B.shape[:1])
+    step_keys = jax.vmap(jax.random.fold_in)(keys_B, step_B)
     return jax.vmap(jax.random.categorical)(step_keys, logits_BV).astype(jnp.int32)
+
+
+def sample_keys(seed: int, problems: Sequence[int], samples: Sequence[int]) -> jax.Array:
+    """The key of each (problem, sample) pair: `fold_in(fold_in(key(seed), problem), sample)`.
+    A sample's tokens then depend only on the seed, its problem index, its sample index and its
+    prompt, never on batching, devices, arrival order or where a run resumed."""
+    base = jax.random.key(seed)
+    return _pair_keys(base, jnp.asarray(problems, jnp.uint32), jnp.asarray(samples, jnp.uint32))
+
+
+@jax.jit
+def _pair_keys(base, problems, samples):
+    return jax.vmap(lambda p, s: jax.random.fold_in(jax.random.fold_in(base, p), s))(problems, samples)
 
 
 _sample_jit = jax.jit(sample_tokens, static_argnames=("sampling",))  # tests, one-off draws
@@ -168,20 +183,17 @@ def _is_eos(tok_B, eos_ids):
     return jnp.isin(tok_B, jnp.asarray(eos_ids, jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
-def _prefill(graphdef, weights, tokens_BP, lengths_B, keys_B, *, spec: _Spec) -> _Carry:
-    TRACE_COUNTS["prefill"] += 1
-    state, layers = weights
-    model = nnx.merge(graphdef, state)
+def prefill_cache(model, layers, tokens_BP, lengths_B) -> tuple[KVCache, jax.Array]:
+    """(cache of exactly P slots, last column's hidden state [B, D]) of left-padded prompts.
+
+    No attention over empty generation slots. The prompt goes in PREFILL_CHUNK columns at a
+    time: the attention scores of one pass are [B, heads, chunk, P] rather than [B, heads, P, P]
+    (64 8-shot prompts of 1280 tokens needed 20 GB in one pass)."""
     B, Pn = tokens_BP.shape
     start_B1 = (Pn - lengths_B)[:, None]
     col_P = jnp.arange(Pn)[None]
     segment_ids_BP = (col_P >= start_B1).astype(jnp.int32)
     positions_BP = jnp.maximum(col_P - start_B1, 0).astype(jnp.int32)
-    # Prefill into a cache of exactly P slots (no attention over the empty generation slots),
-    # then append max_new_tokens empty slots (segment id 0) for the loop. The prompt goes in
-    # PREFILL_CHUNK columns at a time: the attention scores of one pass are [B, heads, chunk, P]
-    # rather than [B, heads, P, P] (64 8-shot prompts of 1280 tokens needed 20 GB in one pass).
     chunk = min(Pn, PREFILL_CHUNK)
     assert Pn % chunk == 0, f"prompt length {Pn} is not a bucket (bucket_length)"
 
@@ -195,6 +207,17 @@ def _prefill(graphdef, weights, tokens_BP, lengths_B, keys_B, *, spec: _Spec) ->
     cache, last_NBD = jax.lax.scan(
         prefill_chunk, KVCache.empty(model.cfg, B, Pn),
         (chunks(tokens_BP), chunks(positions_BP), chunks(segment_ids_BP)))
+    return cache, last_NBD[-1]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
+def _prefill(graphdef, weights, tokens_BP, lengths_B, keys_B, *, spec: _Spec) -> _Carry:
+    TRACE_COUNTS["prefill"] += 1
+    state, layers = weights
+    model = nnx.merge(graphdef, state)
+    B = tokens_BP.shape[0]
+    # Then append max_new_tokens empty slots (segment id 0) for the loop.
+    cache, last_BD = prefill_cache(model, layers, tokens_BP, lengths_B)
 
     def grow(a, axis, batch_dim):
         widths = [(0, 0)] * a.ndim
@@ -204,7 +227,7 @@ def _prefill(graphdef, weights, tokens_BP, lengths_B, keys_B, *, spec: _Spec) ->
     cache = KVCache(tuple(grow(k, 3, 0) for k in cache.k_BKHS),
                     tuple(grow(v, 2, 0) for v in cache.v_BKSH),
                     grow(cache.segment_ids_BS, 1, 0), grow(cache.positions_BS, 1, 0), cache.index)
-    logits_BV = model.logits(last_NBD[-1][:, None])[:, 0]  # only the last column predicts
+    logits_BV = model.logits(last_BD[:, None])[:, 0]  # only the last column predicts
     empty_B = lengths_B == 0  # batch padding rows
     tok_B = jnp.where(empty_B, -1, sample_tokens(logits_BV, keys_B, 0, spec.sampling))
     out_BN = jnp.full((B, spec.max_new_tokens), -1, jnp.int32).at[:, 0].set(tok_B)
@@ -294,15 +317,15 @@ def _plan(prompts: Sequence[Sequence[int]], batch_size: int) -> list[tuple[list[
     return batches
 
 
-def _run_batch(graphdef, weights, spec: _Spec, prompts, idx, plen, batch_size, base_key,
+def _run_batch(graphdef, weights, spec: _Spec, prompts, idx, plen, batch_size, prompt_keys,
                stop_fn, check_every, max_steps) -> np.ndarray:
     tokens = np.zeros((batch_size, plen), np.int32)
     lengths = np.zeros((batch_size,), np.int32)
     for r, i in enumerate(idx):
         tokens[r, plen - len(prompts[i]):] = prompts[i]
         lengths[r] = len(prompts[i])
-    rows = np.array(list(idx) + [0] * (batch_size - len(idx)), np.uint32)
-    keys = jax.vmap(lambda r: jax.random.fold_in(base_key, r))(jnp.asarray(rows))
+    rows = np.array(list(idx) + [0] * (batch_size - len(idx)), np.int32)
+    keys = prompt_keys[jnp.asarray(rows)]
     row_sharding = None
     args = [jnp.asarray(tokens), jnp.asarray(lengths), keys]
     if spec.mesh is not None:
@@ -342,7 +365,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              sampling: SamplingConfig = GREEDY, eos_ids: Sequence[int] | None = None,
              batch_size: int = 8, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
              stop_fn: Callable[[int, list[int]], bool] | None = None, check_every: int = 32,
-             progress: Callable[[int], None] | None = None) -> list[list[int]]:
+             progress: Callable[[int], None] | None = None,
+             keys: jax.Array | None = None) -> list[list[int]]:
     """Continue each prompt (token ids); returns the new tokens per prompt, in prompt order.
 
     A continuation ends with its EOS id when one was emitted (as transformers returns it), else
@@ -351,14 +375,18 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     `eos_ids` defaults to the model's `cfg.eos_token_ids`; pass () to never stop at EOS.
     With a mesh, `batch_size` is rounded up to a multiple of the data-parallel devices.
     `progress(n)` is called with the number of prompts finished after each batch.
+    `keys`: one PRNG key per prompt (default `fold_in(key(seed), prompt index)`).
     """
     prompts = _check_prompts(prompts, max_new_tokens)
     graphdef, weights, spec, batch_size = _setup(model, eos_ids, batch_size, mesh, sampling,
                                                max_new_tokens)
-    base_key = jax.random.key(seed)
+    if keys is None:
+        keys = _index_keys(jax.random.key(seed), jnp.arange(len(prompts), dtype=jnp.uint32))
+    if keys.shape != (len(prompts),):
+        raise ValueError(f"keys: one per prompt ({len(prompts)}), got shape {keys.shape}")
     results: list[list[int]] = [[] for _ in prompts]
     for idx, plen in _plan(prompts, batch_size):
-        out = _run_batch(graphdef, weights, spec, prompts, idx, plen, batch_size, base_key,
+        out = _run_batch(graphdef, weights, spec, prompts, idx, plen, batch_size, keys,
                          stop_fn, check_every, max_new_tokens)
         for r, i in enumerate(idx):
             results[i] = _cut(out[r])
@@ -375,11 +403,17 @@ def warmup(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     graphdef, weights, spec, batch_size = _setup(model, eos_ids, batch_size, mesh, sampling,
                                                max_new_tokens)
     seen = set()
+    keys = _index_keys(jax.random.key(0), jnp.arange(len(prompts), dtype=jnp.uint32))
     for idx, plen in _plan(prompts, batch_size):
         if plen not in seen:
             seen.add(plen)
-            _run_batch(graphdef, weights, spec, prompts, idx, plen, batch_size, jax.random.key(0),
+            _run_batch(graphdef, weights, spec, prompts, idx, plen, batch_size, keys,
                        None, 1, min(2, max_new_tokens))
+
+
+@jax.jit
+def _index_keys(base, idx):
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(idx)
 
 
 def _cut(row: np.ndarray) -> list[int]:
@@ -422,30 +456,42 @@ def generate_text(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[i
     """`generate` on text prompts (or pre-tokenized ids), decoded and cut at stop strings."""
     ids = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
     eos = tuple(model.cfg.eos_token_ids if eos_ids is None else eos_ids)
-    stop = tuple(s for s in stop if s)
-
-    def decode(tokens):
-        if tokens and tokens[-1] in eos:
-            tokens = tokens[:-1]
-        return tokenizer.decode(tokens, skip_special_tokens=True)
-
-    stop_fn = None
-    if stop:
-        def stop_fn(_, tokens):
-            return find_stop(decode(tokens), stop)[1] is not None
-
+    texts = TextRule(tokenizer, eos, stop)
     outs = generate(model, ids, max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos,
-                    batch_size=batch_size, seed=seed, mesh=mesh, stop_fn=stop_fn,
+                    batch_size=batch_size, seed=seed, mesh=mesh, stop_fn=texts.stop_fn(),
                     check_every=check_every, progress=progress)
-    completions = []
-    for tokens in outs:
-        text = decode(tokens)
-        cut, which = find_stop(text, stop)
+    return [texts.complete(tokens) for tokens in outs]
+
+
+class TextRule:
+    """How generated ids become a Completion: decoded without EOS and special tokens, cut before
+    the first stop string; shared by `generate_text` and the sampling engine's callers, so a
+    sample's text is exactly what `cotjax eval` would have written."""
+
+    def __init__(self, tokenizer, eos_ids: Sequence[int], stop: Sequence[str] = ()):
+        self.tokenizer, self.eos = tokenizer, tuple(eos_ids)
+        self.stop = tuple(s for s in stop if s)
+
+    def text(self, tokens: Sequence[int]) -> str:
+        tokens = list(tokens)
+        if tokens and tokens[-1] in self.eos:
+            tokens = tokens[:-1]
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def stop_fn(self) -> Callable[[int, list[int]], bool] | None:
+        """For `generate`/the engine: True once a row's text holds a stop string (None: none)."""
+        if not self.stop:
+            return None
+        return lambda _, tokens: find_stop(self.text(tokens), self.stop)[1] is not None
+
+    def complete(self, tokens: Sequence[int]) -> Completion:
+        tokens = list(tokens)
+        text = self.text(tokens)
+        cut, which = find_stop(text, self.stop)
         if which is not None:
             finish = "stop"
-        elif tokens and tokens[-1] in eos:
+        elif tokens and tokens[-1] in self.eos:
             finish = "eos"
         else:
             finish = "length"
-        completions.append(Completion(text[:cut], tokens, finish, which))
-    return completions
+        return Completion(text[:cut], tokens, finish, which)

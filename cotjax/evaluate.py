@@ -31,12 +31,26 @@ def _eval_settings(config) -> dict:
     return {**base, **(given.to_dict() if given is not None else {})}
 
 
+def resolve_config(config, workdir: str | None, model: str | None):
+    """The config a command runs with: the given one, else the run's own (with --workdir), else
+    the defaults; references resolved and `model` (when given) as config.model."""
+    if config is None:
+        config = read_run_config(workdir)[0] if workdir else defaults.get_config()
+    if hasattr(config, "copy_and_resolve_references"):
+        config = config.copy_and_resolve_references()
+    if model:
+        with config.unlocked():
+            config.model = model
+    return config
+
+
 def load_eval_records(data: str | None, task: str, config) -> tuple[list, str]:
-    """(records, description): a raw GSM8K / AQuA-RAT JSONL file, or `validation` (the config's
-    held-out slice of its data; its source must be the task's format)."""
-    if data in (None, "", "validation"):
-        recs, _ = records_lib.load_records(config.data, "validation")
-        return recs, f"validation split of {config.data.get('path', config.data.source)}"
+    """(records, description): a raw GSM8K / AQuA-RAT JSONL file, or `validation` / `train` (the
+    config's held-out slice of its data or the rest of it; the source must be the task's format)."""
+    if data in (None, "", "validation", "train"):
+        split = data or "validation"
+        recs, _ = records_lib.load_records(config.data, split)
+        return recs, f"{split} split of {config.data.get('path', config.data.source)}"
     if task == "gsm8k":
         def parse(raw, where):
             return records_lib.parse_gsm8k(raw, where,
@@ -159,16 +173,7 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
     """
 
     step = load.parse_step(step)
-    if config is None:
-        if workdir:
-            config, _ = read_run_config(workdir)
-        else:
-            config = defaults.get_config()
-    config = config.copy_and_resolve_references() if hasattr(
-        config, "copy_and_resolve_references") else config
-    if model:
-        with config.unlocked():
-            config.model = model
+    config = resolve_config(config, workdir, model)
     ev = _eval_settings(config)
     task = task or ev["task"]
     check_task(task)

@@ -159,8 +159,10 @@ def load_for_eval(config, workdir: str | None = None, step=None, mesh=None):
     """(model, ModelConfig, tokenizer, description): the checkpoint of `workdir` at `step` when
     a workdir is given, else the config's base model."""
     if workdir:
-        model, cfg, tokenizer, _ = load_run_model(workdir, step, mesh=mesh)
         step = parse_step(step)
-        return model, cfg, tokenizer, f"{workdir} step {step if step is not None else 'latest'}"
+        if step is None:  # name the step that answers, not "latest"
+            step = ckpt_lib.latest_step(workdir)
+        model, cfg, tokenizer, _ = load_run_model(workdir, step, mesh=mesh)
+        return model, cfg, tokenizer, f"{workdir} step {step}"
     model, cfg = load_base_model(config, mesh)
     return model, cfg, load_tokenizer(config), f"{config.model} (base)"

@@ -479,15 +479,19 @@ def _attention_masks(cfg: ModelConfig, positions_BT, segment_ids_BT, cache):
         k_seg, k_pos = segment_ids_BT, positions_BT
         q_slot = k_slot = jnp.arange(T)
     else:
-        S = cache.segment_ids_BS.shape[1]
-        idx = cache.index + jnp.arange(T)
         k_seg = jax.vmap(lambda c, n: jax.lax.dynamic_update_slice(c, n, (cache.index,)))(
             cache.segment_ids_BS, segment_ids_BT)
         k_pos = jax.vmap(lambda c, n: jax.lax.dynamic_update_slice(c, n, (cache.index,)))(
             cache.positions_BS, positions_BT)
-        q_slot, k_slot = idx, jnp.arange(S)
-    full = ((segment_ids_BT[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
-            & (k_slot[None, None, :] <= q_slot[None, :, None]))
+    same = (segment_ids_BT[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
+    if cache is None:
+        full = same & (k_slot[None, None, :] <= q_slot[None, :, None])
+    else:
+        # With a cache, causality by position within a segment: positions grow along a
+        # sequence, so this equals slot order for caches filled left to right, and it stays
+        # right for the sampling engine's ring of generation slots (cotjax.engine), where a
+        # row's newer tokens may sit in lower slots than its older ones.
+        full = same & (k_pos[:, None, :] <= positions_BT[:, :, None])
     if not cfg.sliding_window:
         return full, full
     near = (positions_BT[:, :, None] - k_pos[:, None, :]) < cfg.sliding_window

@@ -1,0 +1,176 @@
+"""The sampling engine (cotjax.engine): it draws what the static path draws for the same keys,
+whatever the batch size, arrival order, devices or resume point; its sampler follows
+softmax(logits / T) after top-k / top-p; its log-probabilities are the model's."""
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from scipy import stats
+
+from flax import nnx
+
+from cotjax import decode, engine, model as model_lib
+from cotjax.decode import SamplingConfig
+from cotjax.engine import Request
+
+EOS = 3
+CFG = model_lib.ModelConfig(
+    family="llama", vocab_size=97, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+    head_dim=8, mlp_dim=64, norm_eps=1e-5, rope=model_lib.RopeConfig(10000.0),
+    eos_token_ids=(EOS,))
+SAMPLED = SamplingConfig(temperature=1.0, top_k=30, top_p=0.95)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    m = model_lib.create(CFG, seed=0)
+    m.embed.set_value(m.embed[...] * 50)  # peaked logits, so EOS ends some rows early
+    return m
+
+
+def _prompts(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(4, CFG.vocab_size, size=n).tolist() for n in lengths]
+
+
+def _engine(model, prompts, k, **kw):
+    reqs = [Request(p, prompt, range(k)) for p, prompt in enumerate(prompts)]
+    return {(s.problem, s.sample): s for s in engine.sample(model, reqs, **kw)}
+
+
+def _static(model, prompts, k, *, seed, **kw):
+    """The static path on repeated prompts, with the engine's per-(problem, sample) keys."""
+    pairs = [(p, s) for p in range(len(prompts)) for s in range(k)]
+    keys = decode.sample_keys(seed, [p for p, _ in pairs], [s for _, s in pairs])
+    outs = decode.generate(model, [prompts[p] for p, _ in pairs], keys=keys, seed=seed, **kw)
+    return dict(zip(pairs, outs))
+
+
+def test_greedy_equals_the_static_path_exactly(tiny):
+    prompts = _prompts([5, 9, 3, 12, 7, 2, 15])
+    kw = dict(max_new_tokens=12)
+    got = _engine(tiny, prompts, 1, batch_size=3, check_every=4, **kw)
+    want = _static(tiny, prompts, 1, seed=0, batch_size=4, **kw)
+    assert {k: s.tokens for k, s in got.items()} == want
+    lengths = [len(t) for t in want.values()]
+    assert min(lengths) < max(lengths), "some rows must end early, so rows get refilled"
+
+
+def test_sampled_rows_equal_the_static_path_with_the_same_keys(tiny):
+    # Exact in fp32 here: a row's arithmetic does not depend on its neighbours, and the only
+    # difference, masked cache slots, adds exact zeros to the softmax sums. (Should a backend
+    # reorder those sums, a draw could flip where two tokens' cumulative mass ties to 1e-7.)
+    prompts = _prompts([4, 11, 6, 8, 3])
+    kw = dict(max_new_tokens=10, sampling=SAMPLED)
+    got = _engine(tiny, prompts, 4, batch_size=5, seed=7, check_every=3, **kw)
+    want = _static(tiny, prompts, 4, seed=7, batch_size=8, **kw)
+    assert {k: s.tokens for k, s in got.items()} == want
+    assert len({tuple(t) for t in want.values()}) > len(prompts), "samples of a problem differ"
+
+
+def test_samples_do_not_depend_on_batch_size_order_or_resume_point(tiny):
+    prompts = _prompts([6, 2, 9, 5])
+    kw = dict(max_new_tokens=9, sampling=SAMPLED, seed=3)
+    full = {k: s.tokens for k, s in _engine(tiny, prompts, 3, batch_size=4, **kw).items()}
+    assert {k: s.tokens for k, s in _engine(tiny, prompts, 3, batch_size=7, **kw).items()} == full
+    # Arrival order reversed and a resume that asks only for the samples still missing.
+    missing = [Request(p, prompts[p], [s for s in range(3) if (p + s) % 2])
+               for p in reversed(range(len(prompts)))]
+    resumed = {(s.problem, s.sample): s.tokens for s in engine.sample(tiny, missing, batch_size=2,
+                                                                      **kw)}
+    assert resumed == {k: v for k, v in full.items() if sum(k) % 2}
+
+
+def test_rows_shard_over_eight_devices(tiny):
+    mesh = jax.make_mesh((8,), ("data",))
+    prompts = _prompts([3, 7, 2, 9, 4, 11])
+    kw = dict(max_new_tokens=8, sampling=SAMPLED, seed=1)
+    single = {k: s.tokens for k, s in _engine(tiny, prompts, 3, batch_size=8, **kw).items()}
+    sharded = {k: s.tokens for k, s in _engine(tiny, prompts, 3, batch_size=8, mesh=mesh,
+                                                **kw).items()}
+    assert sharded == single
+
+
+def test_logprob_is_the_models_sum_over_the_sample(tiny):
+    graphdef, state = nnx.split(tiny)
+    [prompt] = _prompts([6], seed=4)
+    got = _engine(tiny, [prompt], 2, max_new_tokens=8, sampling=SAMPLED, seed=2, batch_size=2)
+    for s in got.values():
+        seq = prompt + s.tokens
+        logits, _ = nnx.merge(graphdef, state)(jnp.asarray([seq]), jnp.arange(len(seq))[None])
+        lp = jax.nn.log_softmax(logits[0], axis=-1)
+        want = sum(float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(s.tokens))
+        assert s.logprob == pytest.approx(want, abs=1e-4)
+
+
+def test_host_stop_ends_a_row_and_says_so(tiny):
+    prompts = _prompts([5, 8])
+    free = _engine(tiny, prompts, 1, max_new_tokens=16, batch_size=2)
+    stop_at = {p: free[(p, 0)].tokens[3] for p in range(2)}  # stop once this token appears
+    got = _engine(tiny, prompts, 1, max_new_tokens=16, batch_size=2, check_every=2,
+                  stop_fn=lambda p, toks: stop_at[p] in toks)
+    for p in range(2):
+        s = got[(p, 0)]
+        assert s.stopped and stop_at[p] in s.tokens
+        assert s.tokens == free[(p, 0)].tokens[:len(s.tokens)]
+
+
+def test_bad_requests_are_refused(tiny):
+    with pytest.raises(ValueError, match="problem 4: empty prompt"):
+        list(engine.sample(tiny, [Request(4, [], [0])], max_new_tokens=4))
+    with pytest.raises(ValueError, match="problem 1: sample 0 requested twice"):
+        list(engine.sample(tiny, [Request(1, [5], [0]), Request(1, [5], [0])], max_new_tokens=4))
+
+
+def _expected_probs(logits, temperature, k, p):
+    """softmax(logits / T) restricted to top-k then top-p, renormalised (numpy reference)."""
+    z = logits / temperature
+    order = np.argsort(-z, kind="stable")
+    keep = np.zeros_like(z, bool)
+    kk = k if 0 < k < len(z) else len(z)
+    probs_sorted = np.exp(z[order[:kk]] - z[order[0]])
+    probs_sorted /= probs_sorted.sum()
+    before = np.cumsum(probs_sorted) - probs_sorted
+    keep[order[:kk][before < p]] = True
+    out = np.where(keep, np.exp(z - z.max()), 0.0)
+    return out / out.sum()
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), temperature=st.sampled_from([0.5, 1.0, 1.7]),
+       k=st.sampled_from([0, 3, 6]), p=st.sampled_from([1.0, 0.8]))
+def test_draws_follow_the_filtered_softmax(seed, temperature, k, p):
+    """A goodness-of-fit test on an 8-token vocabulary: 6000 draws, chi-square p > 1e-4 (a
+    sampler that returned the top token, ignored T or leaked filtered tokens fails it)."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.normal(size=8) * 1.5).astype(np.float32)
+    s = SamplingConfig(temperature=temperature, top_k=k, top_p=p)
+    n = 6000
+    keys = decode.sample_keys(seed % 1000, np.arange(n), np.zeros(n))
+    toks = np.asarray(decode._sample_jit(jnp.tile(jnp.asarray(logits), (n, 1)), keys, 0, s))
+    want = _expected_probs(logits.astype(np.float64), temperature, k, p)
+    counts = np.bincount(toks, minlength=8)
+    assert counts[want == 0].sum() == 0, "a filtered token was drawn"
+    kept = want > 0
+    if kept.sum() > 1:
+        chi2 = stats.chisquare(counts[kept], want[kept] * n)
+        assert chi2.pvalue > 1e-4, (counts, want * n)
+    # and the sampler is not greedy: with T >= 0.5 and >1 kept tokens, more than one appears
+    assert (counts > 0).sum() == kept.sum() or kept.sum() == 1 or want[kept].min() * n < 5
+
+
+def test_token_keys_follow_the_sample_not_the_step():
+    """Token j of a sample draws with fold_in(sample key, j), whatever the row's global step."""
+    logits = jnp.zeros((2, 50))
+    keys = decode.sample_keys(0, [5, 5], [1, 1])
+    a = decode._sample_jit(logits, keys, jnp.asarray([3, 4]), SAMPLED)
+    b = decode._sample_jit(logits, keys, 3, SAMPLED)
+    c = decode._sample_jit(logits, keys, 4, SAMPLED)
+    assert int(a[0]) == int(b[0]) and int(a[1]) == int(c[1])
+    counter = collections.Counter(int(decode._sample_jit(logits, keys, j, SAMPLED)[0])
+                                  for j in range(30))
+    assert len(counter) > 10
