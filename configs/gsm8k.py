@@ -3,6 +3,7 @@
     cotjax train --config=configs/gsm8k.py --workdir=runs/cot
     cotjax train --config=configs/gsm8k.py:mode=answer_only --workdir=runs/answer_only
     cotjax train --config=configs/gsm8k.py:model=gemma3-270m,recipe=full --workdir=runs/g
+    cotjax train --config=configs/gsm8k.py:train=runs/distill/kept.jsonl --workdir=runs/rft
 
 Arguments (after the ':', comma-separated):
   model   smollm2-135m-instruct (default) | gemma3-270m | any model spec (a .gguf, a HF directory)
@@ -11,6 +12,8 @@ Arguments (after the ':', comma-separated):
             in 8 x 512-token rows, AdamW lr 5e-5, 20 warmup steps, cosine; sized for a 2-core CPU
             (about 1.5 h for SmolLM2) and used by launch/experiment_gsm8k.sh and the sweep
           full: 3 epochs of 16 x 1024-token rows (minutes on one GPU)
+  train   a JSONL of CoT records to train on instead of GSM8K train (e.g. `cotjax distill`'s
+          output; default: none); validation stays GSM8K's 500-problem slice
 
 Gemma 3 uses the plain template (its chat template has no system turn), the others their chat
 template.
@@ -20,7 +23,8 @@ from cotjax import defaults
 
 
 def get_config(arg=None):
-    a = defaults.parse_arg(arg, model="smollm2-135m-instruct", mode="cot", recipe="experiment")
+    a = defaults.parse_arg(arg, model="smollm2-135m-instruct", mode="cot", recipe="experiment",
+                          train="")
     if a.recipe not in ("experiment", "full"):
         raise ValueError(f"configs/gsm8k.py: recipe must be experiment or full, got {a.recipe!r}")
     gemma = "gemma" in a.model.rsplit("/", 1)[-1].lower()  # a preset name or a .gguf path
@@ -28,6 +32,7 @@ def get_config(arg=None):
     c.model = a.model
     c.compute_dtype = "auto"  # bfloat16 on accelerators, float32 on CPU
     c.data.mode = a.mode
+    c.data.train_path = a.train
     c.data.template = "plain" if gemma else "chat"
     c.data.num_epochs = 3
     c.train.steps = -1  # as many as the epochs give

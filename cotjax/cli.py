@@ -22,7 +22,7 @@ FLAG_SPECS = {
     "workdir": ("string", None, "run directory (checkpoints, metrics); local path or URL (gs://...)"),
     "model": ("string", None, "model spec: preset, .gguf file, HF directory or hub id"),
     "step": ("string", None, "checkpoint step: latest (default), a number, or 'base'"),
-    "out": ("string", None, "output directory"),
+    "out": ("string", None, "output directory (distill: the output JSONL file)"),
     "task": ("string", None, "gsm8k | aqua (default: the config's eval.task)"),
     "data": ("string", None, "questions: a JSONL file in raw GSM8K / AQuA-RAT format, "
                              "'validation' (the config's held-out slice; default) or 'train' "
@@ -37,6 +37,11 @@ FLAG_SPECS = {
     "top_p": ("float", 1.0, "sampling: nucleus mass (1.0: off)"),
     "seed": ("integer", 0, "sampling seed"),
     "overwrite": ("bool", False, "replace a non-empty output directory"),
+    "filters": ("string", "correct,steps_valid,consistent,finished",
+                "distill: the filters a sample must pass, comma-separated, or 'none'"),
+    "max_per_problem": ("integer", 4, "distill: distinct reasoning paths kept per problem"),
+    "human": ("string", None, "distill: add the human chains of 'train' (the config's split) or "
+                              "of a raw GSM8K file"),
 }
 
 
@@ -123,6 +128,15 @@ def _sample(fv, args):
                       k=fv.k, out=fv.out, overwrite=fv.overwrite, hint=fv.hint, task=fv.task)
 
 
+def _distill(fv, args):
+    _need(fv, "out")
+    from cotjax import distill
+
+    if not args:
+        raise UsageError("needs one or more sample directories (cotjax sample --out=DIR)")
+    distill.main(fv, args)
+
+
 def _generate(fv, args):
     _need(fv, "prompt")
     from cotjax import evaluate
@@ -184,6 +198,9 @@ COMMANDS = {
     "sample": Command("K sampled chains per problem (continuous batching), scored, resumable",
                       _sample, ("workdir", "step", "model", "task", "data", "k", "out", "hint",
                                 "overwrite"), "optional"),
+    "distill": Command("verified, distinct sampled chains as training records (with a funnel)",
+                       _distill, ("out", "filters", "max_per_problem", "human", "task"),
+                       "optional", usage="SAMPLE_DIR ... --out=FILE.jsonl [--flag=value ...]"),
     "generate": Command("answer one prompt: a trained run through its template, or a raw model",
                         _generate, ("workdir", "step", "model", "prompt", "max_new_tokens",
                                     "temperature", "top_k", "top_p", "seed"), "optional"),

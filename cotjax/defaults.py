@@ -83,6 +83,10 @@ def get_config():
     c.data = ml_collections.ConfigDict()
     c.data.source = "gsm8k"  # gsm8k | aqua | jsonl | synthetic | hf | tfds
     c.data.path = "data/gsm8k/train.jsonl"
+    # A JSONL of CoT records (question, chain, answer; e.g. from `cotjax distill`) to train on
+    # instead of path's training part; validation stays path's held-out slice, and records whose
+    # question is in that slice are dropped (counted, printed).
+    c.data.train_path = ""
     c.data.validation_size = 500  # held out of the training file, deterministic
     c.data.template = "plain"  # plain | chat
     c.data.mode = "cot"  # cot | answer_only

@@ -370,12 +370,28 @@ def validation_split(records: Sequence[CoTRecord], size: int, seed: int
     return train, [r for i, r in enumerate(records) if i in held]
 
 
+def _train_file(path: str, validation: Sequence[CoTRecord], on_bad_record: str
+                ) -> tuple[list[CoTRecord], LoadReport]:
+    """data.train_path's records (field names question/chain/answer/id), minus any whose
+    question is in the validation slice: training on it would inflate every score."""
+    records, report = parse_all(read_json_lines(path, bad_lines="yield"), parse_fields,
+                                on_bad_record)
+    held = {r.question for r in validation}
+    kept = [r for r in records if r.question not in held]
+    if len(kept) < len(records):
+        print(f"{path}: dropped {len(records) - len(kept)} of {len(records)} records whose "
+              f"question is in the validation slice")
+    return kept, report
+
+
 def load_records(data, split: str = "train") -> tuple[list[CoTRecord], LoadReport]:
     """The records of one split of a config's `data` section (train excludes validation)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     pool, report = load_pool(data)
     train, validation = validation_split(pool, data.validation_size, data.validation_seed)
+    if split == "train" and data.get("train_path"):
+        train, report = _train_file(data.train_path, validation, data.on_bad_record)
     records = train if split == "train" else validation
     if split == "train" and data.max_examples >= 0:
         records = records[:data.max_examples]

@@ -366,3 +366,36 @@ def main(args) -> None:
               + ("would change" if check else "rewritten"))
     else:
         raise SystemExit(main.__doc__)
+
+
+def read_samples(path, *, repair: bool = False) -> list[dict]:
+    """The sample lines of a shard. A bad line is an error naming file:line, except a last line
+    without its newline (a run killed mid-write): with `repair` it is cut off the file and
+    counted, else it is an error too."""
+    path = paths.path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    rows, keep = [], 0
+    lines = data.split(b"\n")
+    for n, line in enumerate(lines, 1):
+        last = n == len(lines)
+        if last and not line:
+            break
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not {"problem", "sample"} <= row.keys():
+                raise ValueError("not a sample line (needs 'problem' and 'sample')")
+        except (ValueError, UnicodeDecodeError) as e:
+            if last and repair:
+                print(f"{path}:{n}: cut a half-written last line ({len(line)} bytes)")
+                path.write_bytes(data[:keep])
+                break
+            raise ValueError(f"{path}:{n}: {e}") from None
+        if last:  # complete JSON but no newline: a kill between the line and its newline
+            if not repair:
+                raise ValueError(f"{path}:{n}: the last line has no newline (a killed run?)")
+            path.write_bytes(data[:keep] + line + b"\n")
+        rows.append(row)
+        keep += len(line) + 1
+    return rows

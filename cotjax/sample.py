@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cotjax import decode, engine, evaluate, load, paths
+from cotjax.report import read_samples
 from cotjax.scoring import check_task, normalise_gold, score_prediction
 
 MANIFEST = "manifest.json"
@@ -37,39 +38,6 @@ HINT = "\n(Hint: the final answer is {answer}.)"
 
 def shard_name(process: int, count: int) -> str:
     return f"samples-{process:05d}-of-{count:05d}.jsonl"
-
-
-def read_samples(path, *, repair: bool = False) -> list[dict]:
-    """The sample lines of a shard. A bad line is an error naming file:line, except a last line
-    without its newline (a run killed mid-write): with `repair` it is cut off the file and
-    counted, else it is an error too."""
-    path = paths.path(path)
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    rows, keep = [], 0
-    lines = data.split(b"\n")
-    for n, line in enumerate(lines, 1):
-        last = n == len(lines)
-        if last and not line:
-            break
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not {"problem", "sample"} <= row.keys():
-                raise ValueError("not a sample line (needs 'problem' and 'sample')")
-        except (ValueError, UnicodeDecodeError) as e:
-            if last and repair:
-                print(f"{path}:{n}: cut a half-written last line ({len(line)} bytes)")
-                path.write_bytes(data[:keep])
-                break
-            raise ValueError(f"{path}:{n}: {e}") from None
-        if last:  # complete JSON but no newline: a kill between the line and its newline
-            if not repair:
-                raise ValueError(f"{path}:{n}: the last line has no newline (a killed run?)")
-            path.write_bytes(data[:keep] + line + b"\n")
-        rows.append(row)
-        keep += len(line) + 1
-    return rows
 
 
 def _check_manifest(out, settings: dict, overwrite: bool) -> None:

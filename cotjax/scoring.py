@@ -84,6 +84,24 @@ def extract_answer(text: str, task: str, flexible: bool = False) -> str | None:
     return _extract_aqua(text, flexible)
 
 
+def chain_before_answer(text: str, task: str) -> str | None:
+    """The reasoning of a generation without its final-answer statement and what follows it
+    (a run-on), for training on a model's own chains; None when there is no strict statement.
+    A statement's lead-in on its own line ("So the answer is 8") goes with it; a line that holds
+    a step before the statement ("... = 8. The answer is 8") keeps the step."""
+    check_task(task)
+    text = normalise_text(text)
+    match = (_GSM8K_STATEMENT.search(text) or _GSM8K_HASHES.search(text) if task == "gsm8k"
+             else _AQUA_STATEMENT.search(text))
+    if match is None:
+        return None
+    head = text[:match.start()]
+    line_start = head.rfind("\n") + 1
+    if not re.search(r"[0-9=]", head[line_start:]):
+        head = head[:line_start]
+    return head.strip()
+
+
 def extract_answer_flexible(text: str, task: str) -> str | None:
     return extract_answer(text, task, flexible=True)
 

@@ -13,7 +13,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SNAPSHOT = json.loads((ROOT / "tests/data/config_snapshots.json").read_text())
 # Keys added to the defaults after the snapshot (commit 01fe0f4), with their default values.
 ADDED = {("train", "wandb_project"): "", ("data", "max_skipped_fraction"): 0.05,
-         ("train", "max_consecutive_skips"): 10, ("train", "resume_fallback"): True}
+         ("train", "max_consecutive_skips"): 10, ("train", "resume_fallback"): True,
+         ("data", "train_path"): ""}
 # Where each snapshotted file went.
 NOW = {
     "configs/base.py": "configs/base.py",
