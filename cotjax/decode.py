@@ -121,10 +121,18 @@ def sample_tokens(logits_BV: jax.Array, keys_B: jax.Array, step, sampling: Sampl
     is one number or one per row (the engine's rows are at different tokens of their samples)."""
     if sampling.greedy:
         return argmax(logits_BV)
-    logits_BV = filter_logits(logits_BV, sampling)
+    probs_BV = jax.nn.softmax(filter_logits(logits_BV, sampling), axis=-1)  # filtered: 0
     step_B = jnp.broadcast_to(jnp.asarray(step, jnp.uint32), keys_B.shape[:1])
     step_keys = jax.vmap(jax.random.fold_in)(keys_B, step_B)
-    return jax.vmap(jax.random.categorical)(step_keys, logits_BV).astype(jnp.int32)
+    # Inverse CDF with one uniform per row: the first token whose cumulative mass exceeds u.
+    # jax.random.categorical draws a Gumbel per vocabulary entry instead (64 x 49152 of them:
+    # 109 vs 22 ms a step on the 2-core CPU). A zero-mass token is never the first to exceed u.
+    cdf_BV = jnp.cumsum(probs_BV, axis=-1)
+    u_B = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(step_keys) * cdf_BV[:, -1]
+    first = jnp.sum(cdf_BV <= u_B[:, None], axis=-1)
+    # u rounding up to the total mass would run past the end: the last token with mass, then
+    last = jnp.max(jnp.where(probs_BV > 0, jnp.arange(probs_BV.shape[-1]), 0), axis=-1)
+    return jnp.minimum(first, last).astype(jnp.int32)
 
 
 def sample_keys(seed: int, problems: Sequence[int], samples: Sequence[int]) -> jax.Array:

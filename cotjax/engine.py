@@ -58,6 +58,11 @@ class Sample:
     tokens: list[int]  # ends with the EOS id when one was emitted
     logprob: float  # sum of the tokens' log-probabilities under the model (temperature 1)
     stopped: bool  # ended by the host's stop rule
+    # A hook's insertions: {"at": token index, "forced": ids, "model": the model's own argmax
+    # ids at those positions (teacher-forced), **the hook's note}; `declined`: triggers the hook
+    # passed on.
+    interventions: tuple[dict, ...] = ()
+    declined: int = 0
 
 
 @struct.dataclass
@@ -72,6 +77,12 @@ class _Rows:
     keys_B: jax.Array
     logp_B: jax.Array
     step: jax.Array  # global step (picks the ring column)
+    # The tool hook (all unused without one): tokens to force, the next one's index (F: none),
+    # the model's own argmax where tokens were forced, and rows stopped at a trigger token.
+    force_BF: jax.Array
+    fi_B: jax.Array
+    own_BN: jax.Array
+    hit_B: jax.Array
 
 
 @struct.dataclass
@@ -107,7 +118,8 @@ def _fill_pool(graphdef, weights, pool: _Pool, tokens_GP, lengths_G, slots_G, *,
 
 
 @functools.partial(jax.jit, static_argnames=("spec",), donate_argnames=("rows",))
-def _refill(rows: _Rows, pool: _Pool, new_B, slot_B, keys_B, seg_B, *, spec: _Spec) -> _Rows:
+def _refill(rows: _Rows, pool: _Pool, new_B, slot_B, keys_B, seg_B, trigger_V, *,
+            spec: _Spec) -> _Rows:
     """Start the rows `new_B` on pool entries `slot_B` with fresh keys and segment ids."""
     decode.TRACE_COUNTS["engine_refill"] += 1
     P = pool.seg_MP.shape[1]
@@ -131,27 +143,39 @@ def _refill(rows: _Rows, pool: _Pool, new_B, slot_B, keys_B, seg_B, *, spec: _Sp
     def pick(new, old):
         return jnp.where(new_B.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
 
+    F = rows.force_BF.shape[1]
+    done_B = _is_eos(tok_B, spec.eos_ids) | (N <= 1)
     return _Rows(cache, pick(first, rows.out_BN), pick(tok_B, rows.tok_B),
                  pick(pool.len_M[slot_B], rows.pos_B), pick(jnp.ones_like(rows.n_B), rows.n_B),
-                 pick(seg_B, rows.seg_B), pick(_is_eos(tok_B, spec.eos_ids) | (N <= 1), rows.done_B),
+                 pick(seg_B, rows.seg_B), pick(done_B, rows.done_B),
                  pick(keys_B, rows.keys_B), pick(_token_logprob(logits_BV, tok_B), rows.logp_B),
-                 rows.step)
+                 rows.step, rows.force_BF, pick(jnp.full_like(rows.fi_B, F), rows.fi_B),
+                 pick(jnp.full_like(rows.own_BN, -1), rows.own_BN),
+                 pick(trigger_V[tok_B] & ~done_B, rows.hit_B))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "spec"), donate_argnames=("rows",))
-def _extend(graphdef, weights, rows: _Rows, limit, quota, stopped_B, *, spec: _Spec) -> _Rows:
-    """Decode until global step `limit`, until `quota` more rows ended, or until all did."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "spec", "hook"),
+                   donate_argnames=("rows",))
+def _extend(graphdef, weights, rows: _Rows, limit, quota, stopped_B, handled_B, force_BF, set_B,
+            trigger_V, *, spec: _Spec, hook: bool) -> _Rows:
+    """Decode until global step `limit`, until `quota` more rows ended, until all did, or (with
+    a hook) until a row emitted a trigger token. The host has handled the triggers of rows
+    `handled_B`; rows `set_B` among them start by forcing `force_BF`."""
     decode.TRACE_COUNTS["engine_extend"] += 1
     state, layers = weights
     model = nnx.merge(graphdef, state)
     N = spec.max_new_tokens
     P = rows.cache.segment_ids_BS.shape[1] - N
-    rows = rows.replace(done_B=rows.done_B | stopped_B)
+    F = rows.force_BF.shape[1]
+    rows = rows.replace(done_B=rows.done_B | stopped_B, hit_B=rows.hit_B & ~handled_B,
+                        force_BF=jnp.where(set_B[:, None], force_BF, rows.force_BF),
+                        fi_B=jnp.where(set_B, 0, rows.fi_B))
     B = rows.tok_B.shape[0]
     ended_before = jnp.sum(rows.done_B)
 
     def cond(r: _Rows):
-        return (r.step < limit) & (jnp.sum(r.done_B) - ended_before < quota) & ~jnp.all(r.done_B)
+        go = (r.step < limit) & (jnp.sum(r.done_B) - ended_before < quota) & ~jnp.all(r.done_B)
+        return go & ~jnp.any(r.hit_B) if hook else go
 
     def body(r: _Rows) -> _Rows:
         cache = r.cache.replace(index=P + r.step % N)
@@ -160,18 +184,29 @@ def _extend(graphdef, weights, rows: _Rows, limit, quota, stopped_B, *, spec: _S
         logits_BV = logits_B1V[:, 0]
         tok_B = decode.sample_tokens(logits_BV, r.keys_B, r.n_B, spec.sampling)
         live_B = ~r.done_B
-        out_BN = r.out_BN.at[jnp.arange(B), jnp.where(live_B, r.n_B, N)].set(tok_B, mode="drop")
+        rows_B = jnp.arange(B)
+        own_BN, fi_B, hit_B = r.own_BN, r.fi_B, r.hit_B
+        if hook:  # a forced token replaces the draw; the model's own argmax is kept beside it
+            forced_B = r.force_BF[rows_B, jnp.minimum(r.fi_B, F - 1)]
+            forcing_B = live_B & (r.fi_B < F) & (forced_B >= 0)
+            own_BN = own_BN.at[rows_B, jnp.where(forcing_B, r.n_B, N)].set(
+                decode.argmax(logits_BV), mode="drop")
+            tok_B = jnp.where(forcing_B, forced_B, tok_B)
+            fi_B = jnp.where(forcing_B, fi_B + 1, fi_B)
+        out_BN = r.out_BN.at[rows_B, jnp.where(live_B, r.n_B, N)].set(tok_B, mode="drop")
         n_B = r.n_B + live_B
         done_B = r.done_B | (live_B & (_is_eos(tok_B, spec.eos_ids) | (n_B >= N)))
+        if hook:
+            hit_B = live_B & ~forcing_B & ~done_B & trigger_V[tok_B]
         return _Rows(cache, out_BN, jnp.where(live_B, tok_B, r.tok_B), r.pos_B + live_B, n_B,
                      r.seg_B, done_B, r.keys_B,
                      r.logp_B + jnp.where(live_B, _token_logprob(logits_BV, tok_B), 0.0),
-                     r.step + 1)
+                     r.step + 1, r.force_BF, fi_B, own_BN, hit_B)
 
     return jax.lax.while_loop(cond, body, rows)
 
 
-def _empty_rows(cfg, B: int, P: int, spec: _Spec) -> _Rows:
+def _empty_rows(cfg, B: int, P: int, spec: _Spec, F: int) -> _Rows:
     N = spec.max_new_tokens
     cache = KVCache.empty(cfg, B, P + N)
     cache = jax.tree.map(lambda a: _constrain(a, spec, 0) if a.ndim else a, cache)
@@ -180,7 +215,9 @@ def _empty_rows(cfg, B: int, P: int, spec: _Spec) -> _Rows:
 
     return _Rows(cache, jnp.full((B, N), -1, jnp.int32), zeros(), zeros(), zeros(), zeros(),
                  jnp.ones((B,), bool), decode.sample_keys(0, np.zeros(B), np.zeros(B)),
-                 jnp.zeros((B,), jnp.float32), jnp.zeros((), jnp.int32))
+                 jnp.zeros((B,), jnp.float32), jnp.zeros((), jnp.int32),
+                 jnp.full((B, F), -1, jnp.int32), jnp.full((B,), F, jnp.int32),
+                 jnp.full((B, N), -1, jnp.int32), jnp.zeros((B,), bool))
 
 
 def _empty_pool(cfg, M: int, P: int, dtype) -> _Pool:
@@ -189,6 +226,14 @@ def _empty_pool(cfg, M: int, P: int, dtype) -> _Pool:
                  tuple(jnp.zeros((M, K, P, H), dtype) for _ in range(cfg.num_layers)),
                  jnp.zeros((M, P), jnp.int32), jnp.zeros((M, P), jnp.int32),
                  jnp.zeros((M, cfg.vocab_size), jnp.float32), jnp.zeros((M,), jnp.int32))
+
+
+def prompt_slots(n: int) -> int:
+    """Prompt slots for prompts of up to n tokens: one compiled program serves a whole run, so
+    multiples of 16 rather than the static path's powers of two (every decode step reads all
+    the slots: 144 instead of 256 for GSM8K's chat prompts); beyond 256, multiples of
+    decode.PREFILL_CHUNK, the prefill's chunk."""
+    return -(-n // 16) * 16 if n <= decode.PREFILL_CHUNK else decode.bucket_length(n)
 
 
 def _check_requests(requests: Sequence[Request], max_new_tokens: int) -> None:
@@ -208,13 +253,22 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
            sampling: SamplingConfig = GREEDY, eos_ids: Sequence[int] | None = None,
            batch_size: int = 64, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
            stop_fn: Callable[[int, list[int]], bool] | None = None,
-           check_every: int = 32) -> Iterator[Sample]:
+           check_every: int = 32, hook: Callable | None = None,
+           trigger_ids: Sequence[int] = (), max_forced: int = 16) -> Iterator[Sample]:
     """Yield every requested (problem, sample) as soon as it ends, in order of ending.
 
     `stop_fn(problem, tokens so far)` ends a row when True (checked every round of at most
     `check_every` tokens; the round's tokens are kept, cut the text on the host). `eos_ids`
     defaults to the model's. With a mesh, rows are sharded over its non-tensor axes and
     `batch_size` is rounded up to a multiple of them.
+
+    Tools (`hook`, e.g. cotjax.calculator.Hook): when a row emits one of `trigger_ids`, the
+    loop returns to the host, which calls `hook(problem, tokens so far)`; a returned
+    `(ids, note)` (at most `max_forced` ids) is forced as the row's next tokens, fed through
+    the model like generated ones (their keys and values enter the cache as a prefill of the
+    same text would put them), and recorded in the Sample with the model's own argmax there.
+    None lets the row continue unaided (counted). Rows without a trigger never leave the loop
+    for it, so without claims the output is token for token what it is without a hook.
     """
     _check_requests(requests, max_new_tokens)
     if not requests:
@@ -223,12 +277,22 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
                                                  max_new_tokens)
     cfg = model.cfg
     N = max_new_tokens
-    P = decode.bucket_length(max(len(r.prompt) for r in requests))
+    P = prompt_slots(max(len(r.prompt) for r in requests))
     widest = max(len(r.samples) for r in requests) or 1
     G = max(1, min(len(requests), -(-B // widest)))  # prompts per prefill
     M = 2 * G
     pool = _empty_pool(cfg, M, P, jnp.dtype(cfg.compute_dtype))
-    rows = _empty_rows(cfg, B, P, spec)
+    F = max_forced
+    rows = _empty_rows(cfg, B, P, spec, F)
+    trigger_V = np.zeros(cfg.vocab_size, bool)
+    if hook is not None:
+        trigger_V[np.asarray(list(trigger_ids), np.int64)] = True
+    trigger_V = jnp.asarray(trigger_V)
+    notes: list[list[dict]] = [[] for _ in range(B)]
+    handled = np.zeros(B, bool)  # rows whose trigger the host has handled
+    force = np.full((B, F), -1, np.int32)
+    forced = np.zeros(B, bool)  # rows that start forcing `force` at the next _extend
+    declined = np.zeros(B, np.int64)
 
     pending = collections.deque((i, s) for i, r in enumerate(requests) for s in r.samples)
     unassigned = collections.Counter(i for i, _ in pending)
@@ -277,6 +341,8 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
             owner[r] = (i, s)
             occupancy[r] += 1
             new[r], slot[r], stopped[r] = True, in_pool[i], False
+            notes[r], declined[r] = [], 0
+            handled[r] = forced[r] = False  # the refill resets the row's trigger state
             problems[r], samples[r] = requests[i].problem, s
             unassigned[i] -= 1
             if not unassigned[i]:
@@ -285,7 +351,7 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
             return False
         rows = _refill(rows, pool, jnp.asarray(new), jnp.asarray(slot),
                        decode.sample_keys(seed, problems, samples),
-                       jnp.asarray(occupancy.astype(np.int32)), spec=spec)
+                       jnp.asarray(occupancy.astype(np.int32)), trigger_V, spec=spec)
         free_slots.extend(freed)  # only after the refill has read them
         return True
 
@@ -298,18 +364,38 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
         quota = max(1, B // 8) if pending else B
         step = int(rows.step)
         rows = _extend(graphdef, weights, rows, jnp.int32(step + check_every), jnp.int32(quota),
-                       jnp.asarray(stopped), spec=spec)
+                       jnp.asarray(stopped), jnp.asarray(handled), jnp.asarray(force),
+                       jnp.asarray(forced), trigger_V, spec=spec, hook=hook is not None)
+        handled[:], forced[:] = False, False
         done = np.asarray(rows.done_B)
         n = np.asarray(rows.n_B)
         out = np.asarray(rows.out_BN)
+        if hook is not None:
+            for r in np.flatnonzero(np.asarray(rows.hit_B)):
+                handled[r] = True
+                got = hook(requests[owner[r][0]].problem, out[r, :n[r]].tolist())
+                if got is None:
+                    declined[r] += 1
+                    continue
+                ids, note = got
+                if not 0 < len(ids) <= F:
+                    raise ValueError(f"hook: {len(ids)} tokens to force; 1 to {F} are allowed")
+                force[r] = -1
+                force[r, :len(ids)] = ids
+                forced[r] = True
+                notes[r].append({"at": int(n[r]), "forced": list(map(int, ids)), **note})
         if stop_fn is not None:
             for r in range(B):
-                if owner[r] is not None and not done[r] and stop_fn(owner[r][0], out[r, :n[r]].tolist()):
+                if owner[r] is not None and not done[r] and stop_fn(
+                        requests[owner[r][0]].problem, out[r, :n[r]].tolist()):
                     stopped[r] = True
         logp = np.asarray(rows.logp_B)
+        own = np.asarray(rows.own_BN) if hook is not None else None
         for r in range(B):
             if owner[r] is not None and (done[r] or stopped[r]):
                 i, s = owner[r]
-                owner[r] = None
+                owner[r], forced[r] = None, False  # no forcing for the next occupant
+                calls = tuple({**c, "model": own[r, c["at"]:c["at"] + len(c["forced"])].tolist()}
+                              for c in notes[r])
                 yield Sample(requests[i].problem, s, out[r, :n[r]].tolist(), float(logp[r]),
-                             bool(stopped[r] and not done[r]))
+                             bool(stopped[r] and not done[r]), calls, int(declined[r]))

@@ -32,3 +32,15 @@ def test_decode_throughput_rows_match_transformers():
                          "--batch_size", "3"])
     assert set(lines[-1]) == {"cotjax_tokens_per_s", "hf_tokens_per_s", "ratio"}
     assert lines[-2] == {"event": "agreement", "identical_rows": 3, "rows": 3}  # fp32 greedy
+
+
+def test_sample_throughput_engine_and_static_draw_the_same_samples():
+    lines = _json_lines(["benchmarks/sample_throughput.py", "--problems", "3", "--k", "2",
+                         "--new_tokens", "8", "--rows", "4"])
+    assert set(lines[-1]) == {"engine_tokens_per_s", "static_tokens_per_s", "ratio_vs_static",
+                              "hf_tokens_per_s", "ratio_vs_hf"}
+    assert lines[0]["event"] == "config" and lines[0]["cores"] >= 1
+    agreement = next(line for line in lines if line.get("event") == "agreement")
+    assert agreement == {"event": "agreement", "identical_samples": 6, "samples": 6}
+    useful = {line["system"]: line["useful_tokens"] for line in lines if "system" in line}
+    assert useful["engine"] == useful["static"] and 0 < useful["transformers"] <= 6 * 8

@@ -174,3 +174,64 @@ def test_token_keys_follow_the_sample_not_the_step():
     counter = collections.Counter(int(decode._sample_jit(logits, keys, j, SAMPLED)[0])
                                   for j in range(30))
     assert len(counter) > 10
+
+
+# ----------------------------------------------------------------------------------------------
+# The tool hook
+
+
+def test_a_hook_that_never_fires_leaves_the_output_token_identical(tiny):
+    prompts = _prompts([5, 9, 3, 7])
+    kw = dict(max_new_tokens=12, sampling=SAMPLED, seed=4, batch_size=3, check_every=5)
+    plain = _engine(tiny, prompts, 2, **kw)
+    calls = []
+
+    def hook(problem, tokens):
+        calls.append((problem, list(tokens)))
+        return None
+
+    triggers = list(range(40, 60))
+    hooked = _engine(tiny, prompts, 2, hook=hook, trigger_ids=triggers, **kw)
+    assert {k: s.tokens for k, s in hooked.items()} == {k: s.tokens for k, s in plain.items()}
+    assert sum(s.declined for s in hooked.values()) == len(calls) > 0
+    for problem, tokens in calls:  # the hook saw each row exactly at its trigger token
+        assert tokens[-1] in triggers
+
+
+def test_forced_tokens_enter_the_cache_as_a_prefill_of_the_same_text(tiny):
+    [prompt] = _prompts([6], seed=5)
+    free = _engine(tiny, [prompt], 1, max_new_tokens=14, eos_ids=())[(0, 0)].tokens
+    trigger = free[2]  # fires at the third token (and wherever it recurs)
+    insert = [11, 12, 13]
+
+    def hook(problem, tokens):
+        return (insert, {"why": "test"}) if len(tokens) < 6 else None
+
+    got = _engine(tiny, [prompt], 1, max_new_tokens=14, eos_ids=(), hook=hook,
+                  trigger_ids=[trigger])[(0, 0)]
+    at = free.index(trigger) + 1
+    assert got.tokens[:at] == free[:at] and got.tokens[at:at + 3] == insert
+    [first] = got.interventions
+    assert first["at"] == at and first["forced"] == insert and first["why"] == "test"
+    # The continuation after the forced tokens is what a fresh decode of the same text gives:
+    # the forced tokens' keys and values are those a prefill of that text would have cached.
+    head = prompt + got.tokens[:at + 3]
+    fresh = decode.generate(tiny, [head], max_new_tokens=14 - at - 3, eos_ids=())[0]
+    rest = got.tokens[at + 3:]
+    later = [c["at"] for c in got.interventions[1:]]
+    cut = (later[0] - at - 3) if later else len(rest)
+    assert rest[:cut] == fresh[:cut]
+    # `model`: the model's own argmax at each forced position, given the text before it
+    graphdef, state = nnx.split(tiny)
+    seq = prompt + got.tokens
+    logits, _ = nnx.merge(graphdef, state)(jnp.asarray([seq]), jnp.arange(len(seq))[None])
+    own = [int(jnp.argmax(logits[0, len(prompt) + at - 1 + j])) for j in range(3)]
+    assert first["model"] == own
+
+
+def test_a_hook_asking_for_too_many_tokens_is_refused(tiny):
+    [prompt] = _prompts([6], seed=5)
+    free = _engine(tiny, [prompt], 1, max_new_tokens=8, eos_ids=())[(0, 0)].tokens
+    with pytest.raises(ValueError, match="hook: 20 tokens to force; 1 to 16 are allowed"):
+        _engine(tiny, [prompt], 1, max_new_tokens=8, eos_ids=(), trigger_ids=[free[2]],
+                hook=lambda p, t: (list(range(4, 24)), {}))

@@ -1,0 +1,99 @@
+"""A calculator in the decoding loop: when a chain ends an arithmetic expression with `=`, the
+true value is written for the model (Cobbe et al. 2021 sampled GSM8K solutions this way).
+
+What counts as a claim is exactly what the step checker (cotjax.steps) counts: the text's last
+line plus a probe value is checked, and the hook fires only when the checker sees a claim whose
+value is the probe, at the very end, with an expression it can evaluate. So plain claims
+(`20 - 13 =`), running chains (`2 * 3 = 6 + 1 =`) and GSM8K annotations (`<<20-13=`) fire; labels
+(`Week 2 =`), algebra (`x + 2 =`), times (`3:45 =`), and dates or phone numbers written as
+digit groups joined by hyphens (`2024-01-15 =`, `555-1234 =`) do not; and an expression the
+safe parser refuses or cannot evaluate (`9^9^9^9 =`, division by zero) leaves the model to
+continue unaided. The parser's limits (text length, tokens per side, power sizes) apply, so no
+expression can make the hook hang.
+
+Values are written as GSM8K writes them: integers plain, other values rounded half up to two
+decimals (`1/3 =` -> `0.33`, which the checker accepts as rounding), a `$` when the expression
+carries one, after one space in prose and none inside an annotation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
+
+from cotjax.steps import check_steps, to_fraction
+
+_IDENTIFIER = re.compile(r"\d{3,4}(?:-\d{2,4}){1,2}")  # 2024-01-15, 555-1234, 555-123-4567
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    expression: str
+    value: str  # as written into the text (without the leading space or `$`)
+    insert: str  # the text the model is given
+
+
+def format_value(value: Fraction) -> str:
+    if value.denominator == 1:
+        return str(value.numerator)
+    rounded = Decimal(value.numerator) / Decimal(value.denominator)
+    text = str(rounded.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def claim_value(text: str) -> Call | None:
+    """The value the claim that `text` ends with must state; None when the text does not end an
+    evaluable arithmetic claim's left side with `=` (see the module docstring)."""
+    body = text.rstrip(" ")
+    if not body.endswith("="):
+        return None
+    line = body[body.rfind("\n") + 1:]
+    annotation = re.search(r"<<[^<>\n]*=$", line) is not None
+    probe = "0>>" if annotation else " 0"
+    report = check_steps(line + probe)
+    if not report.applicable or not report.steps:
+        return None
+    last = report.steps[-1]
+    if last.span[1] != len(line) + probe.index("0") + 1 or last.computed is None:
+        return None
+    expression = last.expression.strip()
+    if _IDENTIFIER.fullmatch(expression):
+        return None
+    value = to_fraction(last.computed)
+    if value is None:
+        return None
+    shown = format_value(value)
+    dollar = "$" if "$" in expression and not annotation else ""
+    space = "" if annotation or text != body else " "  # text != body: the model wrote it
+    return Call(expression, shown, f"{space}{dollar}{shown}")
+
+
+def trigger_ids(tokenizer, vocab_size: int | None = None) -> list[int]:
+    """Token ids whose text ends with '=' (before trailing spaces): where a claim can end."""
+    n = vocab_size or len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=True)
+    return [i for i, t in enumerate(texts) if t.rstrip(" ").endswith("=")]
+
+
+class Hook:
+    """The engine's calculator hook: (problem, tokens so far) -> (ids to force, note) or None.
+    `calls` and `declined` count what it did (declined: a trigger that was no claim)."""
+
+    def __init__(self, tokenizer, text_of: Callable[[Sequence[int]], str], max_tokens: int = 16):
+        self.tokenizer, self.text_of, self.max_tokens = tokenizer, text_of, max_tokens
+        self.calls = self.declined = 0
+
+    def __call__(self, problem: int, tokens: Sequence[int]):
+        call = claim_value(self.text_of(tokens))
+        if call is None:
+            self.declined += 1
+            return None
+        ids = list(self.tokenizer(call.insert, add_special_tokens=False)["input_ids"])
+        if not ids or len(ids) > self.max_tokens:
+            self.declined += 1
+            return None
+        self.calls += 1
+        return ids, {"expression": call.expression, "value": call.value, "insert": call.insert}
