@@ -71,11 +71,28 @@ def claim_value(text: str) -> Call | None:
     return Call(expression, shown, f"{space}{dollar}{shown}")
 
 
-def trigger_ids(tokenizer, vocab_size: int | None = None) -> list[int]:
-    """Token ids whose text ends with '=' (before trailing spaces): where a claim can end."""
+def token_classes(tokenizer, vocab_size: int | None = None) -> dict[str, list[int]]:
+    """Token ids by role, from each token's text: `trigger` ends with '=' (before trailing
+    spaces: where a claim can end); `extends` would continue a number written before it (starts
+    with a digit, or with '.' or ',' and a digit); `separator` is a bare '.' or ','; `digit`
+    starts with a digit. The engine uses the last three to keep a forced value whole."""
     n = vocab_size or len(tokenizer)
     texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=True)
-    return [i for i, t in enumerate(texts) if t.rstrip(" ").endswith("=")]
+    out = {"trigger": [], "extends": [], "separator": [], "digit": []}
+    for i, t in enumerate(texts):
+        if t.rstrip(" ").endswith("="):
+            out["trigger"].append(i)
+        if t[:1].isdigit() or re.match(r"[.,][0-9]", t):
+            out["extends"].append(i)
+        if t in (".", ","):
+            out["separator"].append(i)
+        if t[:1].isdigit():
+            out["digit"].append(i)
+    return out
+
+
+def trigger_ids(tokenizer, vocab_size: int | None = None) -> list[int]:
+    return token_classes(tokenizer, vocab_size)["trigger"]
 
 
 class Hook:
@@ -97,3 +114,14 @@ class Hook:
             return None
         self.calls += 1
         return ids, {"expression": call.expression, "value": call.value, "insert": call.insert}
+
+    def describe(self, sample) -> list[dict]:
+        """A sample's calls as prediction fields: the expression, what was inserted, and what
+        the model itself would have written there (its argmax, teacher-forced)."""
+        out = []
+        for c in sample.interventions:
+            model_text = self.tokenizer.decode(c["model"], skip_special_tokens=True)
+            out.append({"at_token": c["at"], "expression": c["expression"], "value": c["value"],
+                        "inserted": c["insert"], "model_wrote": model_text,
+                        "changed": c["model"] != c["forced"]})
+        return out

@@ -147,6 +147,9 @@ def get_config():
     c.eval.top_k = 0  # 0: off
     c.eval.top_p = 1.0  # 1.0: off
     c.eval.seed = 0
+    # A calculator in the loop (cotjax/calculator.py): where a chain ends an arithmetic
+    # expression with '=', the true value is written for the model (eval, sample, generate).
+    c.eval.calculator = False
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all remaining devices

@@ -83,6 +83,7 @@ class _Rows:
     fi_B: jax.Array
     own_BN: jax.Array
     hit_B: jax.Array
+    guard_B: jax.Array  # 1: a value was just forced; 2: ...and then '.' or ','
 
 
 @struct.dataclass
@@ -93,6 +94,14 @@ class _Pool:
     pos_MP: jax.Array
     logits_MV: jax.Array
     len_M: jax.Array
+
+
+# Token classes of the tool hook (bits of `classes_V`, from the host).
+TRIGGER, EXTENDS_NUMBER, SEPARATOR, DIGIT = 1, 2, 4, 8
+
+
+def _has(classes_V, tok_B, bit):
+    return (classes_V[tok_B] & bit) != 0
 
 
 def _token_logprob(logits_BV, tok_B):
@@ -118,7 +127,7 @@ def _fill_pool(graphdef, weights, pool: _Pool, tokens_GP, lengths_G, slots_G, *,
 
 
 @functools.partial(jax.jit, static_argnames=("spec",), donate_argnames=("rows",))
-def _refill(rows: _Rows, pool: _Pool, new_B, slot_B, keys_B, seg_B, trigger_V, *,
+def _refill(rows: _Rows, pool: _Pool, new_B, slot_B, keys_B, seg_B, classes_V, *,
             spec: _Spec) -> _Rows:
     """Start the rows `new_B` on pool entries `slot_B` with fresh keys and segment ids."""
     decode.TRACE_COUNTS["engine_refill"] += 1
@@ -151,13 +160,14 @@ def _refill(rows: _Rows, pool: _Pool, new_B, slot_B, keys_B, seg_B, trigger_V, *
                  pick(keys_B, rows.keys_B), pick(_token_logprob(logits_BV, tok_B), rows.logp_B),
                  rows.step, rows.force_BF, pick(jnp.full_like(rows.fi_B, F), rows.fi_B),
                  pick(jnp.full_like(rows.own_BN, -1), rows.own_BN),
-                 pick(trigger_V[tok_B] & ~done_B, rows.hit_B))
+                 pick(_has(classes_V, tok_B, TRIGGER) & ~done_B, rows.hit_B),
+                 pick(jnp.zeros_like(rows.guard_B), rows.guard_B))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec", "hook"),
                    donate_argnames=("rows",))
 def _extend(graphdef, weights, rows: _Rows, limit, quota, stopped_B, handled_B, force_BF, set_B,
-            trigger_V, *, spec: _Spec, hook: bool) -> _Rows:
+            classes_V, *, spec: _Spec, hook: bool) -> _Rows:
     """Decode until global step `limit`, until `quota` more rows ended, until all did, or (with
     a hook) until a row emitted a trigger token. The host has handled the triggers of rows
     `handled_B`; rows `set_B` among them start by forcing `force_BF`."""
@@ -182,10 +192,15 @@ def _extend(graphdef, weights, rows: _Rows, limit, quota, stopped_B, handled_B, 
         logits_B1V, cache = model(jnp.maximum(r.tok_B, 0)[:, None], r.pos_B[:, None],
                                   r.seg_B[:, None], cache, layers)
         logits_BV = logits_B1V[:, 0]
-        tok_B = decode.sample_tokens(logits_BV, r.keys_B, r.n_B, spec.sampling)
         live_B = ~r.done_B
         rows_B = jnp.arange(B)
-        own_BN, fi_B, hit_B = r.own_BN, r.fi_B, r.hit_B
+        own_BN, fi_B, hit_B, guard_B = r.own_BN, r.fi_B, r.hit_B, r.guard_B
+        draw_BV = logits_BV
+        if hook:  # a forced value is a whole number: the model may not extend it ("6" + ".40")
+            banned_BV = (((guard_B == 1)[:, None] & ((classes_V & EXTENDS_NUMBER) != 0)[None])
+                         | ((guard_B == 2)[:, None] & ((classes_V & DIGIT) != 0)[None]))
+            draw_BV = jnp.where(banned_BV, -jnp.inf, logits_BV)
+        tok_B = decode.sample_tokens(draw_BV, r.keys_B, r.n_B, spec.sampling)
         if hook:  # a forced token replaces the draw; the model's own argmax is kept beside it
             forced_B = r.force_BF[rows_B, jnp.minimum(r.fi_B, F - 1)]
             forcing_B = live_B & (r.fi_B < F) & (forced_B >= 0)
@@ -193,15 +208,19 @@ def _extend(graphdef, weights, rows: _Rows, limit, quota, stopped_B, handled_B, 
                 decode.argmax(logits_BV), mode="drop")
             tok_B = jnp.where(forcing_B, forced_B, tok_B)
             fi_B = jnp.where(forcing_B, fi_B + 1, fi_B)
+            last_B = forcing_B & ((fi_B >= F) | (r.force_BF[rows_B, jnp.minimum(fi_B, F - 1)] < 0))
+            after_sep_B = (guard_B == 1) & _has(classes_V, tok_B, SEPARATOR)
+            guard_B = jnp.where(live_B, jnp.where(last_B, 1, jnp.where(after_sep_B, 2, 0)),
+                                guard_B)
         out_BN = r.out_BN.at[rows_B, jnp.where(live_B, r.n_B, N)].set(tok_B, mode="drop")
         n_B = r.n_B + live_B
         done_B = r.done_B | (live_B & (_is_eos(tok_B, spec.eos_ids) | (n_B >= N)))
         if hook:
-            hit_B = live_B & ~forcing_B & ~done_B & trigger_V[tok_B]
+            hit_B = live_B & ~forcing_B & ~done_B & _has(classes_V, tok_B, TRIGGER)
         return _Rows(cache, out_BN, jnp.where(live_B, tok_B, r.tok_B), r.pos_B + live_B, n_B,
                      r.seg_B, done_B, r.keys_B,
                      r.logp_B + jnp.where(live_B, _token_logprob(logits_BV, tok_B), 0.0),
-                     r.step + 1, r.force_BF, fi_B, own_BN, hit_B)
+                     r.step + 1, r.force_BF, fi_B, own_BN, hit_B, guard_B)
 
     return jax.lax.while_loop(cond, body, rows)
 
@@ -217,7 +236,8 @@ def _empty_rows(cfg, B: int, P: int, spec: _Spec, F: int) -> _Rows:
                  jnp.ones((B,), bool), decode.sample_keys(0, np.zeros(B), np.zeros(B)),
                  jnp.zeros((B,), jnp.float32), jnp.zeros((), jnp.int32),
                  jnp.full((B, F), -1, jnp.int32), jnp.full((B,), F, jnp.int32),
-                 jnp.full((B, N), -1, jnp.int32), jnp.zeros((B,), bool))
+                 jnp.full((B, N), -1, jnp.int32), jnp.zeros((B,), bool),
+                 jnp.zeros((B,), jnp.int32))
 
 
 def _empty_pool(cfg, M: int, P: int, dtype) -> _Pool:
@@ -254,7 +274,8 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
            batch_size: int = 64, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
            stop_fn: Callable[[int, list[int]], bool] | None = None,
            check_every: int = 32, hook: Callable | None = None,
-           trigger_ids: Sequence[int] = (), max_forced: int = 16) -> Iterator[Sample]:
+           trigger_ids: Sequence[int] = (), number_ids: dict | None = None,
+           max_forced: int = 16) -> Iterator[Sample]:
     """Yield every requested (problem, sample) as soon as it ends, in order of ending.
 
     `stop_fn(problem, tokens so far)` ends a row when True (checked every round of at most
@@ -269,6 +290,9 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
     same text would put them), and recorded in the Sample with the model's own argmax there.
     None lets the row continue unaided (counted). Rows without a trigger never leave the loop
     for it, so without claims the output is token for token what it is without a hook.
+    `number_ids` ({"extends": ids, "separator": ids, "digit": ids}; calculator.number_ids):
+    right after a forced value the model may not extend it: no token that continues a number
+    (a digit, or '.5'), and after a bare '.' or ',' no digit ("= 6" + ".40" would undo it).
     """
     _check_requests(requests, max_new_tokens)
     if not requests:
@@ -276,7 +300,6 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
     graphdef, weights, spec, B = decode._setup(model, eos_ids, batch_size, mesh, sampling,
                                                  max_new_tokens)
     cfg = model.cfg
-    N = max_new_tokens
     P = prompt_slots(max(len(r.prompt) for r in requests))
     widest = max(len(r.samples) for r in requests) or 1
     G = max(1, min(len(requests), -(-B // widest)))  # prompts per prefill
@@ -284,10 +307,12 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
     pool = _empty_pool(cfg, M, P, jnp.dtype(cfg.compute_dtype))
     F = max_forced
     rows = _empty_rows(cfg, B, P, spec, F)
-    trigger_V = np.zeros(cfg.vocab_size, bool)
+    classes_V = np.zeros(cfg.vocab_size, np.int8)
     if hook is not None:
-        trigger_V[np.asarray(list(trigger_ids), np.int64)] = True
-    trigger_V = jnp.asarray(trigger_V)
+        classes_V[np.asarray(list(trigger_ids), np.int64)] |= TRIGGER
+        for key, bit in (("extends", EXTENDS_NUMBER), ("separator", SEPARATOR), ("digit", DIGIT)):
+            classes_V[np.asarray(list((number_ids or {}).get(key, ())), np.int64)] |= bit
+    classes_V = jnp.asarray(classes_V)
     notes: list[list[dict]] = [[] for _ in range(B)]
     handled = np.zeros(B, bool)  # rows whose trigger the host has handled
     force = np.full((B, F), -1, np.int32)
@@ -351,7 +376,7 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
             return False
         rows = _refill(rows, pool, jnp.asarray(new), jnp.asarray(slot),
                        decode.sample_keys(seed, problems, samples),
-                       jnp.asarray(occupancy.astype(np.int32)), trigger_V, spec=spec)
+                       jnp.asarray(occupancy.astype(np.int32)), classes_V, spec=spec)
         free_slots.extend(freed)  # only after the refill has read them
         return True
 
@@ -365,7 +390,7 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
         step = int(rows.step)
         rows = _extend(graphdef, weights, rows, jnp.int32(step + check_every), jnp.int32(quota),
                        jnp.asarray(stopped), jnp.asarray(handled), jnp.asarray(force),
-                       jnp.asarray(forced), trigger_V, spec=spec, hook=hook is not None)
+                       jnp.asarray(forced), classes_V, spec=spec, hook=hook is not None)
         handled[:], forced[:] = False, False
         done = np.asarray(rows.done_B)
         n = np.asarray(rows.n_B)

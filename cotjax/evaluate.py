@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import jax
 from tqdm import tqdm
 
-from cotjax import decode, defaults, formatting, load, pipeline, sharding, tokenize
+from cotjax import calculator, decode, defaults, engine, formatting, load, pipeline, sharding
+from cotjax import tokenize
 from cotjax import records as records_lib
 from cotjax.checkpoint import read_run_config
 from cotjax.report import format_table, write_report
@@ -124,6 +125,40 @@ def answer_row(rec, ids: Sequence[int], completion, task: str) -> dict:
             **score_prediction(completion.text, rec.answer, task)}
 
 
+def stream(net, tokenizer, requests, settings: dict, *, sampling=decode.GREEDY, seed: int = 0,
+           use_calculator: bool = False):
+    """(engine Sample, Completion, calculator calls) of every requested (problem, sample), as
+    they finish: the engine with eval's EOS ids, stop strings and batch (`decode_settings`),
+    and the calculator hook when asked for."""
+    texts = decode.TextRule(tokenizer, settings["eos_ids"], settings["stop"])
+    hook = calculator.Hook(tokenizer, texts.text) if use_calculator else None
+    classes = calculator.token_classes(tokenizer, net.cfg.vocab_size) if hook else {}
+    for s in engine.sample(net, requests, max_new_tokens=settings["max_new_tokens"],
+                           sampling=sampling, eos_ids=settings["eos_ids"],
+                           batch_size=settings["batch_size"], seed=seed, mesh=settings["mesh"],
+                           stop_fn=texts.stop_fn(), hook=hook,
+                           trigger_ids=classes.get("trigger", ()), number_ids=classes):
+        yield s, texts.complete(s.tokens), (hook.describe(s) if hook else None)
+
+
+def complete_all(net, tokenizer, ids, settings: dict, *, k: int = 1, progress=None,
+                 **kw) -> list[list[tuple]]:
+    """`stream` over every prompt, k samples each, collected in prompt and sample order."""
+    out = [[None] * k for _ in ids]
+    requests = [engine.Request(i, p, range(k)) for i, p in enumerate(ids)]
+    for s, completion, calls in stream(net, tokenizer, requests, settings, **kw):
+        out[s.problem][s.sample] = (completion, calls)
+        if progress is not None:
+            progress(1)
+    return out
+
+
+def _calculator_fields(calls) -> dict:
+    if calls is None:
+        return {}
+    return {"calculator_calls": calls, "calculator_changed": sum(c["changed"] for c in calls)}
+
+
 def greedy_answers(net, model_cfg, tokenizer, config, recs, *, task: str | None = None,
                    max_new_tokens: int | None = None, mesh=None) -> list[dict]:
     """Records answered greedily and scored exactly as `cotjax eval` does (its prompting,
@@ -133,8 +168,10 @@ def greedy_answers(net, model_cfg, tokenizer, config, recs, *, task: str | None 
     settings = decode_settings(config, model_cfg, tokenizer, mesh)
     if max_new_tokens is not None:
         settings["max_new_tokens"] = int(max_new_tokens)
-    completions = decode.generate_text(net, tokenizer, ids, **settings)
-    return [answer_row(r, i, c, task) for r, i, c in zip(recs, ids, completions, strict=True)]
+    done = complete_all(net, tokenizer, ids, settings,
+                        use_calculator=bool(_eval_settings(config)["calculator"]))
+    return [{**answer_row(r, i, c, task), **_calculator_fields(calls)}
+            for r, i, [(c, calls)] in zip(recs, ids, done, strict=True)]
 
 
 def compare_answers(workdir, n: int = 4, models=(("base", "base"), ("fine-tuned", None)), *,
@@ -194,31 +231,33 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
     exemplars = eval_exemplars(config)
     _, ids = eval_prompts(config, recs, tokenizer, exemplars)
     common = decode_settings(config, model_cfg, tokenizer, mesh)
+    use_calc = bool(ev["calculator"])
 
-    def decode_all(prompt_ids_, desc, **kw):
-        with tqdm(total=len(prompt_ids_), desc=desc, unit="seq", disable=not progress) as bar:
+    def decode_all(desc, k, **kw):
+        with tqdm(total=len(ids) * k, desc=desc, unit="seq", disable=not progress) as bar:
             t0 = time.perf_counter()
-            outs = decode.generate_text(net, tokenizer, prompt_ids_, progress=bar.update,
-                                        **common, **kw)
+            outs = complete_all(net, tokenizer, ids, common, k=k, progress=bar.update,
+                                use_calculator=use_calc, **kw)
             return outs, time.perf_counter() - t0
 
-    greedy, seconds = decode_all(ids, "greedy")
-    rows = [answer_row(r, i, c, task) for r, i, c in zip(recs, ids, greedy, strict=True)]
+    greedy, seconds = decode_all("greedy", 1)
+    rows = [{**answer_row(r, i, c, task), **_calculator_fields(calls)}
+            for r, i, [(c, calls)] in zip(recs, ids, greedy, strict=True)]
     n_samples = int(ev["num_samples"])
     sample_seconds = 0.0
     if n_samples > 1:
         sampling = decode.SamplingConfig(float(ev["temperature"]), int(ev["top_k"]),
                                          float(ev["top_p"]))
-        repeated = [i for i in ids for _ in range(n_samples)]
-        chains, sample_seconds = decode_all(repeated, f"sampled x{n_samples}", sampling=sampling,
-                                            seed=int(ev["seed"]))
-        for q, row in enumerate(rows):
-            mine = chains[q * n_samples:(q + 1) * n_samples]
+        chains, sample_seconds = decode_all(f"sampled x{n_samples}", n_samples,
+                                            sampling=sampling, seed=int(ev["seed"]))
+        for row, mine in zip(rows, chains, strict=True):
             # strict and flexible answers of every sample, and both votes: each selector is
             # scored by the same rule as the greedy answer it is compared with
-            votes = score_samples([c.text for c in mine], row["gold"], task)
-            row["samples"] = [{"generation": c.text, "finish": c.finish, **scores}
-                              for c, scores in zip(mine, votes.pop("samples"), strict=True)]
+            votes = score_samples([c.text for c, _ in mine], row["gold"], task)
+            row["samples"] = [{"generation": c.text, "finish": c.finish, **scores,
+                               **_calculator_fields(calls)}
+                              for (c, calls), scores in zip(mine, votes.pop("samples"),
+                                                            strict=True)]
             row.update(votes)
     summary = summarize(rows, task)
     new_tokens = sum(r["new_tokens"] for r in rows)
@@ -233,6 +272,10 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
     })
     if prompting == "few_shot_cot":
         summary["fewshot"] = len(exemplars)
+    if use_calc:
+        calls = [c for r in rows for c in r["calculator_calls"]]
+        summary.update(calculator=True, calculator_calls=len(calls),
+                       calculator_changed=sum(c["changed"] for c in calls))
     if n_samples > 1:
         # the votes' and samples' accuracies come from summarize, under both rules
         summary.update({"maj_n": n_samples, "temperature": float(ev["temperature"]),
@@ -266,16 +309,20 @@ def generate_one(prompt: str, *, workdir: str | None = None, step=None, model: s
         _, [ids] = eval_prompts(config, [record], tokenizer)
         settings = decode_settings(config, model_cfg, tokenizer)
         settings.update(max_new_tokens=int(max_new_tokens), batch_size=1)
-        [completion] = decode.generate_text(net, tokenizer, [ids], sampling=sampling, seed=seed,
-                                            **settings)
+        [[(completion, _)]] = complete_all(
+            net, tokenizer, [ids], settings, sampling=sampling, seed=seed,
+            use_calculator=bool(_eval_settings(config)["calculator"]))
         return completion.text
     if config is None:
         config = defaults.get_config()
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.model = model or config.model
-    net, _ = load.load_base_model(config)
+    net, model_cfg = load.load_base_model(config)
     tokenizer = load.load_tokenizer(config)
-    [completion] = decode.generate_text(net, tokenizer, [prompt], sampling=sampling, seed=seed,
-                                        max_new_tokens=int(max_new_tokens), batch_size=1)
+    settings = dict(max_new_tokens=int(max_new_tokens), stop=(), batch_size=1, mesh=None,
+                    eos_ids=tuple(model_cfg.eos_token_ids))
+    [[(completion, _)]] = complete_all(
+        net, tokenizer, [decode.encode_prompt(tokenizer, prompt)], settings, sampling=sampling,
+        seed=seed, use_calculator=bool(_eval_settings(config)["calculator"]))
     return completion.text

@@ -68,6 +68,7 @@ def _settings(config, source: str, data_desc: str, n_problems: int, k: int, hint
             "temperature": float(ev["temperature"]), "top_k": int(ev["top_k"]),
             "top_p": float(ev["top_p"]), "seed": int(ev["seed"]),
             "max_new_tokens": int(ev["max_new_tokens"]), "stop": list(ev["stop"]), "hint": hint,
+            "calculator": bool(ev["calculator"]),
             "shards": [shard_name(p, count) for p in range(count)]}
 
 
@@ -110,29 +111,28 @@ def run_sample(config, workdir: str | None = None, step=None, *, model: str | No
     print(f"sampling {source}: {len(mine)} of {len(recs)} problems ({data_desc}) x {k} -> "
           f"{shard}; {len(done)} already there, {todo} to draw", flush=True)
 
-    dec = evaluate.decode_settings(config, model_cfg, tokenizer)
-    texts = decode.TextRule(tokenizer, dec["eos_ids"], dec["stop"])
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+    dec = evaluate.decode_settings(config, model_cfg, tokenizer, mesh)
     sampling = decode.SamplingConfig(float(ev["temperature"]), int(ev["top_k"]),
                                      float(ev["top_p"]))
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
     fixed = {"model": source, "prompting": settings["prompting"], "template": settings["template"],
              "temperature": sampling.temperature, "top_k": sampling.top_k,
-             "top_p": sampling.top_p, "seed": settings["seed"], "hint": hint}
+             "top_p": sampling.top_p, "seed": settings["seed"], "hint": hint,
+             "calculator": settings["calculator"]}
     tokens = correct = 0
     t0 = time.perf_counter()
-    stream = engine.sample(net, requests, max_new_tokens=dec["max_new_tokens"], sampling=sampling,
-                           eos_ids=dec["eos_ids"], batch_size=dec["batch_size"],
-                           seed=settings["seed"], mesh=mesh, stop_fn=texts.stop_fn())
+    stream = evaluate.stream(net, tokenizer, requests, dec, sampling=sampling,
+                             seed=settings["seed"], use_calculator=settings["calculator"])
     prompt_len = {r.problem: len(r.prompt) for r in requests}
     with shard.open("a") as f, tqdm(total=todo, unit="sample", disable=not progress) as bar:
-        for s in stream:
+        for s, c, calls in stream:
             rec = recs[s.problem]
-            c = texts.complete(s.tokens)
             row = {"problem": s.problem, "id": rec.id, "sample": s.sample,
                    "question": rec.question, "prompt_tokens": prompt_len[s.problem],
                    "generation": c.text, "finish": c.finish, "new_tokens": len(s.tokens),
                    "logprob": round(s.logprob, 4), **fixed,
-                   **score_prediction(c.text, rec.answer, task)}
+                   **score_prediction(c.text, rec.answer, task),
+                   **evaluate._calculator_fields(calls)}
             f.write(json.dumps(row) + "\n")
             f.flush()
             tokens += len(s.tokens)

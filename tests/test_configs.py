@@ -14,7 +14,7 @@ SNAPSHOT = json.loads((ROOT / "tests/data/config_snapshots.json").read_text())
 # Keys added to the defaults after the snapshot (commit 01fe0f4), with their default values.
 ADDED = {("train", "wandb_project"): "", ("data", "max_skipped_fraction"): 0.05,
          ("train", "max_consecutive_skips"): 10, ("train", "resume_fallback"): True,
-         ("data", "train_path"): ""}
+         ("data", "train_path"): "", ("eval", "calculator"): False}
 # Where each snapshotted file went.
 NOW = {
     "configs/base.py": "configs/base.py",

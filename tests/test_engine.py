@@ -235,3 +235,26 @@ def test_a_hook_asking_for_too_many_tokens_is_refused(tiny):
     with pytest.raises(ValueError, match="hook: 20 tokens to force; 1 to 16 are allowed"):
         _engine(tiny, [prompt], 1, max_new_tokens=8, eos_ids=(), trigger_ids=[free[2]],
                 hook=lambda p, t: (list(range(4, 24)), {}))
+
+
+def test_a_forced_value_is_not_extended(tiny):
+    """After forced tokens the next token is none of `extends`; after a `separator` there, no
+    `digit` (the calculator's "= 6" must not become "= 6.40")."""
+    [prompt] = _prompts([6], seed=5)
+    free = _engine(tiny, [prompt], 1, max_new_tokens=14, eos_ids=())[(0, 0)].tokens
+    insert = [11, 12]
+    hook = lambda p, t: (insert, {}) if len(t) < 4 else None  # noqa: E731
+    plain = _engine(tiny, [prompt], 1, max_new_tokens=14, eos_ids=(), hook=hook,
+                    trigger_ids=[free[2]])[(0, 0)].tokens
+    at = plain.index(free[2]) + 1 + len(insert)
+    follower = plain[at]  # what follows the forced value without the rule
+    ids = dict(extends=[follower, 20, 21], separator=[], digit=[])
+    got = _engine(tiny, [prompt], 1, max_new_tokens=14, eos_ids=(), hook=hook,
+                  trigger_ids=[free[2]], number_ids=ids)[(0, 0)].tokens
+    assert got[:at] == plain[:at] and got[at] not in ids["extends"]
+    # with that token a separator, the token after it may not be a digit
+    second = got[at + 1]
+    ids = dict(extends=[follower], separator=[got[at]], digit=[second])
+    again = _engine(tiny, [prompt], 1, max_new_tokens=14, eos_ids=(), hook=hook,
+                    trigger_ids=[free[2]], number_ids=ids)[(0, 0)].tokens
+    assert again[:at + 1] == got[:at + 1] and again[at + 1] != second
