@@ -97,7 +97,6 @@ def test_eval_with_the_calculator_writes_valid_claims(tmp_path):
     calls = [c for r in rows for c in r["calculator_calls"]]
     assert summary["calculator_calls"] == len(calls) > 0
     for r in rows:
-        claims = {s["span"][1]: s for s in r["steps"]}
         for c in r["calculator_calls"]:
             assert c["inserted"].strip().lstrip("$") == c["value"]
             assert c["changed"] == (c["model_wrote"] != c["inserted"])
