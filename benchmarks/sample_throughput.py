@@ -110,9 +110,13 @@ def run_hf(spec, tokenizer, ids, k, rows, new_tokens, temperature, eos, dtype) -
     import transformers
 
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-    path = weights.preset_path(spec)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=getattr(torch, dtype)).to(device).eval()
+    if Path(spec).is_dir():  # a HF directory (e.g. `cotjax export` of a fine-tuned run)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(spec, dtype=getattr(torch, dtype))
+    else:
+        path = weights.preset_path(spec)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=getattr(torch, dtype))
+    hf = hf.to(device).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     per_call = max(1, rows // k)
 
@@ -158,7 +162,8 @@ def _report(r: dict, eos) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--model", default="smollm2-135m-instruct",
+                    help="a preset, .gguf or HF directory (e.g. a `cotjax export` of a CoT run)")
     ap.add_argument("--data", default="data/gsm8k/train.jsonl")
     ap.add_argument("--problems", type=int, default=64)
     ap.add_argument("--k", type=int, default=8)

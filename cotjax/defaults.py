@@ -104,7 +104,7 @@ def get_config():
     c.data.num_epochs = 1  # -1: repeat forever (step-based training)
     c.data.max_examples = -1  # -1: all
     # Where records come from besides a local file (see cotjax/records.py).
-    c.data.format = "fields"  # gsm8k | aqua | fields: record layout for jsonl, hf and tfds sources
+    c.data.format = "fields"  # gsm8k | aqua | fields | messages: jsonl, hf and tfds record layout
     c.data.fields = ml_collections.ConfigDict(dict(
         question="question", chain="chain", answer="answer", options="options", id="id"))
     # e.g. --config.data.source=tfds --config.data.format=gsm8k on a TPU VM

@@ -35,7 +35,7 @@ from cotjax import paths
 from cotjax import records as records_lib
 from cotjax.records import CoTRecord
 from cotjax.report import read_samples
-from cotjax.scoring import chain_before_answer
+from cotjax.answers import chain_before_answer
 from cotjax.steps import check_steps
 
 FILTERS = ("correct", "steps_valid", "consistent", "finished")
@@ -164,10 +164,22 @@ def funnel_text(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write(out: str, records: Sequence[dict], summary: dict) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    paths.write_text(out, text)
+def unsolved(rows: Sequence[dict], summary: dict) -> list[dict]:
+    """The sampled problems without a kept chain, as raw GSM8K lines (question, `#### gold`):
+    what STaR's rationalisation pass samples again with the answer as a hint."""
+    firsts = {}
+    for r in rows:
+        firsts.setdefault(r["question"], r)
+    return [{"question": q, "answer": f"#### {r['gold']}", "id": r["id"]}
+            for q, r in sorted(firsts.items())
+            if summary["per_problem"][str(r["id"] or r["problem"])]["kept"] == 0]
+
+
+def write(out: str, records: Sequence[dict], summary: dict, rest: Sequence[dict] = ()) -> None:
+    """OUT (the records), OUT.funnel.json and OUT.unsolved.jsonl (see `unsolved`)."""
+    paths.write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     paths.write_text(str(out) + ".funnel.json", json.dumps(summary, indent=1) + "\n")
+    paths.write_text(str(out) + ".unsolved.jsonl", "".join(json.dumps(r) + "\n" for r in rest))
 
 
 def load_human(data: str, config) -> list[CoTRecord]:
@@ -194,7 +206,9 @@ def main(flags, dirs: Sequence[str]) -> dict:
     records, summary = select(rows, filters=filters, max_per_problem=flags.max_per_problem,
                               human=human, task=flags.task or "gsm8k")
     summary["sources"] = [str(d) for d in dirs]
-    write(flags.out, records, summary)
+    rest = unsolved(rows, summary) if (flags.task or "gsm8k") == "gsm8k" else []
+    write(flags.out, records, summary, rest)
     print(funnel_text(summary))
-    print(f"wrote {flags.out} and {flags.out}.funnel.json")
+    print(f"wrote {flags.out}, {flags.out}.funnel.json and {flags.out}.unsolved.jsonl "
+          f"({len(rest)} problems without a kept chain)")
     return summary

@@ -1,5 +1,10 @@
 """The CoT record type and dataset adapters (gsm8k, aqua, jsonl, synthetic, hf, tfds).
 
+Formats of a jsonl / hf / tfds record: `gsm8k`, `aqua`, `fields` (configurable field names) and
+`messages` (a chat: {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}, as
+teacher exports and reasoning-model datasets ship them). Reasoning inside think tags
+(`<think> ... </think>` then the answer) becomes the chain, in `messages` and `fields` alike.
+
 Every source yields raw dicts tagged with where they came from (`file:line`, `hf:name[split]#i`);
 one parser per format turns a raw dict into a `CoTRecord`. Two kinds of bad input:
 
@@ -24,10 +29,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cotjax import synthetic
+from cotjax import answers, synthetic
 
 ON_BAD_RECORD = ("error", "skip")
-FORMATS = ("gsm8k", "aqua", "fields")
+FORMATS = ("gsm8k", "aqua", "fields", "messages")
 SOURCES = ("gsm8k", "aqua", "jsonl", "synthetic", "hf", "tfds")
 SPLITS = ("train", "validation")
 _MAX_REASONS = 5
@@ -183,9 +188,27 @@ def parse_aqua(raw: Mapping[str, Any], where: str) -> CoTRecord:
     return _checked(rec, where)
 
 
+_THINK = re.compile(r"\s*<think>(.*?)</think>(.*)\Z", re.S)
+
+
+def split_think(text: str, where: str) -> tuple[str, str] | None:
+    """(reasoning, what follows) of a text that opens with a `<think>` block; None without one.
+    An unclosed block is an error: a cut-off generation, not a record."""
+    if "<think>" not in text:
+        return None
+    match = _THINK.match(text)
+    if match is None:
+        raise BadRecord(f"{where}: <think> without a closing </think> (or text before it)")
+    return match.group(1).strip(), match.group(2).strip()
+
+
 def parse_fields(raw: Mapping[str, Any], where: str, fields: FieldMap = FieldMap()) -> CoTRecord:
-    """A generic record with configurable field names; `options` and `id` are optional."""
+    """A generic record with configurable field names; `options` and `id` are optional. A chain
+    holding a think block trains on the block."""
     chain = _text(raw, fields.chain, where).strip()
+    think = split_think(chain, where)
+    if think is not None:
+        chain = think[0]
     options = parse_options(raw[fields.options], where) if raw.get(fields.options) else ()
     answer = _text(raw, fields.answer, where).strip()
     if options and answer.upper() not in dict(options):
@@ -193,6 +216,43 @@ def parse_fields(raw: Mapping[str, Any], where: str, fields: FieldMap = FieldMap
     rec = CoTRecord(_text(raw, fields.question, where).strip(), chain,
                     answer.upper() if options else answer, options=options,
                     id=str(raw.get(fields.id) or where), chain_raw=chain)
+    return _checked(rec, where)
+
+
+def parse_messages(raw: Mapping[str, Any], where: str) -> CoTRecord:
+    """A chat record: the last assistant turn answers the user turn before it (system turns and
+    earlier turns are context the template does not carry). The chain is the assistant's think
+    block, else its text before the final-answer statement; the answer is the record's `answer`
+    field when it has one, else the strict answer after the think block (a number, else a
+    letter A-E)."""
+    messages = _field(raw, "messages", where)
+    if not isinstance(messages, list) or not all(
+            isinstance(m, Mapping) and isinstance(m.get("content"), str) and "role" in m
+            for m in messages):
+        raise RecordError(f"{where}: field 'messages' must be a list of "
+                          "{{'role': ..., 'content': '...'}} dicts")
+    roles = [m["role"] for m in messages]
+    if "assistant" not in roles:
+        raise BadRecord(f"{where}: no assistant turn in 'messages' (roles {roles})")
+    a = len(roles) - 1 - roles[::-1].index("assistant")
+    users = [i for i in range(a) if roles[i] == "user"]
+    if not users:
+        raise BadRecord(f"{where}: no user turn before the last assistant turn")
+    question, reply = messages[users[-1]]["content"].strip(), messages[a]["content"]
+    think = split_think(reply, where)
+    chain, rest = think if think is not None else (None, reply)
+    answer = raw.get("answer")
+    if answer is None:
+        answer = (answers.extract_answer(rest, "gsm8k")
+                  or answers.extract_answer(rest, "aqua"))
+    if answer is None:
+        raise BadRecord(f"{where}: no final answer in the assistant turn"
+                        f"{' after </think>' if think else ''} (and no 'answer' field)")
+    if chain is None:
+        chain = answers.chain_before_answer(reply, "gsm8k") or answers.chain_before_answer(
+            reply, "aqua") or ""
+    rec = CoTRecord(question, chain, str(answer).strip(), id=str(raw.get("id") or where),
+                    chain_raw=chain)
     return _checked(rec, where)
 
 
@@ -316,6 +376,8 @@ def _parser(fmt: str, data) -> Callable[[dict, str], CoTRecord]:
     if fmt == "fields":
         fields = FieldMap(**dict(data.get("fields", {})))
         return lambda raw, where: parse_fields(raw, where, fields)
+    if fmt == "messages":
+        return parse_messages
     raise ValueError(f"data.format must be one of {FORMATS}, got {fmt!r}")
 
 

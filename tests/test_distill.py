@@ -137,3 +137,13 @@ def test_bad_sample_directories_are_named(tmp_path):
     with pytest.raises(ValueError, match="samples-00000-of-00001.jsonl:2"):
         distill.read_sample_dirs([str(tmp_path)])
     assert read_samples(tmp_path / "missing.jsonl") == []
+
+
+def test_unsolved_problems_are_written_for_a_rationalisation_pass(tmp_path):
+    rows = ROWS + [_row("How many legs do 3 cats have?", "12", "3 * 4 = 13.\nThe answer is 13.",
+                        0, problem=2)]
+    records, summary = distill.select(rows)
+    rest = distill.unsolved(rows, summary)
+    assert rest == [{"question": "How many legs do 3 cats have?", "answer": "#### 12", "id": "p2"}]
+    parsed = records_lib.parse_gsm8k(rest[0], "unsolved:1")  # a raw GSM8K line `cotjax sample` reads
+    assert parsed.answer == "12"

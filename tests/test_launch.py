@@ -160,3 +160,21 @@ def test_tpu_pod_accepts_a_config_argument():
                           "--config=configs/nope.py:recipe=full", "--workdir=gs://b/r"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "config configs/nope.py does not exist" in bad.stderr
+
+
+def test_rft_rounds_never_evaluate_a_student_stopped_by_a_signal(tmp_path):
+    calls, fake = tmp_path / "calls", _preempted_cotjax(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake), "OUT": str(tmp_path / "out")}
+    out = subprocess.run(["bash", "launch/rft_rounds.sh", str(tmp_path / "teacher"),
+                          str(tmp_path / "runs")], capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert out.returncode == 1
+    assert calls.read_text().split() == ["sample", "distill", "train"]
+    assert "round 1: training stopped by a signal; rerun to resume it" in out.stderr
+    assert not list((tmp_path / "out").glob("*_summary.json"))
+
+
+def test_rft_rounds_needs_a_teacher():
+    out = subprocess.run(["bash", "launch/rft_rounds.sh"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode != 0 and "usage: launch/rft_rounds.sh TEACHER_WORKDIR" in out.stderr

@@ -1,6 +1,7 @@
 """Record adapters, bad-input errors and the held-out validation split."""
 
 import json
+import re
 import sys
 
 import pytest
@@ -209,3 +210,57 @@ def test_gsm8k_default_splits():
 def test_unknown_split():
     with pytest.raises(ValueError, match="split must be one of"):
         records.load_records(get_config().data, "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat "messages" records and think tags (teacher exports, reasoning-model datasets)
+
+
+def _messages(reply, **extra):
+    return {"messages": [{"role": "system", "content": "Be brief."},
+                         {"role": "user", "content": "What is 6 * 7?"},
+                         {"role": "assistant", "content": reply}], **extra}
+
+
+def test_messages_with_a_think_block_train_on_the_block():
+    rec = records.parse_messages(_messages("<think>\n6 * 7 = 42\n</think>\nThe answer is \\boxed{42}."),
+                                 "t.jsonl:1")
+    assert (rec.question, rec.chain, rec.answer) == ("What is 6 * 7?", "6 * 7 = 42", "42")
+
+
+def test_messages_without_think_use_the_text_before_the_answer():
+    rec = records.parse_messages(_messages("6 * 7 = 42.\nSo the answer is 42.\nAnything else?"),
+                                 "t.jsonl:2")
+    assert (rec.chain, rec.answer) == ("6 * 7 = 42.", "42")
+    rec = records.parse_messages(_messages("<think>6*7=42</think>Answer: (C)"), "t.jsonl:3")
+    assert rec.answer == "C"
+    rec = records.parse_messages(_messages("<think>6*7=42</think>forty-two", answer="42"), "w")
+    assert rec.answer == "42"  # an answer field wins
+
+
+@pytest.mark.parametrize("raw, message", [
+    (_messages("<think>6 * 7 = 42 and then"), "t.jsonl:4: <think> without a closing </think>"),
+    (_messages("<think>6*7=42</think>I am not sure."),
+     "t.jsonl:4: no final answer in the assistant turn after </think>"),
+    ({"messages": [{"role": "user", "content": "Hi"}]}, "t.jsonl:4: no assistant turn"),
+    ({"messages": "hello"}, "t.jsonl:4: field 'messages' must be a list"),
+    ({"chat": []}, "t.jsonl:4: missing field 'messages'"),
+])
+def test_bad_messages_records_are_named(raw, message):
+    with pytest.raises(records.RecordError, match=re.escape(message)):
+        records.parse_messages(raw, "t.jsonl:4")
+
+
+def test_fields_records_with_think_tags_and_the_messages_format_as_a_source(tmp_path):
+    rec = records.parse_fields({"question": "Q?", "chain": "<think>1 + 1 = 2</think> The answer "
+                                "is 2.", "answer": "2"}, "f:1")
+    assert rec.chain == "1 + 1 = 2"
+    f = tmp_path / "chat.jsonl"
+    f.write_text("\n".join(json.dumps(_messages(f"<think>{i} + 1 = {i + 1}</think>The answer is "
+                                                f"{i + 1}.")) for i in range(12)) + "\n")
+    from cotjax import defaults
+
+    c = defaults.get_config()
+    c.data.source, c.data.path, c.data.format, c.data.validation_size = "jsonl", str(f), "messages", 2
+    train, _ = records.load_records(c.data, "train")
+    assert len(train) == 10 and all(r.chain.endswith(f"= {r.answer}") for r in train)

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Rejection-sampling fine-tuning / STaR rounds (issue 22): round r samples K chains per training
+# problem from round r-1's model (round 1: TEACHER, a trained run), keeps the verified, distinct
+# ones (cotjax distill, with the human chains when HUMAN=1), retrains FROM THE BASE MODEL on
+# them (STaR's recipe: no drift from training on one's own outputs round after round), and
+# evaluates on the 500-problem validation slice (greedy and maj@8). Each round appends its
+# figures to OUT/rounds.jsonl and re-tabulates OUT/rounds.md with paired tests against TEACHER.
+#
+#   launch/rft_rounds.sh TEACHER_WORKDIR [RUNS_DIR]
+#
+# Environment (defaults in brackets):
+#   CONFIG [configs/gsm8k.py]   the student's config family (its data.path is the problem pool;
+#                               model=... for another family: sampling and selection are text)
+#   ROUNDS [1]  K [4]  PROBLEMS [-1: every training problem; N: the first N, for a CPU subset]
+#   LR [2e-4]  EPOCHS [2]        the student's schedule (the chosen SmolLM2 CoT recipe)
+#   MAX_PER_PROBLEM [4]  HUMAN [1]  HINT [0]: 1 adds STaR rationalisation (problems without a
+#                               kept chain are sampled again with the gold answer as a hint)
+#   TEACHER_EVAL [results/gsm8k/sweep/cot_lr2e-4_ep2_predictions.jsonl]  the teacher's greedy
+#                               validation predictions, for the paired test
+#   OUT [results/distill]  BATCH [64] rows sampled together  EXTRA [""] more --config.* flags
+# Every stage skips what is already done and resumes what was stopped (sample shards, training
+# checkpoints), so rerunning the same command continues a killed run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+teacher=${1:?usage: launch/rft_rounds.sh TEACHER_WORKDIR [RUNS_DIR]}
+runs=${2:-runs/rft}
+config=${CONFIG:-configs/gsm8k.py}
+out=${OUT:-results/distill}
+cotjax=${COTJAX:-.venv/bin/cotjax}
+k=${K:-4}
+mkdir -p "$runs" "$out"
+sample_flags=(--data=train "--k=$k" "--config.eval.batch_size=${BATCH:-64}"
+              "--config.eval.max_examples=${PROBLEMS:--1}" "--config.eval.temperature=0.7")
+model=$teacher
+for round in $(seq 1 "${ROUNDS:-1}"); do
+  dir=$runs/round$round
+  mkdir -p "$dir"
+  start=$SECONDS
+  $cotjax sample --config="$config" --workdir="$model" "${sample_flags[@]}" \
+    --out="$dir/samples" ${EXTRA:-} 2>&1 | tail -n 3
+  t_sample=$((SECONDS - start))
+  dirs=("$dir/samples")
+  human=()
+  if [ "${HUMAN:-1}" = 1 ]; then human=(--human=train "--config=$config"); fi
+  $cotjax distill "${dirs[@]}" --out="$dir/kept.jsonl" \
+    --max_per_problem="${MAX_PER_PROBLEM:-4}" "${human[@]}"
+  if [ "${HINT:-0}" = 1 ] && [ -s "$dir/kept.jsonl.unsolved.jsonl" ]; then
+    $cotjax sample --config="$config" --workdir="$model" "${sample_flags[@]}" --hint \
+      --data="$dir/kept.jsonl.unsolved.jsonl" --out="$dir/samples_hint" ${EXTRA:-} 2>&1 | tail -n 3
+    dirs+=("$dir/samples_hint")
+    $cotjax distill "${dirs[@]}" --out="$dir/kept.jsonl" \
+      --max_per_problem="${MAX_PER_PROBLEM:-4}" "${human[@]}"
+  fi
+  t_select=$((SECONDS - start - t_sample))
+  student=$dir/student
+  $cotjax train --config="$config:train=$dir/kept.jsonl" --workdir="$student" \
+    --config.train.lr="${LR:-2e-4}" --config.data.num_epochs="${EPOCHS:-2}" \
+    --config.train.checkpoint_every=20 --config.train.keep=2 --config.train.keep_best=0 \
+    --config.train.progress=False ${EXTRA:-} >"$student.train.log" 2>&1
+  if grep -q '"stopped_by_signal": true' "$student.train.log"; then
+    echo "round $round: training stopped by a signal; rerun to resume it" >&2; exit 1
+  fi
+  t_train=$((SECONDS - start - t_sample - t_select))
+  $cotjax eval --config="$config" --workdir="$student" --data=validation --out="$dir/eval" \
+    --config.eval.num_samples=8 --config.eval.batch_size="${BATCH:-64}" ${EXTRA:-} \
+    >"$dir/eval.log" 2>&1
+  t_eval=$((SECONDS - start - t_sample - t_select - t_train))
+  cp "$dir/eval/predictions.jsonl" "$out/round${round}_predictions.jsonl"
+  cp "$dir/eval/summary.json" "$out/round${round}_summary.json"
+  cp "$dir/kept.jsonl.funnel.json" "$out/round${round}_funnel.json"
+  python3 - "$out" "$round" "$model" "$t_sample" "$t_select" "$t_train" "$t_eval" <<'EOF'
+import json, sys
+out, rnd, teacher, *times = sys.argv[1:]
+s = json.load(open(f"{out}/round{rnd}_summary.json"))
+f = json.load(open(f"{out}/round{rnd}_funnel.json"))
+row = {"round": int(rnd), "teacher": teacher, "funnel": f["funnel"],
+       "problems_with_kept_chain": f["problems_with_kept_chain"], "problems": f["problems"],
+       "accuracy": s["accuracy"], "maj_accuracy": s.get("maj_accuracy"),
+       "steps_valid": s["steps_valid"], "chains_all_steps_valid": s["chains_all_steps_valid"],
+       "seconds": dict(zip(["sample", "select", "train", "eval"], map(int, times)))}
+with open(f"{out}/rounds.jsonl", "a") as fh:
+    fh.write(json.dumps(row) + "\n")
+EOF
+  echo "round $round: $(python3 -c "import json;print(json.load(open('$out/round${round}_summary.json'))['accuracy'])") greedy accuracy"
+  model=$student
+done
+teacher_eval=${TEACHER_EVAL:-results/gsm8k/sweep/cot_lr2e-4_ep2_predictions.jsonl}
+for f in "$out"/round*_predictions.jsonl; do
+  echo "$(basename "$f") vs teacher: $($cotjax report paired "$teacher_eval" "$f" | tail -n 1)"
+done | tee "$out/rounds.md"
