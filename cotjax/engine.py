@@ -290,137 +290,169 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
     same text would put them), and recorded in the Sample with the model's own argmax there.
     None lets the row continue unaided (counted). Rows without a trigger never leave the loop
     for it, so without claims the output is token for token what it is without a hook.
-    `number_ids` ({"extends": ids, "separator": ids, "digit": ids}; calculator.number_ids):
+    `number_ids` ({"extends": ids, "separator": ids, "digit": ids}; calculator.token_classes):
     right after a forced value the model may not extend it: no token that continues a number
     (a digit, or '.5'), and after a bare '.' or ',' no digit ("= 6" + ".40" would undo it).
     """
     _check_requests(requests, max_new_tokens)
     if not requests:
         return
-    graphdef, weights, spec, B = decode._setup(model, eos_ids, batch_size, mesh, sampling,
-                                                 max_new_tokens)
-    cfg = model.cfg
-    P = prompt_slots(max(len(r.prompt) for r in requests))
-    widest = max(len(r.samples) for r in requests) or 1
-    G = max(1, min(len(requests), -(-B // widest)))  # prompts per prefill
-    M = 2 * G
-    pool = _empty_pool(cfg, M, P, jnp.dtype(cfg.compute_dtype))
-    F = max_forced
-    rows = _empty_rows(cfg, B, P, spec, F)
-    classes_V = np.zeros(cfg.vocab_size, np.int8)
-    if hook is not None:
-        classes_V[np.asarray(list(trigger_ids), np.int64)] |= TRIGGER
-        for key, bit in (("extends", EXTENDS_NUMBER), ("separator", SEPARATOR), ("digit", DIGIT)):
-            classes_V[np.asarray(list((number_ids or {}).get(key, ())), np.int64)] |= bit
-    classes_V = jnp.asarray(classes_V)
-    notes: list[list[dict]] = [[] for _ in range(B)]
-    handled = np.zeros(B, bool)  # rows whose trigger the host has handled
-    force = np.full((B, F), -1, np.int32)
-    forced = np.zeros(B, bool)  # rows that start forcing `force` at the next _extend
-    declined = np.zeros(B, np.int64)
+    run = _Scheduler(model, requests, max_new_tokens, sampling, eos_ids, batch_size, seed, mesh,
+                     hook, trigger_ids, number_ids, max_forced)
+    while True:
+        while run.pending and None in run.owner and run.assign():
+            pass
+        if all(o is None for o in run.owner):
+            assert not run.pending, "engine: pending samples but no row could start"
+            return
+        out, n, done = run.advance(check_every)
+        if hook is not None:
+            run.call_hook(hook, out, n)
+        if stop_fn is not None:
+            for r in range(run.B):
+                if run.owner[r] is not None and not done[r] and stop_fn(
+                        requests[run.owner[r][0]].problem, out[r, :n[r]].tolist()):
+                    run.stopped[r] = True
+        yield from run.finished(out, n, done)
 
-    pending = collections.deque((i, s) for i, r in enumerate(requests) for s in r.samples)
-    unassigned = collections.Counter(i for i, _ in pending)
-    in_pool: dict[int, int] = {}
-    free_slots = list(range(M))
-    next_prefill = 0  # requests are prefilled in order
-    owner: list[tuple[int, int] | None] = [None] * B
-    occupancy = np.zeros(B, np.int64)
-    stopped = np.zeros(B, bool)
 
-    def prefill_next():
-        nonlocal pool, next_prefill
+class _Scheduler:
+    """The host side of `sample`: which (problem, sample) each row holds, the prompt pool, and
+    the tool hook's per-row state."""
+
+    def __init__(self, model, requests, max_new_tokens, sampling, eos_ids, batch_size, seed,
+                 mesh, hook, trigger_ids, number_ids, max_forced):
+        self.graphdef, self.weights, self.spec, B = decode._setup(
+            model, eos_ids, batch_size, mesh, sampling, max_new_tokens)
+        cfg = model.cfg
+        self.requests, self.seed, self.B, self.F = requests, seed, B, max_forced
+        self.P = prompt_slots(max(len(r.prompt) for r in requests))
+        widest = max(len(r.samples) for r in requests) or 1
+        self.G = max(1, min(len(requests), -(-B // widest)))  # prompts per prefill
+        self.M = 2 * self.G
+        self.pool = _empty_pool(cfg, self.M, self.P, jnp.dtype(cfg.compute_dtype))
+        self.rows = _empty_rows(cfg, B, self.P, self.spec, self.F)
+        self.hooked = hook is not None
+        self.classes_V = jnp.asarray(_token_classes(cfg.vocab_size, trigger_ids, number_ids)
+                                     if self.hooked else np.zeros(cfg.vocab_size, np.int8))
+        self.pending = collections.deque((i, s) for i, r in enumerate(requests)
+                                         for s in r.samples)
+        self.unassigned = collections.Counter(i for i, _ in self.pending)
+        self.in_pool: dict[int, int] = {}
+        self.free_slots = list(range(self.M))
+        self.next_prefill = 0  # requests are prefilled in order
+        self.owner: list[tuple[int, int] | None] = [None] * B
+        self.occupancy = np.zeros(B, np.int64)
+        self.stopped = np.zeros(B, bool)
+        self.notes: list[list[dict]] = [[] for _ in range(B)]
+        self.declined = np.zeros(B, np.int64)
+        self.handled = np.zeros(B, bool)  # rows whose trigger the host has handled
+        self.force = np.full((B, self.F), -1, np.int32)
+        self.forced = np.zeros(B, bool)  # rows that start forcing `force` at the next advance
+
+    def prefill_next(self) -> None:
+        """Prefill the next requests (in order) with samples left into free pool entries."""
         take = []
-        while next_prefill < len(requests) and len(take) < min(G, len(free_slots)):
-            if unassigned[next_prefill]:
-                take.append(next_prefill)
-            next_prefill += 1
-        tokens = np.zeros((G, P), np.int32)
-        lengths = np.zeros(G, np.int32)
-        slots = np.full(G, M, np.int32)
+        while (self.next_prefill < len(self.requests)
+               and len(take) < min(self.G, len(self.free_slots))):
+            if self.unassigned[self.next_prefill]:
+                take.append(self.next_prefill)
+            self.next_prefill += 1
+        tokens = np.zeros((self.G, self.P), np.int32)
+        lengths = np.zeros(self.G, np.int32)
+        slots = np.full(self.G, self.M, np.int32)
         for g, i in enumerate(take):
-            prompt = requests[i].prompt
-            tokens[g, P - len(prompt):] = prompt
+            prompt = self.requests[i].prompt
+            tokens[g, self.P - len(prompt):] = prompt
             lengths[g] = len(prompt)
-            slots[g] = in_pool[i] = free_slots.pop(0)
-        pool = _fill_pool(graphdef, weights, pool, jnp.asarray(tokens), jnp.asarray(lengths),
-                          jnp.asarray(slots), spec=spec)
+            slots[g] = self.in_pool[i] = self.free_slots.pop(0)
+        self.pool = _fill_pool(self.graphdef, self.weights, self.pool, jnp.asarray(tokens),
+                               jnp.asarray(lengths), jnp.asarray(slots), spec=self.spec)
 
-    def assign() -> bool:
+    def assign(self) -> bool:
         """Start pending samples on free rows; False when none could start."""
-        nonlocal rows
+        B = self.B
         new = np.zeros(B, bool)
         slot = np.zeros(B, np.int32)
         problems = np.zeros(B, np.int64)
         samples = np.zeros(B, np.int64)
         freed = []
         for r in range(B):
-            if owner[r] is not None or not pending:
+            if self.owner[r] is not None or not self.pending:
                 continue
-            i, s = pending[0]
-            if i not in in_pool:
-                if not free_slots:
+            i, s = self.pending[0]
+            if i not in self.in_pool:
+                if not self.free_slots:
                     break  # the slots freed by this round's rows come back after the refill
-                prefill_next()
-            pending.popleft()
-            owner[r] = (i, s)
-            occupancy[r] += 1
-            new[r], slot[r], stopped[r] = True, in_pool[i], False
-            notes[r], declined[r] = [], 0
-            handled[r] = forced[r] = False  # the refill resets the row's trigger state
-            problems[r], samples[r] = requests[i].problem, s
-            unassigned[i] -= 1
-            if not unassigned[i]:
-                freed.append(in_pool.pop(i))
+                self.prefill_next()
+            self.pending.popleft()
+            self.owner[r] = (i, s)
+            self.occupancy[r] += 1
+            new[r], slot[r], self.stopped[r] = True, self.in_pool[i], False
+            self.notes[r], self.declined[r] = [], 0
+            self.handled[r] = self.forced[r] = False  # the refill resets the trigger state
+            problems[r], samples[r] = self.requests[i].problem, s
+            self.unassigned[i] -= 1
+            if not self.unassigned[i]:
+                freed.append(self.in_pool.pop(i))
         if not new.any():
             return False
-        rows = _refill(rows, pool, jnp.asarray(new), jnp.asarray(slot),
-                       decode.sample_keys(seed, problems, samples),
-                       jnp.asarray(occupancy.astype(np.int32)), classes_V, spec=spec)
-        free_slots.extend(freed)  # only after the refill has read them
+        self.rows = _refill(self.rows, self.pool, jnp.asarray(new), jnp.asarray(slot),
+                            decode.sample_keys(self.seed, problems, samples),
+                            jnp.asarray(self.occupancy.astype(np.int32)), self.classes_V,
+                            spec=self.spec)
+        self.free_slots.extend(freed)  # only after the refill has read them
         return True
 
-    while True:
-        while pending and None in owner and assign():
-            pass
-        if all(o is None for o in owner):
-            assert not pending, "engine: pending samples but no row could start"
-            return
-        quota = max(1, B // 8) if pending else B
-        step = int(rows.step)
-        rows = _extend(graphdef, weights, rows, jnp.int32(step + check_every), jnp.int32(quota),
-                       jnp.asarray(stopped), jnp.asarray(handled), jnp.asarray(force),
-                       jnp.asarray(forced), classes_V, spec=spec, hook=hook is not None)
-        handled[:], forced[:] = False, False
-        done = np.asarray(rows.done_B)
-        n = np.asarray(rows.n_B)
-        out = np.asarray(rows.out_BN)
-        if hook is not None:
-            for r in np.flatnonzero(np.asarray(rows.hit_B)):
-                handled[r] = True
-                got = hook(requests[owner[r][0]].problem, out[r, :n[r]].tolist())
-                if got is None:
-                    declined[r] += 1
-                    continue
-                ids, note = got
-                if not 0 < len(ids) <= F:
-                    raise ValueError(f"hook: {len(ids)} tokens to force; 1 to {F} are allowed")
-                force[r] = -1
-                force[r, :len(ids)] = ids
-                forced[r] = True
-                notes[r].append({"at": int(n[r]), "forced": list(map(int, ids)), **note})
-        if stop_fn is not None:
-            for r in range(B):
-                if owner[r] is not None and not done[r] and stop_fn(
-                        requests[owner[r][0]].problem, out[r, :n[r]].tolist()):
-                    stopped[r] = True
-        logp = np.asarray(rows.logp_B)
-        own = np.asarray(rows.own_BN) if hook is not None else None
-        for r in range(B):
-            if owner[r] is not None and (done[r] or stopped[r]):
-                i, s = owner[r]
-                owner[r], forced[r] = None, False  # no forcing for the next occupant
-                calls = tuple({**c, "model": own[r, c["at"]:c["at"] + len(c["forced"])].tolist()}
-                              for c in notes[r])
-                yield Sample(requests[i].problem, s, out[r, :n[r]].tolist(), float(logp[r]),
-                             bool(stopped[r] and not done[r]), calls, int(declined[r]))
+    def advance(self, check_every: int):
+        """One round of decoding; (tokens [B, N], counts, done flags) on the host."""
+        quota = max(1, self.B // 8) if self.pending else self.B
+        step = int(self.rows.step)
+        self.rows = _extend(self.graphdef, self.weights, self.rows, jnp.int32(step + check_every),
+                            jnp.int32(quota), jnp.asarray(self.stopped),
+                            jnp.asarray(self.handled), jnp.asarray(self.force),
+                            jnp.asarray(self.forced), self.classes_V, spec=self.spec,
+                            hook=self.hooked)
+        self.handled[:], self.forced[:] = False, False
+        return (np.asarray(self.rows.out_BN), np.asarray(self.rows.n_B),
+                np.asarray(self.rows.done_B))
+
+    def call_hook(self, hook, out, n) -> None:
+        """Ask the hook about every row that stopped at a trigger token."""
+        for r in np.flatnonzero(np.asarray(self.rows.hit_B)):
+            self.handled[r] = True
+            if self.owner[r] is None:
+                continue
+            got = hook(self.requests[self.owner[r][0]].problem, out[r, :n[r]].tolist())
+            if got is None:
+                self.declined[r] += 1
+                continue
+            ids, note = got
+            if not 0 < len(ids) <= self.F:
+                raise ValueError(f"hook: {len(ids)} tokens to force; 1 to {self.F} are allowed")
+            self.force[r] = -1
+            self.force[r, :len(ids)] = ids
+            self.forced[r] = True
+            self.notes[r].append({"at": int(n[r]), "forced": list(map(int, ids)), **note})
+
+    def finished(self, out, n, done) -> Iterator[Sample]:
+        """The samples of rows that ended this round; their rows become free."""
+        logp = np.asarray(self.rows.logp_B)
+        own = np.asarray(self.rows.own_BN) if self.hooked else None
+        for r in range(self.B):
+            if self.owner[r] is None or not (done[r] or self.stopped[r]):
+                continue
+            i, s = self.owner[r]
+            self.owner[r], self.forced[r] = None, False  # no forcing for the next occupant
+            calls = tuple({**c, "model": own[r, c["at"]:c["at"] + len(c["forced"])].tolist()}
+                          for c in self.notes[r])
+            yield Sample(self.requests[i].problem, s, out[r, :n[r]].tolist(), float(logp[r]),
+                         bool(self.stopped[r] and not done[r]), calls, int(self.declined[r]))
+
+
+def _token_classes(vocab_size: int, trigger_ids, number_ids) -> np.ndarray:
+    classes = np.zeros(vocab_size, np.int8)
+    classes[np.asarray(list(trigger_ids), np.int64)] |= TRIGGER
+    for key, bit in (("extends", EXTENDS_NUMBER), ("separator", SEPARATOR), ("digit", DIGIT)):
+        classes[np.asarray(list((number_ids or {}).get(key, ())), np.int64)] |= bit
+    return classes

@@ -77,3 +77,18 @@ def test_no_module_is_a_grab_bag():
     sizes = {p.name: len(p.read_text().splitlines()) for p in PKG.glob("*.py")}
     big = {name: n for name, n in sizes.items() if n > 620 and name != "model.py"}
     assert not big, big
+
+
+def test_the_readme_layout_lists_every_module_after_what_it_imports():
+    """README.md's layout says each module imports only modules listed before it."""
+    import re
+
+    text = (PKG.parent / "README.md").read_text()
+    block = text[text.index("cotjax/\n  defaults.py"):text.index("configs/ launch/")]
+    order = re.findall(r"\b([a-z_]+)\.py\b", block)
+    graph = _graph()
+    assert sorted(order) == sorted(graph), "the layout lists every module once"
+    seen = set()
+    for m in order:
+        assert graph[m] <= seen, f"{m} imports {sorted(graph[m] - seen)}, listed after it"
+        seen.add(m)
