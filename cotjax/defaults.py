@@ -15,6 +15,7 @@ the command line as `--config.section.key=value`. Pure Python: no JAX.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import ml_collections
@@ -217,11 +218,20 @@ def apply_overrides(config, overrides: dict, where: str = "config") -> None:
     it and the closest existing one."""
     import json
 
+    base = get_config()
     for key, value in overrides.items():
+        *head, last = key.split(".")
+        if missing_key_hint(config, key) is not None and missing_key_hint(base, key) is None:
+            # A key added to the defaults after the config was written (a run's saved config):
+            # it takes the default's place, so an old run can use a new option.
+            node, default = config, base
+            for part in head:
+                node, default = node[part], default[part]
+            with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+                node[last] = default[last]
         hint = missing_key_hint(config, key)
         if hint is not None:
             raise KeyError(f"{where} has no key {key!r}{hint}")
-        *head, last = key.split(".")
         node = config
         for part in head:
             node = node[part]

@@ -74,3 +74,15 @@ def test_family_members_differ_only_in_their_argument():
     answer_only = defaults.load_config(str(ROOT / "configs/gsm8k.py:mode=answer_only")).to_dict()
     assert (cot["data"].pop("mode"), answer_only["data"].pop("mode")) == ("cot", "answer_only")
     assert cot == answer_only
+
+
+def test_overrides_reach_keys_added_after_a_run_saved_its_config():
+    """A run's saved config predates `eval.calculator`: overriding it still works (the key takes
+    its default's place), and a mistyped key is still refused by name."""
+    config = defaults.get_config()
+    with config.eval.unlocked():
+        del config.eval["calculator"]
+    defaults.apply_overrides(config, {"eval.calculator": "true"}, where="the run's config")
+    assert config.eval.calculator is True
+    with pytest.raises(KeyError, match="no key 'eval.calculatr' \\(did you mean calculator\\?\\)"):
+        defaults.apply_overrides(config, {"eval.calculatr": "true"}, where="the run's config")

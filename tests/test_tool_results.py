@@ -1,0 +1,63 @@
+"""The sampling benchmark's and the calculator check's committed files, and the figures
+docs/sample_distill.md and docs/calculator.md quote from them."""
+
+import json
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CALC = ROOT / "results/calculator"
+
+
+def _doc(name):
+    return re.sub(r"\s+", " ", (ROOT / "docs" / name).read_text().replace("**", ""))
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_sample_benchmark_figures():
+    lines = _jsonl(ROOT / "results/distill/sample_throughput_cpu.jsonl")
+    config, last = lines[0], lines[-1]
+    assert (config["problems"], config["k"], config["new_tokens"], config["rows"]) == (64, 8, 256, 64)
+    systems = {line["system"]: line for line in lines if "system" in line}
+    for name, key in (("engine", "engine_tokens_per_s"), ("static", "static_tokens_per_s"),
+                      ("transformers", "hf_tokens_per_s")):
+        s = systems[name]
+        assert s["samples"] == 512
+        assert abs(s["useful_tokens"] / s["seconds"] - last[key]) < 0.06
+    assert round(last["engine_tokens_per_s"] / last["static_tokens_per_s"], 3) == last["ratio_vs_static"]
+    agreement = next(line for line in lines if line.get("event") == "agreement")
+    doc = _doc("sample_distill.md")
+    row = (f"{last['engine_tokens_per_s']} ({systems['engine']['seconds']:.0f} s) | "
+           f"{last['static_tokens_per_s']} ({systems['static']['seconds']:.0f} s) | "
+           f"{last['hf_tokens_per_s']} ({systems['transformers']['seconds']:.0f} s) | "
+           f"{last['ratio_vs_static']:.2f}× | {last['ratio_vs_hf']:.2f}×")
+    assert row in doc
+    assert f"{agreement['identical_samples']} of the {agreement['samples']} samples" in doc
+
+
+def test_calculator_check_figures():
+    without = json.loads((CALC / "quickstart_without/summary.json").read_text())
+    with_ = json.loads((CALC / "quickstart_with/summary.json").read_text())
+    doc = _doc("calculator.md")
+    for s in (without, with_):
+        share = f"{100 * s['steps_valid'] / s['steps_total']:.1f}%"
+        assert f"{s['steps_valid']} of {s['steps_total']} ({share})" in doc
+        assert f"{s['decode_seconds']:.1f} s, {s['greedy_tokens_per_s']:.1f} tokens/s" in doc
+    assert f"{with_['calculator_calls']} ({with_['calculator_changed']})" in doc
+    assert (without["finished_length"], with_["finished_length"]) == (25, 29)
+    # every claim the calculator completed holds; the invalid ones were cut by the length limit
+    for row in _jsonl(CALC / "quickstart_with/predictions.jsonl"):
+        sites = {c["expression"] for c in row["calculator_calls"]}
+        for step in row["steps"]:
+            if step["expression"].strip() in sites and not step["ok"]:
+                assert row["finish"] == "length"
+                assert step["span"][1] == len(row["generation"].rstrip())
+
+
+def test_the_engine_wrote_the_static_paths_greedy_text():
+    old = _jsonl(ROOT / "results/quickstart/predictions.jsonl")
+    new = _jsonl(CALC / "quickstart_without/predictions.jsonl")
+    assert [r["generation"] for r in old] == [r["generation"] for r in new]
