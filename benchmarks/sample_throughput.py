@@ -185,19 +185,22 @@ def main(argv=None) -> None:
     kw = dict(max_new_tokens=args.new_tokens, eos_ids=eos, batch_size=args.rows, seed=args.seed,
               sampling=decode.SamplingConfig(temperature=args.temperature))
     ours = run_engine(model, ids, args.k, kw)
-    _emit(_report(ours, eos))
+    ours_line = _report(ours, eos)
+    _emit(ours_line)
     static = run_static(model, ids, args.k, kw, args.seed)
-    _emit(_report(static, eos))
+    static_line = _report(static, eos)
+    _emit(static_line)
     same = sum(ours["outputs"][key] == static["outputs"][key] for key in ours["outputs"])
     _emit(dict(event="agreement", identical_samples=same, samples=len(ours["outputs"])))
-    result = dict(engine_tokens_per_s=_report(ours, eos)["tokens_per_s"],
-                  static_tokens_per_s=_report(static, eos)["tokens_per_s"])
+    result = dict(engine_tokens_per_s=ours_line["tokens_per_s"],
+                  static_tokens_per_s=static_line["tokens_per_s"])
     result["ratio_vs_static"] = round(result["engine_tokens_per_s"] / result["static_tokens_per_s"], 3)
     if not args.skip_hf:
         hf = run_hf(args.model, tokenizer, ids, args.k, args.rows, args.new_tokens,
                     args.temperature, eos, args.dtype)
-        _emit(_report(hf, eos))
-        result["hf_tokens_per_s"] = _report(hf, eos)["tokens_per_s"]
+        hf_line = _report(hf, eos)
+        _emit(hf_line)
+        result["hf_tokens_per_s"] = hf_line["tokens_per_s"]
         result["ratio_vs_hf"] = round(result["engine_tokens_per_s"] / result["hf_tokens_per_s"], 3)
     _emit(result)
 

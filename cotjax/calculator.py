@@ -19,6 +19,7 @@ carries one, after one space in prose and none inside an annotation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
@@ -71,6 +72,7 @@ def claim_value(text: str) -> Call | None:
     return Call(expression, shown, f"{space}{dollar}{shown}")
 
 
+@functools.lru_cache(maxsize=4)  # one vocabulary pass per tokenizer (eval's greedy + maj@k)
 def token_classes(tokenizer, vocab_size: int | None = None) -> dict[str, list[int]]:
     """Token ids by role, from each token's text: `trigger` ends with '=' (before trailing
     spaces: where a claim can end); `extends` would continue a number written before it (starts
@@ -89,10 +91,6 @@ def token_classes(tokenizer, vocab_size: int | None = None) -> dict[str, list[in
         if t[:1].isdigit():
             out["digit"].append(i)
     return out
-
-
-def trigger_ids(tokenizer, vocab_size: int | None = None) -> list[int]:
-    return token_classes(tokenizer, vocab_size)["trigger"]
 
 
 class Hook:

@@ -27,6 +27,7 @@ Hinted samples (STaR rationalisation) keep the question without the hint.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -61,16 +62,10 @@ def path_of_steps(steps: Sequence[dict]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def reasoning_path(chain: str, steps: Sequence[dict] | None = None) -> tuple[str, ...]:
+def reasoning_path(chain: str) -> tuple[str, ...]:
     """A chain's reasoning path: its claims, or its normalised text when it makes none."""
-    steps = [dataclass_dict(s) for s in check_steps(chain).steps] if steps is None else steps
-    path = path_of_steps(steps)
+    path = path_of_steps([dataclasses.asdict(s) for s in check_steps(chain).steps])
     return path or ("text:" + " ".join(chain.lower().split()),)
-
-
-def dataclass_dict(step) -> dict:
-    return {"expression": step.expression, "claimed": step.claimed,
-            "claimed_value": step.claimed_value}
 
 
 def read_sample_dirs(dirs: Sequence[str]) -> list[dict]:

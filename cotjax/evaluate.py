@@ -153,7 +153,7 @@ def complete_all(net, tokenizer, ids, settings: dict, *, k: int = 1, progress=No
     return out
 
 
-def _calculator_fields(calls) -> dict:
+def calculator_fields(calls) -> dict:
     if calls is None:
         return {}
     return {"calculator_calls": calls, "calculator_changed": sum(c["changed"] for c in calls)}
@@ -170,7 +170,7 @@ def greedy_answers(net, model_cfg, tokenizer, config, recs, *, task: str | None 
         settings["max_new_tokens"] = int(max_new_tokens)
     done = complete_all(net, tokenizer, ids, settings,
                         use_calculator=bool(_eval_settings(config)["calculator"]))
-    return [{**answer_row(r, i, c, task), **_calculator_fields(calls)}
+    return [{**answer_row(r, i, c, task), **calculator_fields(calls)}
             for r, i, [(c, calls)] in zip(recs, ids, done, strict=True)]
 
 
@@ -241,7 +241,7 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
             return outs, time.perf_counter() - t0
 
     greedy, seconds = decode_all("greedy", 1)
-    rows = [{**answer_row(r, i, c, task), **_calculator_fields(calls)}
+    rows = [{**answer_row(r, i, c, task), **calculator_fields(calls)}
             for r, i, [(c, calls)] in zip(recs, ids, greedy, strict=True)]
     n_samples = int(ev["num_samples"])
     sample_seconds = 0.0
@@ -255,7 +255,7 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
             # scored by the same rule as the greedy answer it is compared with
             votes = score_samples([c.text for c, _ in mine], row["gold"], task)
             row["samples"] = [{"generation": c.text, "finish": c.finish, **scores,
-                               **_calculator_fields(calls)}
+                               **calculator_fields(calls)}
                               for (c, calls), scores in zip(mine, votes.pop("samples"),
                                                             strict=True)]
             row.update(votes)

@@ -115,10 +115,8 @@ def run_sample(config, workdir: str | None = None, step=None, *, model: str | No
     dec = evaluate.decode_settings(config, model_cfg, tokenizer, mesh)
     sampling = decode.SamplingConfig(float(ev["temperature"]), int(ev["top_k"]),
                                      float(ev["top_p"]))
-    fixed = {"model": source, "prompting": settings["prompting"], "template": settings["template"],
-             "temperature": sampling.temperature, "top_k": sampling.top_k,
-             "top_p": sampling.top_p, "seed": settings["seed"], "hint": hint,
-             "calculator": settings["calculator"]}
+    fixed = {k: settings[k] for k in ("model", "prompting", "template", "temperature", "top_k",
+                                      "top_p", "seed", "hint", "calculator")}
     tokens = correct = 0
     t0 = time.perf_counter()
     stream = evaluate.stream(net, tokenizer, requests, dec, sampling=sampling,
@@ -132,7 +130,7 @@ def run_sample(config, workdir: str | None = None, step=None, *, model: str | No
                    "generation": c.text, "finish": c.finish, "new_tokens": len(s.tokens),
                    "logprob": round(s.logprob, 4), **fixed,
                    **score_prediction(c.text, rec.answer, task),
-                   **evaluate._calculator_fields(calls)}
+                   **evaluate.calculator_fields(calls)}
             f.write(json.dumps(row) + "\n")
             f.flush()
             tokens += len(s.tokens)

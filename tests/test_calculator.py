@@ -66,7 +66,7 @@ def test_hostile_expressions_return_quickly():
 @pytest.mark.parametrize("spec", ["smollm2-135m-instruct", "gemma3-270m"])
 def test_forces_the_right_tokens_for_both_tokenizers(spec):
     tok = weights.load_tokenizer(spec)
-    triggers = calculator.trigger_ids(tok)
+    triggers = calculator.token_classes(tok)["trigger"]
     assert tok.convert_tokens_to_ids("=") in triggers
     assert all(tok.decode([i]).rstrip(" ").endswith("=") for i in triggers)
     hook = calculator.Hook(tok, lambda ids: tok.decode(ids, skip_special_tokens=True))
