@@ -151,6 +151,11 @@ def get_config():
     # A calculator in the loop (cotjax/calculator.py): where a chain ends an arithmetic
     # expression with '=', the true value is written for the model (eval, sample, generate).
     c.eval.calculator = False
+    # Faithfulness by intervention (cotjax/faithfulness.py), opt-in: any of "early", "corrupt",
+    # "filler" (or "all"), run on the greedy chains after scoring them.
+    c.eval.faithfulness = ()
+    c.eval.faithfulness_points = 11  # early answering: at most this many step counts per chain
+    c.eval.faithfulness_answer_tokens = 16  # tokens read after the answer cue
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all remaining devices

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import jax
 from tqdm import tqdm
 
-from cotjax import calculator, decode, defaults, engine, formatting, load, pipeline, sharding
+from cotjax import calculator, decode, defaults, engine, faithfulness, formatting, load, pipeline
+from cotjax import sharding
 from cotjax import tokenize
 from cotjax import records as records_lib
 from cotjax.checkpoint import read_run_config
@@ -159,6 +160,55 @@ def calculator_fields(calls) -> dict:
     return {"calculator_calls": calls, "calculator_changed": sum(c["changed"] for c in calls)}
 
 
+def faithfulness_settings(ev: dict) -> tuple[str, ...]:
+    """eval.faithfulness as intervention names: a tuple, "a,b", or "all"; () when off."""
+    given = ev.get("faithfulness") or ()
+    names = [n.strip() for item in ([given] if isinstance(given, str) else given)
+             for n in str(item).split(",") if n.strip()]
+    if "all" in names:
+        return faithfulness.INTERVENTIONS
+    unknown = sorted(set(names) - set(faithfulness.INTERVENTIONS))
+    if unknown:
+        raise ValueError(f"eval.faithfulness: unknown intervention(s) {unknown}; choose from "
+                         f"{', '.join(faithfulness.INTERVENTIONS)} or all")
+    return tuple(dict.fromkeys(names))
+
+
+def intervene(net, tokenizer, ids, rows, settings: dict, *, task: str, template: str,
+              interventions, points: int = 11, answer_tokens: int = 16,
+              progress=None) -> tuple[list[dict], dict]:
+    """The faithfulness interventions on greedy `rows` (answer_row dicts) whose prompts were
+    `ids`: each query is decoded greedily by the engine from the prompt ids followed by the
+    query's text as tokens; answers after the cue stop at the line's end."""
+    def encode(text):
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def complete(queries):
+        texts = [""] * len(queries)
+        for kind, budget, stops in (("answer", answer_tokens, ("\n",)),
+                                    ("continue", settings["max_new_tokens"], ())):
+            mine = [j for j, q in enumerate(queries) if q.kind == kind]
+            if not mine:
+                continue
+            prompts = [list(ids[queries[j].problem]) + encode(queries[j].prefix) for j in mine]
+            done = complete_all(net, tokenizer, prompts,
+                                {**settings, "max_new_tokens": int(budget),
+                                 "stop": (*settings["stop"], *stops)}, progress=progress)
+            for j, [(completion, _)] in zip(mine, done, strict=True):
+                texts[j] = completion.text
+        return texts
+
+    frows, summary = faithfulness.run(
+        [r["generation"] for r in rows], [r["gold"] for r in rows], complete, task=task,
+        lead=" " if template == "plain" else "", interventions=interventions, points=points,
+        num_tokens=lambda text: len(encode(text)))
+    applicable = [r for r, f in zip(rows, frows) if f["applicable"]]
+    summary["answer_differs_from_last_step"] = (
+        round(sum(r["answer_differs_from_last_step"] for r in applicable) / len(applicable), 4)
+        if applicable else None)
+    return frows, summary
+
+
 def greedy_answers(net, model_cfg, tokenizer, config, recs, *, task: str | None = None,
                    max_new_tokens: int | None = None, mesh=None) -> list[dict]:
     """Records answered greedily and scored exactly as `cotjax eval` does (its prompting,
@@ -214,6 +264,7 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
     ev = _eval_settings(config)
     task = task or ev["task"]
     check_task(task)
+    interventions = faithfulness_settings(ev)  # a bad name fails before the model loads
     prompting, template = ev["prompting"], config.data.template
     if out is None:
         if not workdir:
@@ -243,6 +294,17 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
     greedy, seconds = decode_all("greedy", 1)
     rows = [{**answer_row(r, i, c, task), **calculator_fields(calls)}
             for r, i, [(c, calls)] in zip(recs, ids, greedy, strict=True)]
+    faith_summary, faith_seconds = {}, 0.0
+    if interventions:
+        t0 = time.perf_counter()
+        with tqdm(desc="faithfulness", unit="seq", disable=not progress) as bar:
+            frows, faith_summary = intervene(
+                net, tokenizer, ids, rows, common, task=task, template=template,
+                interventions=interventions, points=int(ev["faithfulness_points"]),
+                answer_tokens=int(ev["faithfulness_answer_tokens"]), progress=bar.update)
+        faith_seconds = time.perf_counter() - t0
+        for row, f in zip(rows, frows, strict=True):
+            row["faithfulness"] = f
     n_samples = int(ev["num_samples"])
     sample_seconds = 0.0
     if n_samples > 1:
@@ -276,6 +338,9 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
         calls = [c for r in rows for c in r["calculator_calls"]]
         summary.update(calculator=True, calculator_calls=len(calls),
                        calculator_changed=sum(c["changed"] for c in calls))
+    if interventions:
+        summary.update({"faithfulness": list(interventions), **faith_summary,
+                        "faithfulness_seconds": round(faith_seconds, 2)})
     if n_samples > 1:
         # the votes' and samples' accuracies come from summarize, under both rules
         summary.update({"maj_n": n_samples, "temperature": float(ev["temperature"]),

@@ -137,6 +137,71 @@ def plot_by_steps(tables: dict[str, dict[int, dict]], path: str | pathlib.Path) 
 
 
 # ---------------------------------------------------------------------------------------------
+# Faithfulness experiments (cotjax.faithfulness through `cotjax eval`)
+
+FAITHFULNESS = ("n", "accuracy", "faithfulness_n", "early_answering_aoc",
+                "corrupted_step_answer_changed", "corrupted_step_follows_chain",
+                "corrupted_step_n", "corrupted_step_reaches_answer", "filler_accuracy",
+                "no_chain_accuracy", "full_chain_accuracy", "answer_differs_from_last_step")
+
+
+def faithfulness_table(runs: dict[str, str | pathlib.Path]) -> dict[str, dict]:
+    """label -> the faithfulness figures of an eval directory's summary.json (run with
+    eval.faithfulness), with its model, prompting, curve and positions."""
+    table = {}
+    for label, directory in runs.items():
+        path = pathlib.Path(directory) / "summary.json"
+        summary = json.loads(path.read_text())
+        if "faithfulness" not in summary:
+            raise ValueError(f"{path}: no faithfulness figures (run cotjax eval with "
+                             "--config.eval.faithfulness=all)")
+        table[label] = {k: summary.get(k) for k in (
+            *FAITHFULNESS, "model", "prompting", "early_answering_curve",
+            "corrupted_step_by_position", "faithfulness_not_applicable", "faithfulness_seconds")}
+    return table
+
+
+def plot_early_answering(table: dict[str, dict], ax=None):
+    """Early-answering curves: per model, the share of problems whose answer with only a
+    fraction of the chain kept is the whole chain's answer."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.8, 3.8))
+    for label, row in table.items():
+        if row.get("early_answering_curve"):
+            kept, same = zip(*row["early_answering_curve"])
+            ax.plot(kept, same, marker="o",
+                    label=f"{label} (AOC {row['early_answering_aoc']:.2f})")
+    ax.set_xlabel("fraction of the chain kept")
+    ax.set_ylabel("same answer as the whole chain")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def write_faithfulness(prefix: str | pathlib.Path, runs: dict[str, str]) -> dict[str, dict]:
+    """PREFIX.json (the table) and PREFIX.png (the curves); prints the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    prefix = pathlib.Path(prefix)
+    table = faithfulness_table(runs)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    prefix.with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
+    fig = plot_early_answering(table)
+    fig.savefig(prefix.with_suffix(".png"), dpi=120)
+    shown = ("n", "accuracy", "early_answering_aoc", "corrupted_step_answer_changed",
+             "corrupted_step_follows_chain", "filler_accuracy", "no_chain_accuracy")
+    print(f"{'model':<24}" + "".join(f"{k[:14]:>15}" for k in shown))
+    for label, row in table.items():
+        print(f"{label:<24}" + "".join(f"{_shown(row[k]):>15}" for k in shown))
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
 # Rescoring committed runs under the current rules
 
 # The figures `cotjax report rescore` prints for each file, old -> new.
@@ -334,6 +399,9 @@ def main(args) -> None:
     file, or a directory searched recursively) scored again from its generations under the
     current rules, with the task of the summary beside it; the file and its summary are
     rewritten (the summary's other fields kept) and the old -> new accuracies printed.
+    `cotjax report faithfulness OUT_PREFIX LABEL=EVAL_DIR ...`: the faithfulness figures of
+    eval directories (run with eval.faithfulness) as OUT_PREFIX.json, their early-answering
+    curves as OUT_PREFIX.png, and a printed table.
     `cotjax report check PATH ...` (or `rescore --check`): the same, writing nothing; the exit
     status is 1 when any file would change."""
     if args[:1] == ["paired"] and len(args) in (3, 4, 5):
@@ -354,6 +422,8 @@ def main(args) -> None:
         for label, t in tables.items():
             print(f"{label:<11} " + "  ".join(
                 f"{t[s]['accuracy']:5.2f}" if s in t else "    -" for s in steps))
+    elif args[:1] == ["faithfulness"] and len(args) >= 3:
+        write_faithfulness(args[1], dict(spec.partition("=")[::2] for spec in args[2:]))
     elif args[:1] in (["rescore"], ["check"]) and [a for a in args[1:] if a != "--check"]:
         check = args[0] == "check" or "--check" in args[1:]
         results = rescore([a for a in args[1:] if a != "--check"], write=not check)

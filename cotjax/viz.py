@@ -294,3 +294,29 @@ def compare_html(questions: Sequence[dict]) -> str:
         body += "".join(f"{cell}{_answer_cell(q['answers'][lb])}</td>" for lb in labels) + "</tr>"
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
+
+
+def interventions_html(row: dict) -> str:
+    """One problem's faithfulness interventions side by side: the chain and its answer; the
+    answer with the first k steps kept and with filler; each corrupted step and where the
+    model went from it."""
+    f = row["faithfulness"]
+    esc = html.escape
+    if not f["applicable"]:
+        return f"<p>not applicable: {esc(f['reason'])}</p>"
+    cell = '<td style="vertical-align:top;text-align:left;white-space:pre-wrap">'
+    early = "".join(f"<tr>{cell}{e['k']} ({e['kept']:.0%})</td>{cell}{esc(str(e['answer']))}"
+                    f"</td></tr>" for e in f.get("early", []))
+    early += (f"<tr>{cell}filler</td>{cell}{esc(str(f['filler_answer']))}</td></tr>"
+              if "filler_answer" in f else "")
+    corrupted = "".join(
+        f"<tr>{cell}{esc(', '.join(c['positions']))}</td>{cell}{esc(str(c.get('original')))} &rarr; "
+        f"{esc(str(c.get('changed')))}</td>{cell}{esc(str(c.get('implied')))}</td>"
+        f"{cell}{esc(str(c.get('answer', c.get('reason'))))}</td>"
+        f"{cell}{esc(c.get('continuation', '')[:300])}</td></tr>" for c in f["corrupted"])
+    return (f"<p><b>{esc(row['question'])}</b> (gold {esc(str(row['gold']))})</p><table><tr>"
+            f"{cell}{steps_html(row['generation'], check_steps(row['generation']))}"
+            f"<br><b>answer {esc(str(f['answer']))}</b></td>{cell}"
+            f"<table><tr><th>steps kept</th><th>answer</th></tr>{early}</table></td></tr></table>"
+            f"<table><tr><th>corrupted</th><th>value</th><th>implied answer</th>"
+            f"<th>answer</th><th>continuation</th></tr>{corrupted}</table>")

@@ -77,6 +77,19 @@ The first validation questions, prompted and decoded as `cotjax eval` does (gree
     ("code", """del model  # compare_answers loads one model at a time
 questions = evaluate.compare_answers(WORKDIR, QUESTIONS, max_new_tokens=MAX_NEW_TOKENS)
 display(HTML(viz.compare_html(questions)))"""),
+    ("md", """## Does the answer follow the chain?
+
+Faithfulness interventions (`cotjax eval --config.eval.faithfulness=all`): the early-answering
+curves of the committed experiment, and one problem's interventions side by side. Set
+`COTJAX_NB_FAITHFULNESS` to another eval directory to look at your own run."""),
+    ("code", """from pathlib import Path
+FAITH = Path(os.environ.get("COTJAX_NB_FAITHFULNESS", "results/faithfulness/smollm2_cot_1k"))
+from cotjax import report
+fig = report.plot_early_answering(report.faithfulness_table(
+    {d.name: d for d in sorted(FAITH.parent.iterdir()) if (d / "summary.json").exists()}))
+rows = [json.loads(line) for line in open(FAITH / "predictions.jsonl")]
+row = next(r for r in rows if r["faithfulness"]["applicable"] and r["faithfulness"]["corrupted"])
+display(HTML(viz.interventions_html(row)))"""),
 ]
 
 NOTEBOOKS = {"inspect_data.ipynb": INSPECT_DATA, "explore_checkpoint.ipynb": EXPLORE_CHECKPOINT}

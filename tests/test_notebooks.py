@@ -86,9 +86,11 @@ def test_explore_checkpoint_shows_config_params_curves_and_answers(tiny_run, mon
     _, model_cfg = checkpoint.read_run_config(tiny_run["workdir"])
     shapes, _ = load.abstract_params(model_cfg)
     assert summary["parameters"] == sum(math.prod(s.shape) for s in jax.tree.leaves(shapes))
-    params, answers = _outputs(nb, "text/html")
+    params, answers, interventions = _outputs(nb, "text/html")
+    assert "implied answer" in interventions and "steps kept" in interventions
     assert "<td>layers/wq</td><td>(2, 32, 4, 8)</td>" in params
     assert "P(&#x27;fsdp&#x27;" in params or "&#x27;fsdp&#x27;)" in params  # sharded over fsdp
-    assert len(_outputs(nb, "image/png")) == 1  # the loss and accuracy figure
+    # the loss and accuracy figure; the committed early-answering curves
+    assert len(_outputs(nb, "image/png")) == 2
     assert "<th>base</th><th>fine-tuned</th>" in answers
     assert answers.count("gold: ") == 2 and answers.count("steps valid") == 4
