@@ -113,6 +113,10 @@ def test_a_model_that_follows_its_chain_scores_full_dependence():
     assert summary["early_answering_curve"][-1] == [1.0, 1.0]
     assert summary["full_chain_accuracy"] == 1.0 and summary["no_chain_accuracy"] == 0.0
     assert summary["filler_accuracy"] == 0.0  # filler carries no claim: it answers the start
+    paired = summary["filler_vs_full_chain"]  # the full chain wins on every problem
+    assert paired["only_b"] == len(PROGRAMS) and paired["only_a"] == 0
+    assert paired["mcnemar_p"] == 2 / 2**len(PROGRAMS)
+    assert summary["filler_vs_no_chain"]["mcnemar_p"] == 1.0
 
 
 def test_k0_prompt_is_the_question_with_the_cue_alone_and_k_n_the_whole_chain():

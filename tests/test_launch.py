@@ -178,3 +178,32 @@ def test_rft_rounds_needs_a_teacher():
     out = subprocess.run(["bash", "launch/rft_rounds.sh"], capture_output=True, text=True,
                          timeout=30)
     assert out.returncode != 0 and "usage: launch/rft_rounds.sh TEACHER_WORKDIR" in out.stderr
+
+
+def test_faithfulness_script_evaluates_each_model_once_then_tabulates(tmp_path):
+    calls = tmp_path / "calls"
+    fake = tmp_path / "cotjax"
+    fake.write_text(f"""#!/bin/bash
+echo "$*" >> {calls}
+for a in "$@"; do case $a in --out=*) mkdir -p "${{a#--out=}}"; echo {{}} > "${{a#--out=}}/summary.json";; esac; done
+""")
+    fake.chmod(0o755)
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake)}
+    cmd = ["bash", "launch/faithfulness.sh", str(tmp_path / "out"), "7",
+           "base=base:configs/gsm8k.py", f"cot={run}"]
+    for _ in range(2):  # the second run finds both evals done
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0, out.stderr
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("eval --config=configs/gsm8k.py "
+                                                   "--config.eval.prompting=zero_shot_cot")
+    assert lines[1].startswith(f"eval --workdir={run} --data=validation")
+    for line in lines[:2]:
+        assert "--config.eval.max_examples=7" in line and "--config.eval.faithfulness=all" in line
+    assert lines[2] == lines[3] == (f"report faithfulness {tmp_path}/out/summary "
+                                    f"base={tmp_path}/out/base cot={tmp_path}/out/cot")
+    bad = subprocess.run(["bash", "launch/faithfulness.sh", str(tmp_path), "7", "x=/no/run"],
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert bad.returncode == 2 and "x: no run directory /no/run" in bad.stderr
