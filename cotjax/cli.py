@@ -40,6 +40,10 @@ FLAG_SPECS = {
     "filters": ("string", "correct,steps_valid,consistent,finished",
                 "distill: the filters a sample must pass, comma-separated, or 'none'"),
     "max_per_problem": ("integer", 4, "distill: distinct reasoning paths kept per problem"),
+    "samples": ("string", None, "label-steps: a sample directory (cotjax sample --out=DIR)"),
+    "rollouts": ("integer", 8, "label-steps: completions sampled from each step prefix"),
+    "split": ("string", "lines", "label-steps: how a chain splits into steps (lines | sentences)"),
+    "max_chains": ("integer", -1, "label-steps: label the first M chains only (-1: all)"),
     "human": ("string", None, "distill: add the human chains of 'train' (the config's split) or "
                               "of a raw GSM8K file"),
 }
@@ -128,6 +132,21 @@ def _sample(fv, args):
                       k=fv.k, out=fv.out, overwrite=fv.overwrite, hint=fv.hint, task=fv.task)
 
 
+def _label_steps(fv, args):
+    _need(fv, "samples", "out")
+    from cotjax import label_steps
+
+    if fv.workdir and fv.model:
+        raise UsageError("takes --workdir (a trained run) or --model (a raw model), not both")
+    if not fv.workdir and not fv.model and fv.config is None:
+        raise UsageError("needs --workdir=RUN, --model=SPEC or --config=PATH: say which model "
+                         "completes the step prefixes")
+    label_steps.run_label_steps(_run_config(fv), fv.workdir, fv.step, model=fv.model,
+                                samples=fv.samples, rollouts=fv.rollouts, out=fv.out,
+                                split=fv.split, max_chains=fv.max_chains,
+                                overwrite=fv.overwrite)
+
+
 def _distill(fv, args):
     _need(fv, "out")
     from cotjax import distill
@@ -201,6 +220,9 @@ COMMANDS = {
     "distill": Command("verified, distinct sampled chains as training records (with a funnel)",
                        _distill, ("out", "filters", "max_per_problem", "human", "task"),
                        "optional", usage="SAMPLE_DIR ... --out=FILE.jsonl [--flag=value ...]"),
+    "label-steps": Command("Monte Carlo step labels of sampled chains (and the checker's)",
+                           _label_steps, ("workdir", "step", "model", "samples", "rollouts",
+                                          "split", "max_chains", "out", "overwrite"), "optional"),
     "generate": Command("answer one prompt: a trained run through its template, or a raw model",
                         _generate, ("workdir", "step", "model", "prompt", "max_new_tokens",
                                     "temperature", "top_k", "top_p", "seed"), "optional"),

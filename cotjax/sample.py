@@ -36,11 +36,13 @@ MANIFEST = "manifest.json"
 HINT = "\n(Hint: the final answer is {answer}.)"
 
 
-def shard_name(process: int, count: int) -> str:
-    return f"samples-{process:05d}-of-{count:05d}.jsonl"
+def shard_name(process: int, count: int, kind: str = "samples") -> str:
+    return f"{kind}-{process:05d}-of-{count:05d}.jsonl"
 
 
-def _check_manifest(out, settings: dict, overwrite: bool) -> None:
+def check_manifest(out, settings: dict, overwrite: bool, kind: str = "samples") -> None:
+    """Refuses an output directory written with other settings (naming the first that differs),
+    or clears its `kind` shards with `overwrite`; writes the manifest of a new one."""
     out = paths.path(out)
     manifest = out / MANIFEST
     if manifest.exists() and not overwrite:
@@ -49,11 +51,11 @@ def _check_manifest(out, settings: dict, overwrite: bool) -> None:
         if changed:
             k = changed[0]
             raise ValueError(
-                f"{manifest}: the samples there were drawn with {k}={old.get(k)!r}, this run has "
+                f"{manifest}: the {kind} there were made with {k}={old.get(k)!r}, this run has "
                 f"{k}={settings.get(k)!r}; use another --out, or --overwrite to start over")
         return
     if overwrite and out.exists():
-        for f in out.glob("samples-*.jsonl"):
+        for f in out.glob(f"{kind}-*.jsonl"):
             f.unlink()
     out.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -96,7 +98,7 @@ def run_sample(config, workdir: str | None = None, step=None, *, model: str | No
         recs = recs[:ev["max_examples"]]
     net, model_cfg, tokenizer, source = load.load_for_eval(config, workdir, step)
     settings = _settings(config, source, data_desc, len(recs), k, hint, task, pc)
-    _check_manifest(out, settings, overwrite)
+    check_manifest(out, settings, overwrite)
     shard = paths.path(out) / shard_name(pi, pc)
     done = {(r["problem"], r["sample"]) for r in read_samples(shard, repair=True)}
 

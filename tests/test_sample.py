@@ -99,7 +99,7 @@ def test_processes_split_the_problems(tiny_run, drawn, tmp_path):
 def test_other_settings_in_the_same_directory_are_refused(tiny_run, drawn, tmp_path):
     out = tmp_path / "other"
     shutil.copytree(drawn, out)
-    with pytest.raises(ValueError, match=r"manifest.json: the samples there were drawn with "
+    with pytest.raises(ValueError, match=r"manifest.json: the samples there were made with "
                                          r"temperature=0.7, this run has temperature=0.9"):
         sample.run_sample(_config(tiny_run, temperature=0.9), str(tiny_run["workdir"]), k=3,
                           out=str(out), progress=False)
