@@ -12,7 +12,8 @@ Tokens are all batch positions (batch x seq_len) per second. MFU is cotjax's mod
 (6 N + attention, `metrics.flops_per_token`) per second over the peak of an n x n fp32 matrix
 product measured in this run (the better of JAX's and PyTorch's); on a GPU, over the chip's bf16
 spec peak (`metrics.PEAK_FLOPS`), with an 8192^3 bf16 product measured in the run printed beside it
-(peak_jax_gflops). `--random_init` trains random weights of the same architecture (throughput is
+(peak_jax_gflops). `mfu_causal` counts the FLOPs the causal, packed step needs instead
+(`metrics.causal_flops`: real tokens only, each example's attention triangle). `--random_init` trains random weights of the same architecture (throughput is
 the same; the losses then say nothing). The last line is one JSON object.
 """
 
@@ -231,11 +232,15 @@ def main():
     cot_tps = args.steps * tokens / best["cotjax"]
     torch_tps = args.steps * tokens / best["torch"] if "torch" in best else None
     achieved = cot_tps * metrics.flops_per_token(cfg, args.seq_len)
+    # The FLOPs the causal, packed step needs (real tokens, within-example triangles) per second
+    needed = sum(metrics.causal_flops(cfg, float(np.count_nonzero(b["segment_ids"])),
+                                      float(metrics.attention_pairs(b["segment_ids"])))
+                 for b in batches) / len(batches) * args.steps / best["cotjax"]
     print(json.dumps({
         "cotjax_tokens_per_s": round(cot_tps, 1),
         "torch_tokens_per_s": round(torch_tps, 1) if torch_tps else None,
         "ratio": round(cot_tps / torch_tps, 3) if torch_tps else None,
-        "mfu": round(achieved / peak, 4),
+        "mfu": round(achieved / peak, 4), "mfu_causal": round(needed / peak, 4),
         "peak_flops": round(peak / 1e9, 1) * 1e9, "peak_jax_gflops": round(peak_jax / 1e9, 1),
         "peak_torch_gflops": round(peak_torch / 1e9, 1),
         "achieved_gflops": round(achieved / 1e9, 1),

@@ -121,8 +121,11 @@ class Interval:
 
 
 def log_interval(interval: Interval, objective, writer: MetricWriter, bar, step: int,
-                 flops_per_tok: float, peak: float, timed: bool = True) -> dict | None:
-    """Fetch the interval's step metrics (one device_get), summarise and write them."""
+                 flops_per_tok: float, peak: float, timed: bool = True,
+                 causal=None) -> dict | None:
+    """Fetch the interval's step metrics (one device_get), summarise and write them.
+    `causal(real_tokens, pairs)`: the FLOPs a causal packed step needs (`causal_flops`), for
+    `mfu_causal` when the steps report `attn_pairs`."""
     if not interval.pending:
         interval.reset(time.perf_counter())
         return None
@@ -137,6 +140,10 @@ def log_interval(interval: Interval, objective, writer: MetricWriter, bar, step:
         out["tokens_per_s"] = sums["tokens"] / dt
         out["real_tokens_per_s"] = sums["nonpad"] / dt
         out["mfu"] = sums["tokens"] * flops_per_tok / dt / peak if peak == peak else float("nan")
+        if causal is not None and all("attn_pairs" in m for m in fetched):
+            pairs = sum(float(m["attn_pairs"]) for m in fetched)
+            out["mfu_causal"] = (causal(sums["nonpad"], pairs) / dt / peak if peak == peak
+                                 else float("nan"))
         out["steps_per_s"] = len(fetched) / dt
     writer.write(step, out)
     if bar is not None:
@@ -154,14 +161,36 @@ def log_interval(interval: Interval, objective, writer: MetricWriter, bar, step:
 # FLOPs and MFU.
 
 
-def flops_per_token(cfg, seq_len: int) -> float:
-    """Training FLOPs per token: 6 N (matmul parameters, the output projection included, the
-    embedding lookup not) + 12 L N_heads H T for attention scores and values (PaLM's count)."""
+def matmul_params(cfg) -> int:
+    """N: the parameters a token multiplies by (the output projection included, the embedding
+    lookup and the norms not)."""
     D, N, K, H, F, V, L = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                            cfg.mlp_dim, cfg.vocab_size, cfg.num_layers)
-    per_layer = D * N * H + 2 * D * K * H + N * H * D + 3 * D * F
-    n_matmul = L * per_layer + D * V
-    return 6.0 * n_matmul + 12.0 * L * N * H * seq_len
+    return L * (D * N * H + 2 * D * K * H + N * H * D + 3 * D * F) + D * V
+
+
+def flops_per_token(cfg, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N + 12 L N_heads H T for attention scores and values over the
+    full T x T square (PaLM's count; the `mfu` metric)."""
+    return 6.0 * matmul_params(cfg) + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
+
+
+def causal_flops(cfg, real_tokens, pairs) -> float:
+    """Training FLOPs a causal, packed step needs (the `mfu_causal` metric): 6 N per real token
+    (padding needs none) + 12 L N_heads H per attended (query, key) pair: scores and values cost
+    2 H each per head forward, and the backward pass twice the forward. `pairs` from
+    `attention_pairs`; sliding-window layers are counted as global ones."""
+    return (6.0 * matmul_params(cfg) * real_tokens
+            + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * pairs)
+
+
+def attention_pairs(segment_ids) -> jax.Array:
+    """(query, key) pairs a causal, packed batch attends: an example of T tokens (one segment id
+    > 0 of a row; 0 is padding) attends T (T + 1) / 2 of them. O(batch) memory (a scatter)."""
+    seg = jnp.asarray(segment_ids)
+    B, T = seg.shape
+    counts = jnp.zeros((B, T + 1), jnp.float32).at[jnp.arange(B)[:, None], seg].add(1.0)[:, 1:]
+    return (counts * (counts + 1) / 2).sum()
 
 
 # Dense bf16 peak FLOP/s per device of common accelerators (for MFU; override train.peak_flops).

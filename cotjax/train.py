@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -276,7 +277,8 @@ class Trainer:
             "first_bad": jnp.where((train["first_bad"] < 0) & ~ok, step + 1, train["first_bad"]),
         }
         metrics = {**sums, "grad_norm": gnorm, "lr": self.schedule(step),
-                   "ok": ok, "loss": loss}
+                   "ok": ok, "loss": loss,
+                   "attn_pairs": metrics_lib.attention_pairs(batch["segment_ids"])}
         return new_params, new_train, metrics
 
     def _eval_fn(self, params, batch):
@@ -434,6 +436,7 @@ def train(config, workdir, *, mesh=None, objective: Objective | None = None) -> 
 
     seq_len = int(config.data.seq_len)
     fpt = metrics_lib.flops_per_token(model_cfg, seq_len)
+    causal = functools.partial(metrics_lib.causal_flops, model_cfg)
     peak = metrics_lib.peak_flops(spec.peak_flops)
     val_batches = data.validation_batches(tokenizer, spec.eval_batches)
     writer = metrics_lib.MetricWriter(workdir, spec.wandb_project, config.to_dict(),
@@ -458,7 +461,7 @@ def train(config, workdir, *, mesh=None, objective: Objective | None = None) -> 
 
     def log(timed=True):
         return metrics_lib.log_interval(interval, trainer.objective, writer, bar, step, fpt,
-                                        peak, timed)
+                                        peak, timed, causal)
 
     checked = {"step": start, "run": 0}  # last step checked; consecutive skipped updates
 

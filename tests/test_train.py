@@ -164,8 +164,11 @@ def test_train_writes_metrics_and_resumes(tok_dir, tmp_path):
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*rows)
     for k in ("loss", "chain_loss", "answer_loss", "answer_acc", "grad_norm", "lr",
-              "tokens_per_s", "nonpad_frac", "mfu", "val/loss", "val/answer_acc"):
+              "tokens_per_s", "nonpad_frac", "mfu", "mfu_causal", "val/loss", "val/answer_acc"):
         assert k in keys, k
+    # the causal packed count needs at most about half the full square's attention
+    timed = [r for r in rows if "mfu_causal" in r]
+    assert timed and all(0 < r["mfu_causal"] < r["mfu"] for r in timed)
     assert list((workdir / "tb").glob("events.out.tfevents.*"))
     assert (workdir / "config.json").is_file() and (workdir / "model_config.json").is_file()
     config.train.steps = 6
@@ -232,3 +235,22 @@ def test_trainer_takes_the_model_and_the_objective_as_seams(tok_dir, tokenizer):
     params, state, metrics = trainer.step(params, state, batch)
     assert abs(float(params["temperature"]) - 1.0) > 1e-4  # the new parameter trained
     assert bool(metrics["ok"])
+
+
+def test_causal_packed_flops_match_a_hand_count():
+    from cotjax import metrics
+    from cotjax.model import ModelConfig, RopeConfig
+
+    seg = np.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0]])
+    assert float(metrics.attention_pairs(seg)) == (3 * 4 / 2 + 2 * 3 / 2) + 4 * 5 / 2 == 19
+    cfg = ModelConfig(family="llama", vocab_size=10, d_model=4, num_layers=1, num_heads=2,
+                      num_kv_heads=1, head_dim=2, mlp_dim=8, norm_eps=1e-5,
+                      rope=RopeConfig(10000.0))
+    # N = L (D N H + 2 D K H + N H D + 3 D F) + D V = (16 + 16 + 16 + 96) + 40
+    assert metrics.matmul_params(cfg) == 184
+    assert metrics.causal_flops(cfg, real_tokens=9, pairs=19) == 6 * 184 * 9 + 12 * 2 * 2 * 19
+    # one unpadded example filling a row of T tokens: (T + 1) / 2T of the full square's attention
+    T = 6
+    full = metrics.flops_per_token(cfg, T) * T - 6 * 184 * T
+    causal = metrics.causal_flops(cfg, T, float(metrics.attention_pairs(np.ones((1, T), int))))
+    assert causal - 6 * 184 * T == full * (T + 1) / (2 * T)
