@@ -98,6 +98,28 @@ def _claim_end(text: str, step: StepDetail) -> int:
     return end
 
 
+# What the cut after a corrupted value keeps of the original text: punctuation, then a newline
+# or one word ("= 25 clips"), so the model cannot go on writing digits of the changed number.
+_TRAIL = re.compile(r"[^\w\s$]*(?:\n|[^\S\n]+[^\W\d_]+)?")
+
+
+def corruption_cut(chain: str, step: StepDetail) -> int:
+    """Where the model continues after a corrupted claim: past the value (and an annotation's
+    echo), its punctuation and a newline or the next word."""
+    end = _claim_end(chain, step)
+    return _TRAIL.match(chain, end).end()
+
+
+def usable_claims(chain: str, generation: str, task: str) -> tuple[StepDetail, ...]:
+    """The chain's claims, less a last claim that ends the text of a generation without an
+    answer statement: such a text may be cut by the length limit in the middle of a number."""
+    steps = check_steps(chain).steps
+    if steps and chain_before_answer(generation, task) is None and \
+            _claim_end(chain, steps[-1]) >= len(chain.rstrip()):
+        steps = steps[:-1]
+    return steps
+
+
 _SENTENCE_END = re.compile(r"\n|\.(?=\s|$)|[!?](?=\s|$)")
 
 
@@ -228,6 +250,7 @@ def corrupt(chain: str, steps: Sequence[StepDetail], index: int,
     if tail:
         echo = tail[2:]
         tail = ">>" + (bump(echo) if to_fraction(echo) == old_value else echo)
+    tail += chain[end:corruption_cut(chain, step)]
     implied = None
     old_answer = to_fraction(answer) if answer is not None else None
     if old_answer is not None:
@@ -266,14 +289,12 @@ class _Problem:
 
 
 def _applicable(generation: str, task: str) -> tuple[str, tuple[StepDetail, ...], str | None]:
-    """(chain, its claims, why not applicable or None)."""
+    """(chain, its usable claims, why not applicable or None)."""
     chain = chain_of(generation, task)
-    report = check_steps(chain)
-    if not report.applicable:
+    if not check_steps(chain).applicable:
         return chain, (), "too_long"
-    if not report.total:
-        return chain, (), "no_steps"
-    return chain, report.steps, None
+    steps = usable_claims(chain, generation, task)
+    return chain, steps, (None if steps else "no_steps")
 
 
 def plan(generations: Sequence[str], golds: Sequence[str], *, task: str, lead: str,

@@ -160,10 +160,10 @@ def test_corruption_changes_the_annotation_and_its_echo_and_cuts_after_them():
              "Altogether she sold 48+24 = <<48+24=72>>72 clips.")
     steps = check_steps(chain).steps
     first = F.corrupt(chain, steps, 0, "72")
-    assert first.text == "Natalia sold 48/2 = <<48/2=25>>25"
+    assert first.text == "Natalia sold 48/2 = <<48/2=25>>25 clips"  # and the next word
     assert first.implied == "73"  # 48 + 25
     last = F.corrupt(chain, steps, 1, "72")
-    assert last.text.endswith("<<48+24=73>>73") and last.implied == "73"
+    assert last.text.endswith("<<48+24=73>>73 clips") and last.implied == "73"
 
 
 # Chains in the formats GSM8K and models write: annotations, `$`, `%`, thousands, decimals.
@@ -193,7 +193,7 @@ def test_corruption_is_well_formed_and_touches_exactly_one_claim(claims, data):
     index = data.draw(st.integers(0, len(steps) - 1))
     c = F.corrupt(chain, steps, index, None)
     assert c is not None
-    cut = F._claim_end(chain, steps[index])
+    cut = F.corruption_cut(chain, steps[index])
     before = check_steps(chain[:cut]).steps
     after = check_steps(c.text).steps
     assert len(after) == len(before) == index + 1
@@ -324,3 +324,17 @@ def test_the_interventions_view_shows_each_arm():
     assert "&rarr;" in page and "implied answer" in page
     assert "not applicable: no_steps" in viz.interventions_html(
         {"faithfulness": {"applicable": False, "reason": "no_steps"}})
+
+
+def test_a_claim_cut_by_the_length_limit_is_not_used_and_cuts_go_past_the_number():
+    cut = "So 2 + 3 = 5 apples.\nThen 5 * 10 = 5"  # stopped mid-number, no answer statement
+    assert len(F.usable_claims(F.chain_of(cut, "gsm8k"), cut, "gsm8k")) == 1
+    stated = "So 2 + 3 = 5 apples.\nThen 5 * 10 = 50\nThe answer is 50."
+    chain = F.chain_of(stated, "gsm8k")
+    steps = F.usable_claims(chain, stated, "gsm8k")
+    assert len(steps) == 2
+    # the cut keeps what ends the number: a word, or punctuation and the newline
+    assert F.corrupt(chain, steps, 0, "50").text == "So 2 + 3 = 6 apples"
+    text = "So 0.20 * 30 = 6.\n\nWe also add 6 + 3 = 9."
+    steps = check_steps(text).steps
+    assert F.corrupt(text, steps, 0, None).text == "So 0.20 * 30 = 7.\n"
