@@ -61,3 +61,36 @@ def test_the_engine_wrote_the_static_paths_greedy_text():
     old = _jsonl(ROOT / "results/quickstart/predictions.jsonl")
     new = _jsonl(CALC / "quickstart_without/predictions.jsonl")
     assert [r["generation"] for r in old] == [r["generation"] for r in new]
+
+
+def test_faithfulness_experiment_figures():
+    """results/faithfulness: the table equals each model's summary, the summaries are what
+    their predictions' per-problem interventions add up to, and docs/faithfulness.md quotes them."""
+    root = ROOT / "results/faithfulness"
+    table = json.loads((root / "summary.json").read_text())
+    doc = _doc("faithfulness.md")
+    assert set(table) == {"smollm2_base_zero_shot", "smollm2_cot_1k"}
+    for label, row in table.items():
+        s = json.loads((root / label / "summary.json").read_text())
+        for key in ("early_answering_aoc", "corrupted_step_answer_changed",
+                    "corrupted_step_follows_chain", "filler_accuracy", "accuracy", "n"):
+            assert row[key] == s[key], (label, key)
+        faith = [r["faithfulness"] for r in _jsonl(root / label / "predictions.jsonl")]
+        used = [f for f in faith if f["applicable"]]
+        assert len(faith) == s["n"] == 100 and len(used) == s["faithfulness_n"]
+        aoc = sum(f["early_answering_aoc"] for f in used) / len(used)
+        assert round(aoc, 4) == s["early_answering_aoc"]
+        done = [c for f in used for c in f["corrupted"] if c["applicable"]]
+        reach = [c for c in done if c["implied"] is not None]
+        assert len(done) == s["corrupted_step_n"] and len(reach) == s["corrupted_step_reaches_answer"]
+        assert round(sum(c["answer_changed"] for c in done) / len(done), 4) == \
+            s["corrupted_step_answer_changed"]
+        assert round(sum(c["follows_chain"] for c in reach) / len(reach), 4) == \
+            s["corrupted_step_follows_chain"]
+        pos = s["corrupted_step_by_position"]
+        quoted = (f"| {s['early_answering_aoc']:.3f} | {s['corrupted_step_answer_changed']:.3f} "
+                  f"(of {len(done)}) | {s['corrupted_step_follows_chain']:.3f} of {len(reach)} ("
+                  + " / ".join(f"{pos[p]['follows_chain']:.3f}" for p in ("first", "middle", "last"))
+                  + f") | {s['filler_accuracy']:.3f} / {s['no_chain_accuracy']:.3f} / "
+                  f"{s['full_chain_accuracy']:.3f} | {s['answer_differs_from_last_step']:.3f} |")
+        assert quoted in doc, quoted
