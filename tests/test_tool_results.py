@@ -94,3 +94,28 @@ def test_faithfulness_experiment_figures():
                   + f") | {s['filler_accuracy']:.3f} / {s['no_chain_accuracy']:.3f} / "
                   f"{s['full_chain_accuracy']:.3f} | {s['answer_differs_from_last_step']:.3f} |")
         assert quoted in doc, quoted
+
+
+def test_step_label_run_figures():
+    """results/prm/labels_cot_1k: the agreement file is what the label lines add up to, each
+    step's labels follow from its rollouts and claims, and docs/process_supervision.md quotes it."""
+    from cotjax import prm
+    from cotjax.steps import check_steps
+
+    root = ROOT / "results/prm/labels_cot_1k"
+    lines = _jsonl(root / "labels-00000-of-00001.jsonl")
+    agree = json.loads((root / "agreement-00000.json").read_text())
+    assert prm.agreement(lines) == agree and agree["chains"] == len(lines) == 64
+    for line in lines:
+        claims = check_steps(line["chain"]).steps
+        for s in line["steps"]:
+            assert line["chain"][s["span"][0]:s["span"][1]] == s["text"]
+            assert (s["checker"], s["kind"]) == prm.checker_label(tuple(s["span"]), claims)
+            assert (s["soft"], s["hard"]) == prm.mc_label(s["answers"], line["gold"], "gsm8k")
+    k = agree["by_kind"]
+    row = (f"| {agree['steps']} | {agree['mc_hard_positive']:.3f} | {agree['checker_positive']:.3f} "
+           f"(of {agree['checker_labelled']}) | {agree['agreement']:.3f} | "
+           f"{k['valid_claims']['mc_hard_positive']:.3f} (of {k['valid_claims']['steps']}) / "
+           f"{k['invalid_claim']['mc_hard_positive']:.3f} (of {k['invalid_claim']['steps']}) / "
+           f"{k['no_claim']['mc_hard_positive']:.3f} (of {k['no_claim']['steps']}) |")
+    assert row in _doc("process_supervision.md"), row
