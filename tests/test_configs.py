@@ -14,7 +14,9 @@ SNAPSHOT = json.loads((ROOT / "tests/data/config_snapshots.json").read_text())
 # Keys added to the defaults after the snapshot (commit 01fe0f4), with their default values.
 ADDED = {("train", "wandb_project"): "", ("data", "max_skipped_fraction"): 0.05,
          ("train", "max_consecutive_skips"): 10, ("train", "resume_fallback"): True,
-         ("data", "train_path"): "", ("eval", "calculator"): False}
+         ("data", "train_path"): "", ("eval", "calculator"): False,
+         ("eval", "faithfulness"): [], ("eval", "faithfulness_points"): 11,
+         ("eval", "faithfulness_answer_tokens"): 16}
 # Where each snapshotted file went.
 NOW = {
     "configs/base.py": "configs/base.py",
