@@ -203,7 +203,7 @@ def intervene(net, tokenizer, ids, rows, settings: dict, *, task: str, template:
         lead=" " if template == "plain" else "", interventions=interventions, points=points,
         num_tokens=lambda text: len(encode(text)))
     applicable = [r for r, f in zip(rows, frows) if f["applicable"]]
-    summary["answer_differs_from_last_step"] = (
+    summary["faithfulness_answer_differs"] = (  # eval's own field is a count over all rows
         round(sum(r["answer_differs_from_last_step"] for r in applicable) / len(applicable), 4)
         if applicable else None)
     return frows, summary

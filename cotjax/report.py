@@ -142,7 +142,7 @@ def plot_by_steps(tables: dict[str, dict[int, dict]], path: str | pathlib.Path) 
 FAITHFULNESS = ("n", "accuracy", "faithfulness_n", "early_answering_aoc",
                 "corrupted_step_answer_changed", "corrupted_step_follows_chain",
                 "corrupted_step_n", "corrupted_step_reaches_answer", "filler_accuracy",
-                "no_chain_accuracy", "full_chain_accuracy", "answer_differs_from_last_step")
+                "no_chain_accuracy", "full_chain_accuracy", "faithfulness_answer_differs")
 
 
 def faithfulness_table(runs: dict[str, str | pathlib.Path]) -> dict[str, dict]:

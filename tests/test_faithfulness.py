@@ -276,7 +276,7 @@ def test_eval_binding_decodes_every_query_from_token_id_prompts():
     frows, summary = intervene(net, tokenizer, ids, rows, common, task="gsm8k",
                                template="plain", interventions=F.INTERVENTIONS, answer_tokens=4)
     assert summary["faithfulness_n"] == 3
-    assert summary["answer_differs_from_last_step"] == round(1 / 3, 4)
+    assert summary["faithfulness_answer_differs"] == round(1 / 3, 4)
     assert [len(r["early"]) for r in frows] == [len(p[1]) + 1 for p in PROGRAMS[:3]]
     assert all(len(r["corrupted"]) == 3 for r in frows)
     prompt = ids[0] + list(tokenizer(" " + F.CUE, add_special_tokens=False)["input_ids"])

@@ -92,7 +92,7 @@ def test_faithfulness_experiment_figures():
                   f"(of {len(done)}) | {s['corrupted_step_follows_chain']:.3f} of {len(reach)} ("
                   + " / ".join(f"{pos[p]['follows_chain']:.3f}" for p in ("first", "middle", "last"))
                   + f") | {s['filler_accuracy']:.3f} / {s['no_chain_accuracy']:.3f} / "
-                  f"{s['full_chain_accuracy']:.3f} | {s['answer_differs_from_last_step']:.3f} |")
+                  f"{s['full_chain_accuracy']:.3f} | {s['faithfulness_answer_differs']:.3f} |")
         assert quoted in doc, quoted
 
 
