@@ -181,7 +181,7 @@ def intervene(net, tokenizer, ids, rows, settings: dict, *, task: str, template:
     `ids`: each query is decoded greedily by the engine from the prompt ids followed by the
     query's text as tokens; answers after the cue stop at the line's end."""
     def encode(text):
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return decode.encode_prompt(tokenizer, text, add_special_tokens=False)
 
     def complete(queries):
         texts = [""] * len(queries)

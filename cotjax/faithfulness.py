@@ -113,7 +113,10 @@ def corruption_cut(chain: str, step: StepDetail) -> int:
 def usable_claims(chain: str, generation: str, task: str) -> tuple[StepDetail, ...]:
     """The chain's claims, less a last claim that ends the text of a generation without an
     answer statement: such a text may be cut by the length limit in the middle of a number."""
-    steps = check_steps(chain).steps
+    return _drop_cut_claim(check_steps(chain).steps, chain, generation, task)
+
+
+def _drop_cut_claim(steps, chain, generation, task) -> tuple[StepDetail, ...]:
     if steps and chain_before_answer(generation, task) is None and \
             _claim_end(chain, steps[-1]) >= len(chain.rstrip()):
         steps = steps[:-1]
@@ -291,9 +294,10 @@ class _Problem:
 def _applicable(generation: str, task: str) -> tuple[str, tuple[StepDetail, ...], str | None]:
     """(chain, its usable claims, why not applicable or None)."""
     chain = chain_of(generation, task)
-    if not check_steps(chain).applicable:
+    report = check_steps(chain)  # parsed once: the claims come from the same report
+    if not report.applicable:
         return chain, (), "too_long"
-    steps = usable_claims(chain, generation, task)
+    steps = _drop_cut_claim(report.steps, chain, generation, task)
     return chain, steps, (None if steps else "no_steps")
 
 
@@ -309,6 +313,7 @@ def plan(generations: Sequence[str], golds: Sequence[str], *, task: str, lead: s
     if "filler" in interventions and num_tokens is None:
         raise ValueError("the filler intervention needs num_tokens (the tokenizer's count)")
     problems, queries = [], []
+    unit = max(1, num_tokens(FILLER * 8) // 8) if "filler" in interventions else 1
 
     def ask(i: int, prefix: str, kind: str) -> int:
         queries.append(Query(i, prefix, kind))
@@ -328,7 +333,6 @@ def plan(generations: Sequence[str], golds: Sequence[str], *, task: str, lead: s
                 kept = chain[:cuts[k]].rstrip()
                 p.early[k] = ask(i, lead + (kept + "\n" if kept else "") + CUE, "answer")
         if "filler" in interventions:
-            unit = max(1, num_tokens(FILLER * 8) // 8)
             count = max(1, round(num_tokens(chain) / unit))
             p.filler = ask(i, lead + (FILLER * count).strip() + "\n" + CUE, "answer")
         if "corrupt" in interventions:

@@ -143,8 +143,9 @@ def run_label_steps(config, workdir: str | None = None, step=None, *, model: str
             text = lead + prm.prefix_through(c.chain, c.spans, k)
             key = c.index * MAX_STEPS + k - 1
             prefixes[key] = (c, k, text)
-            requests.append(engine.Request(key, list(prompt) + list(
-                tokenizer(text, add_special_tokens=False)["input_ids"]), range(rollouts)))
+            requests.append(engine.Request(
+                key, list(prompt) + decode.encode_prompt(tokenizer, text, add_special_tokens=False),
+                range(rollouts)))
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
     dec = evaluate.decode_settings(config, model_cfg, tokenizer, mesh)
     sampling = decode.SamplingConfig(float(ev["temperature"]), int(ev["top_k"]),
