@@ -142,14 +142,21 @@ def answers_equal(a: str | None, b: str | None, task: str) -> bool:
     return _answer_key(a, task) == _answer_key(b, task)
 
 
-def majority_vote(answers: Sequence[str | None], task: str) -> str | None:
-    """The most common answer (self-consistency); None answers are ignored, equal numbers are
-    one vote group, ties go to the answer seen first. Returns the group's first spelling."""
+def majority_vote(answers: Sequence[str | None], task: str,
+                  weights: Sequence[float] | None = None) -> str | None:
+    """The most common answer (self-consistency), or the one with the most total weight
+    (`weights`, one per answer: a reward model's scores); None answers are ignored, equal
+    numbers are one vote group, ties go to the answer seen first. Returns the group's first
+    spelling."""
     check_task(task)
+    if weights is None:
+        weights = [1] * len(answers)
+    elif len(weights) != len(answers):
+        raise ValueError(f"{len(weights)} vote weights for {len(answers)} answers")
     groups: dict[Fraction | str, list] = {}
-    for answer in answers:
+    for answer, weight in zip(answers, weights):
         if answer is not None:
-            groups.setdefault(_answer_key(answer, task), [answer, 0])[1] += 1
+            groups.setdefault(_answer_key(answer, task), [answer, 0])[1] += weight
     if not groups:
         return None
     return max(groups.values(), key=lambda group: group[1])[0]  # max keeps the first on ties
@@ -161,3 +168,11 @@ def normalise_gold(gold: str, task: str) -> str:
         return gold.upper()
     match = re.fullmatch(SIGNED_NUM, gold)
     return normalise_number(match.group(1), match.group(2)) if match else gold
+
+
+def chain_of(generation: str, task: str) -> str:
+    """The reasoning before the answer statement (the whole generation when it states none),
+    without a GSM8K `#### N` answer line the model wrote before its statement."""
+    chain = chain_before_answer(generation, task)
+    chain = generation if chain is None else chain
+    return re.split(r"(?m)^[^\S\n]*####", chain)[0].strip()

@@ -40,10 +40,16 @@ FLAG_SPECS = {
     "filters": ("string", "correct,steps_valid,consistent,finished",
                 "distill: the filters a sample must pass, comma-separated, or 'none'"),
     "max_per_problem": ("integer", 4, "distill: distinct reasoning paths kept per problem"),
-    "samples": ("string", None, "label-steps: a sample directory (cotjax sample --out=DIR)"),
+    "samples": ("string", None, "label-steps, rerank: a sample directory (cotjax sample "
+                                "--out=DIR); rerank takes several, comma-separated"),
     "rollouts": ("integer", 8, "label-steps: completions sampled from each step prefix"),
     "split": ("string", "lines", "label-steps: how a chain splits into steps (lines | sentences)"),
     "max_chains": ("integer", -1, "label-steps: label the first M chains only (-1: all)"),
+    "prm": ("string", None, "rerank: a process reward model run (train.objective=prm)"),
+    "orm": ("string", None, "rerank: an outcome reward model run (train.objective=orm)"),
+    "aggregate": ("string", "min", "rerank: a chain's PRM score from its steps' (min | prod | "
+                                   "last)"),
+    "max_problems": ("integer", -1, "rerank: the first P problems only (-1: all)"),
     "human": ("string", None, "distill: add the human chains of 'train' (the config's split) or "
                               "of a raw GSM8K file"),
 }
@@ -147,6 +153,19 @@ def _label_steps(fv, args):
                                 overwrite=fv.overwrite)
 
 
+def _rerank(fv, args):
+    _need(fv, "samples", "out")
+    from cotjax import rerank
+
+    result = rerank.run_rerank(fv.samples.split(","), fv.out, prm_run=fv.prm, orm_run=fv.orm,
+                               step=fv.step, aggregate=fv.aggregate,
+                               max_problems=fv.max_problems)
+    keys = ("majority", "orm_best", "prm_best", "prm_weighted", "pass_at_n")
+    print(json.dumps({"problems": result["problems"], "n": result["samples_per_problem"],
+                      **{k: result[k]["accuracy"] for k in keys if k in result},
+                      "mcnemar_p": result.get("mcnemar_p")}), flush=True)
+
+
 def _distill(fv, args):
     _need(fv, "out")
     from cotjax import distill
@@ -223,6 +242,9 @@ COMMANDS = {
     "label-steps": Command("Monte Carlo step labels of sampled chains (and the checker's)",
                            _label_steps, ("workdir", "step", "model", "samples", "rollouts",
                                           "split", "max_chains", "out", "overwrite"), "optional"),
+    "rerank": Command("choose among N sampled chains with a PRM / ORM: every selector, paired",
+                      _rerank, ("samples", "prm", "orm", "step", "aggregate", "max_problems",
+                                 "out")),
     "generate": Command("answer one prompt: a trained run through its template, or a raw model",
                         _generate, ("workdir", "step", "model", "prompt", "max_new_tokens",
                                     "temperature", "top_k", "top_p", "seed"), "optional"),

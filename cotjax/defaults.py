@@ -26,6 +26,10 @@ class TrainSpec:
     """The `train` section of a config: its keys, types and defaults (the only place they are
     written; `get_config` copies them into every config)."""
 
+    # cot (the CoT loss) | prm | orm: a process / outcome reward model on data.labels
+    # (cotjax.loss; docs/process_supervision.md)
+    objective: str = "cot"
+    reward_labels: str = "hard"  # prm: Monte Carlo labels, hard (any rollout right) | soft
     steps: int = -1  # optimizer steps; -1: as many as data.num_epochs gives
     lr: float = 1e-5
     warmup_steps: int = 0
@@ -58,6 +62,10 @@ class TrainSpec:
             raise ValueError(f"train.schedule must be cosine|linear|constant, got {self.schedule!r}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be stop|skip, got {self.on_nonfinite!r}")
+        if self.objective not in ("cot", "prm", "orm"):
+            raise ValueError(f"train.objective must be cot|prm|orm, got {self.objective!r}")
+        if self.reward_labels not in ("hard", "soft"):
+            raise ValueError(f"train.reward_labels must be hard|soft, got {self.reward_labels!r}")
         if self.microbatches < 1:
             raise ValueError(f"train.microbatches must be >= 1, got {self.microbatches}")
 
@@ -125,6 +133,11 @@ def get_config():
     c.data.fewshot_seed = 0
     c.data.packer = "first_fit"  # first_fit | best_fit (grain packing transforms)
     c.data.packing_bins = 256  # rows packed at a time: more bins, less padding
+    # Reward models (train.objective prm | orm): a `cotjax label-steps` output directory (orm
+    # also takes a `cotjax sample` output) or one of its jsonl files, and the share of its
+    # problems held out for validation (seeded by validation_seed).
+    c.data.labels = ""
+    c.data.labels_validation = 0.1
 
     # A HF tokenizer directory; empty: the model's own tokenizer.
     c.tokenizer = ""

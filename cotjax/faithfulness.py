@@ -41,7 +41,7 @@ import re
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 
-from cotjax.answers import answers_equal, chain_before_answer, extract_answer
+from cotjax.answers import answers_equal, chain_before_answer, chain_of, extract_answer
 from cotjax.report import paired_comparison
 from cotjax.steps import _NUM, StepDetail, check_steps, normalise_number, to_fraction
 
@@ -77,14 +77,6 @@ def answer_of(text: str, task: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 # Where a step ends
-
-
-def chain_of(generation: str, task: str) -> str:
-    """The reasoning before the answer statement (the whole generation when it states none),
-    without a GSM8K `#### N` answer line the model wrote before its statement."""
-    chain = chain_before_answer(generation, task)
-    chain = generation if chain is None else chain
-    return re.split(r"(?m)^[^\S\n]*####", chain)[0].strip()
 
 
 def _claim_end(text: str, step: StepDetail) -> int:

@@ -10,6 +10,7 @@ no full copy ever sits on one device.
 from __future__ import annotations
 
 import jax
+import numpy as np
 from absl import logging
 from flax import nnx
 
@@ -102,10 +103,11 @@ def init_random_params(cfg, seed: int, mesh=None):
     return jax.jit(init, out_shardings=sharding_lib.param_shardings(shapes, axes, mesh))()
 
 
-def load_base_model(config, mesh=None, remat: bool | None = None):
+def load_base_model(config, mesh=None, remat: bool | None = None, head: str = "lm"):
     """(Decoder, ModelConfig) a run starts from, each parameter placed by the rules table:
-    `config.model` ('random' with `config.model_arch`, a preset, a GGUF file, a HF directory)."""
-    overrides = dtype_overrides(config, remat)
+    `config.model` ('random' with `config.model_arch`, a preset, a GGUF file, a HF directory).
+    head='reward': the same trunk with a zero-initialised reward head (a PRM or ORM to train)."""
+    overrides = {**dtype_overrides(config, remat), "head": head}
     if config.model == "random":
         cfg = _random_model_config(config).replace(**overrides)
         params = init_random_params(cfg, int(config.seed), mesh)
@@ -114,6 +116,9 @@ def load_base_model(config, mesh=None, remat: bool | None = None):
     cfg = model_lib.ModelConfig.from_hf(hf, **overrides)
     params = weights.hf_to_params(tensors, cfg, source=config.model)
     del tensors
+    if head == "reward":  # p = 0.5 everywhere before training
+        params.update(reward_head=np.zeros(cfg.d_model, np.float32),
+                      reward_bias=np.zeros(1, np.float32))
     shardings = None
     if mesh is not None:
         dims = logical_dims(cfg)
@@ -155,13 +160,29 @@ def load_run_model(workdir, step=None, mesh=None):
     return model, model_cfg, tokenizer, config
 
 
-def load_for_eval(config, workdir: str | None = None, step=None, mesh=None):
+_HEAD_USE = {"lm": "a policy (a run trained with train.objective=cot)",
+             "reward": "a reward model (a run trained with train.objective=prm or orm)"}
+
+
+def require_head(cfg, head: str, source: str, use: str) -> None:
+    """A clear error when a checkpoint of the wrong kind is given (a PRM where a policy
+    decodes, a policy where a PRM scores)."""
+    if cfg.head != head:
+        raise ValueError(f"{source} is {_HEAD_USE[cfg.head]}; {use} needs {_HEAD_USE[head]}")
+
+
+def load_for_eval(config, workdir: str | None = None, step=None, mesh=None,
+                  use: str = "decoding"):
     """(model, ModelConfig, tokenizer, description): the checkpoint of `workdir` at `step` when
-    a workdir is given, else the config's base model."""
+    a workdir is given, else the config's base model. It must be a policy (`use` names what
+    needs one in the error otherwise)."""
     if workdir:
         step = parse_step(step)
         if step is None:  # name the step that answers, not "latest"
             step = ckpt_lib.latest_step(workdir)
+        _, run_cfg = ckpt_lib.read_run_config(workdir)
+        if run_cfg is not None:  # before minutes of restoring
+            require_head(run_cfg, "lm", str(workdir), use)
         model, cfg, tokenizer, _ = load_run_model(workdir, step, mesh=mesh)
         return model, cfg, tokenizer, f"{workdir} step {step}"
     model, cfg = load_base_model(config, mesh)

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cotjax.tokenize import KIND_ANSWER, KIND_CHAIN
 
@@ -78,3 +79,73 @@ class CoTLoss:
                 "answer_loss": _div(s["answer_ce"], s["answer_n"]),
                 "answer_acc": _div(s["answer_correct"], s["answer_n"]),
                 "nonpad_frac": _div(s["nonpad"], s["tokens"])}
+
+
+AUROC_BINS = 512  # score histogram bins: AUROC from sums, exact up to ties within a bin
+
+
+def reward_sums(z_BT, labels_BT, weights_BT, segment_ids_BT) -> dict:
+    """Sums of a reward model's logits `z` against labels in [0, 1] where `weights` > 0:
+    weighted binary cross-entropy (num, den), agreement of `z > 0` with the hard label
+    (label > 0: Math-Shepherd's hard label is "some completion reached the gold answer", so a
+    soft label counts as positive when it is above 0), and score histograms of the positive
+    and negative positions (for AUROC)."""
+    w = weights_BT.astype(jnp.float32)
+    y = labels_BT.astype(jnp.float32)
+    bce = jax.nn.softplus(z_BT) - y * z_BT  # -[y log s(z) + (1 - y) log(1 - s(z))]
+    hard = (y > 0).astype(jnp.float32)
+    bins = jnp.clip((jax.nn.sigmoid(z_BT) * AUROC_BINS).astype(jnp.int32), 0, AUROC_BINS - 1)
+    hist = lambda m: jnp.zeros(AUROC_BINS, jnp.float32).at[bins.ravel()].add(m.ravel())  # noqa: E731
+    return {"num": jnp.sum(w * bce), "den": jnp.sum(w),
+            "label_correct": jnp.sum(w * ((z_BT > 0) == (hard > 0))),
+            "label_pos": jnp.sum(w * hard),
+            "hist_pos": hist(w * hard), "hist_neg": hist(w * (1 - hard)),
+            "tokens": jnp.asarray(labels_BT.size, jnp.float32),
+            "nonpad": jnp.sum((segment_ids_BT != 0).astype(jnp.float32))}
+
+
+def auroc(hist_pos, hist_neg) -> float:
+    """Area under the ROC curve from score histograms over the same bins (ties count half)."""
+    pos, neg = np.asarray(hist_pos, np.float64), np.asarray(hist_neg, np.float64)
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos <= 0 or n_neg <= 0:
+        return float("nan")
+    below = np.cumsum(neg) - neg  # negatives in lower bins
+    return float(np.sum(pos * (below + 0.5 * neg)) / (n_pos * n_neg))
+
+
+class RewardLoss:
+    """Binary cross-entropy of a reward model's scores at labelled positions (the step ends
+    of a process reward model, the chain's end for an outcome reward model); no loss
+    elsewhere. The batch carries `labels` (float, at the position that is scored) and
+    `weights` (1 where a label is read, else 0; not shifted: the hidden state of a step's
+    last token scores the step)."""
+
+    keys = ("num", "den", "label_correct", "label_pos", "hist_pos", "hist_neg", "tokens",
+            "nonpad")
+
+    def sums(self, model, batch) -> dict[str, jax.Array]:
+        x_BTD, _ = model.hidden(batch["inputs"], batch["positions"], batch["segment_ids"])
+        return reward_sums(model.reward(x_BTD), batch["labels"], batch["weights"],
+                           batch["segment_ids"])
+
+    def summarize(self, s: dict) -> dict[str, float]:
+        return {"loss": _div(s["num"], s["den"]),
+                "label_acc": _div(s["label_correct"], s["den"]),
+                "label_pos_frac": _div(s["label_pos"], s["den"]),
+                "auroc": auroc(s["hist_pos"], s["hist_neg"]),
+                "nonpad_frac": _div(s["nonpad"], s["tokens"])}
+
+
+def make_objective(name: str) -> Objective:
+    """The objective of `train.objective`: cot (the CoT loss), prm or orm (RewardLoss; the
+    two differ in where the data puts labels, not in the loss)."""
+    if name == "cot":
+        return CoTLoss()
+    if name in ("prm", "orm"):
+        return RewardLoss()
+    raise ValueError(f"train.objective must be one of {OBJECTIVES}, got {name!r}")
+
+
+OBJECTIVES = ("cot", "prm", "orm")
+REWARD_OBJECTIVES = ("prm", "orm")

@@ -106,6 +106,12 @@ def _row_step(line: str) -> int | None:
         return None
 
 
+def add_sums(values):
+    """The total of one sum over steps: a float, or an array for vector sums (histograms)."""
+    total = np.sum([np.asarray(v, np.float64) for v in values], axis=0)
+    return float(total) if total.ndim == 0 else total
+
+
 class Interval:
     """Per-step metric sums between two log points; summarised by `log_interval`."""
 
@@ -132,7 +138,7 @@ def log_interval(interval: Interval, objective, writer: MetricWriter, bar, step:
     fetched = jax.device_get(interval.pending)
     now = time.perf_counter()
     dt = max(now - interval.t0, 1e-9)
-    sums = {k: sum(float(m[k]) for m in fetched) for k in objective.keys}
+    sums = {k: add_sums([m[k] for m in fetched]) for k in objective.keys}
     out = objective.summarize(sums)
     out["grad_norm"] = float(np.mean([float(m["grad_norm"]) for m in fetched]))
     out["lr"] = float(fetched[-1]["lr"])

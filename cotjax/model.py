@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+HEADS = ("lm", "reward")
 Q_BLOCK = 128  # queries per block of causal attention without a cache (see _attention)
 _HF_MODEL_TYPES = {
     "llama": "llama",
@@ -78,8 +79,11 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     remat: bool = False
+    head: str = "lm"  # lm (next-token logits) | reward (a step/outcome score; see Decoder.reward)
 
     def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"model head must be one of {HEADS}, got {self.head!r}")
         if self.family not in FAMILIES:
             raise ValueError(f"unsupported model family {self.family!r}; supported: {FAMILIES}")
         if self.num_heads % self.num_kv_heads:
@@ -170,6 +174,9 @@ class ModelConfig:
 
     def to_hf(self) -> dict[str, Any]:
         """The HF `config.json` dict of this architecture (transformers loads it back)."""
+        if self.head != "lm":
+            raise ValueError(f"a model with head={self.head!r} (a reward model) has no "
+                             "transformers causal-LM export; export the policy it started from")
         model_type = {"gemma3": "gemma3_text"}.get(self.family, self.family)
         arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                 "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
@@ -355,7 +362,15 @@ class KVCache:
 
 
 class Decoder(nnx.Module):
-    """Decoder-only transformer; `__call__` maps tokens to next-token logits."""
+    """Decoder-only transformer; `__call__` maps tokens to next-token logits.
+
+    With `cfg.head == "reward"` (a process or outcome reward model) it also holds a scalar
+    scoring head, `reward(hidden)`: one logit per position, read at step ends. A linear head
+    rather than the LM head restricted to two label tokens: it needs no label tokens in the
+    vocabulary (the same for every family), never computes vocabulary-sized logits (262k for
+    Gemma), and starts at exactly p = 0.5 (zero init) instead of at whatever the two tokens'
+    embeddings happen to say.
+    """
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -370,6 +385,9 @@ class Decoder(nnx.Module):
             self.lm_head = nnx.Param(
                 (0.02 * jax.random.normal(rngs.params(), (D, V))).astype(dtype),
                 logical_axes=("embed", "vocab"))
+        if cfg.head == "reward":
+            self.reward_head = nnx.Param(jnp.zeros((D,), dtype), logical_axes=("embed",))
+            self.reward_bias = nnx.Param(jnp.zeros((1,), dtype), logical_axes=(None,))
 
     def __call__(self, tokens_BT, positions_BT, segment_ids_BT=None, cache: KVCache | None = None,
                  layers=None):
@@ -406,6 +424,12 @@ class Decoder(nnx.Module):
         if cache is not None:
             cache = _advance_cache(cache, new_kv, positions_BT, segment_ids_BT)
         return x_BTD, cache
+
+    def reward(self, x_BTD):
+        """Reward logits [B, T] (float32) of final hidden states: the score of the text up to
+        and including each position."""
+        w = self.reward_head[...].astype(jnp.float32)
+        return x_BTD.astype(jnp.float32) @ w + self.reward_bias[...].astype(jnp.float32)[0]
 
     def logits(self, x_BTD):
         cfg = self.cfg

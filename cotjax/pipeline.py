@@ -17,6 +17,15 @@ Each batch is a dict of numpy arrays of shape [batch, seq_len]:
     segment_ids  int32    1, 2, ... per packed example in the row; 0 is padding
     positions    int32    position within the example, restarting at 0 at each example
 
+Reward objectives (`train.objective` prm | orm) read `data.labels` (a `cotjax label-steps` or
+`cotjax sample` output) instead: the same keys plus
+
+    labels       float32  the label of the score read at position t (cotjax.prm.reward_target)
+
+with `weights[t]` 1 where a score is read and trained (not shifted: the hidden state of a step's
+last token scores the step) and `kinds` 0. Validation holds out `data.labels_validation` of the
+problems (all chains of a problem on one side), seeded by `data.validation_seed`.
+
 No example is split across rows (grain's first-fit/best-fit packing). The batch is the per-process
 batch (global batch / process_count); a finite run's last batch is filled with padding rows
 (all weights 0) so shapes stay static. Each process reads a fixed shard of the examples, so with
@@ -35,10 +44,11 @@ import jax
 import numpy as np
 from absl import logging
 
+from cotjax import prm
 from cotjax import records as records_lib
 from cotjax.formatting import select_fewshot
 from cotjax.records import CoTRecord
-from cotjax.tokenize import KIND_ANSWER, EncodeSpec, Example, encode_records
+from cotjax.tokenize import KIND_ANSWER, EncodeSpec, Example, encode_records, reward_example
 
 OVERLONG = ("drop", "truncate")
 PACKERS = {
@@ -47,6 +57,7 @@ PACKERS = {
 }
 BATCH_KEYS = ("inputs", "targets", "weights", "kinds", "segment_ids", "positions")
 _PACKED_KEYS = ("inputs", "targets", "weights", "kinds")
+REWARD_KEYS = ("labels",)  # packed and batched beside the others for reward examples
 PERCENTILES = (50, 90, 99, 100)
 
 
@@ -104,18 +115,75 @@ def fit_length(examples: Sequence[Example], seq_len: int, overlong: str
         # keeps only prompt leaves nothing to learn and is dropped instead.
         if overlong == "truncate" and ex.weights[1:seq_len].any():
             kinds = None if ex.kinds is None else ex.kinds[:seq_len]
-            kept.append(Example(ex.tokens[:seq_len], ex.weights[:seq_len], ex.id, kinds))
+            labels = None if ex.labels is None else ex.labels[:seq_len]
+            kept.append(Example(ex.tokens[:seq_len], ex.weights[:seq_len], ex.id, kinds, labels))
             truncated += 1
         else:
             dropped += 1
     return kept, truncated, dropped
 
 
+def reward_objective(config) -> str | None:
+    """'prm' or 'orm' when the config trains a reward model, else None."""
+    objective = config.get("train", {}).get("objective", "cot")
+    return objective if objective in ("prm", "orm") else None
+
+
+def held_out_problems(problems: Sequence, share: float, seed: int) -> set:
+    """The problems a reward model validates on: `share` of them (at least one), seeded."""
+    if not 0 < share < 1:
+        raise ValueError(f"data.labels_validation must be in (0, 1), got {share}")
+    ordered = sorted(set(problems), key=str)
+    if len(ordered) < 2:
+        raise ValueError(f"{len(ordered)} problem(s) in data.labels: a reward model needs at "
+                         "least 2 (one to validate on)")
+    n = min(max(1, round(share * len(ordered))), len(ordered) - 1)
+    pick = np.random.default_rng(seed).permutation(len(ordered))[:n]
+    return {ordered[i] for i in pick}
+
+
+def encode_reward_rows(rows, objective: str, labels: str, tokenizer, template: str,
+                       task: str = "gsm8k") -> list[Example]:
+    """Reward examples of labelled lines ((file:line, row) pairs of `prm.read_label_rows`)."""
+    out = []
+    for where, row in rows:
+        generation, ends, values = prm.reward_target(row, objective, labels, where, task)
+        question = row.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"{where}: field 'question' must be a non-empty string")
+        ex, _ = reward_example(question, generation, ends, values, tokenizer, template,
+                               id=f"{row.get('problem')}/{row.get('sample')}")
+        out.append(ex)
+    return out
+
+
+def _reward_examples(config, tokenizer, split: str) -> tuple[list[Example], int]:
+    data = config.data
+    if not data.get("labels"):
+        raise ValueError(f"train.objective={reward_objective(config)} needs --config.data.labels="
+                         "DIR (a `cotjax label-steps` output; orm also takes `cotjax sample`'s)")
+    rows = prm.read_label_rows(data.labels)
+    problems = [row.get("problem") for _, row in rows]
+    held = held_out_problems(problems, float(data.get("labels_validation", 0.1)),
+                             int(data.validation_seed))
+    mine = [(w, r) for w, r in rows if (r.get("problem") in held) == (split == "validation")]
+    if 0 <= data.max_examples < len(mine) and split == "train":
+        mine = mine[:data.max_examples]
+    examples = encode_reward_rows(mine, reward_objective(config),
+                                  config.train.get("reward_labels", "hard"), tokenizer,
+                                  data.template, config.get("eval", {}).get("task", "gsm8k"))
+    return examples, len(rows)
+
+
 def load_examples(config, tokenizer, split: str = "train") -> tuple[list[Example], DataReport]:
     """Examples of one split of a config, fitted to `data.seq_len`, with their report."""
     data = config.data
-    recs, load = records_lib.load_records(data, split)
-    encoded = encode_records(recs, tokenizer, EncodeSpec.from_config(data))
+    if reward_objective(config):
+        encoded, read = _reward_examples(config, tokenizer, split)
+        load = records_lib.LoadReport(read=read, skipped=0)
+    else:
+        recs, load = records_lib.load_records(data, split)
+        encoded = encode_records(recs, tokenizer, EncodeSpec.from_config(data))
     lengths = np.array([len(e) for e in encoded])
     kept, truncated, dropped = fit_length(encoded, data.seq_len, data.overlong)
     if not kept:
@@ -141,8 +209,13 @@ def fewshot_exemplars(config) -> tuple[CoTRecord, ...]:
 # Packing and batching.
 
 def to_features(ex: Example) -> dict[str, np.ndarray]:
-    """Next-token targets and their weights, aligned with the input positions that predict them."""
+    """Next-token targets and their weights, aligned with the input positions that predict them
+    (reward examples: their labels and weights where they stand)."""
     last = np.zeros(1, np.int32)
+    if ex.labels is not None:
+        return {"inputs": ex.tokens, "targets": np.concatenate([ex.tokens[1:], last]),
+                "weights": ex.weights, "kinds": np.zeros(len(ex.tokens), np.int32),
+                "labels": ex.labels}
     # Hand-made examples without kinds count every weighted token as an answer token.
     kinds = ex.kinds if ex.kinds is not None else np.where(ex.weights > 0, KIND_ANSWER, 0)
     return {
@@ -156,17 +229,16 @@ def to_features(ex: Example) -> dict[str, np.ndarray]:
 def _rename(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     # grain emits segment ids and positions per packed feature; all packed features share one
     # layout, so the inputs' are the example's.
-    return {"inputs": packed["inputs"], "targets": packed["targets"],
-            "weights": packed["weights"], "kinds": packed["kinds"],
-            "segment_ids": packed["inputs_segment_ids"],
+    out = {k: packed[k] for k in (*_PACKED_KEYS, *REWARD_KEYS) if k in packed}
+    return {**out, "segment_ids": packed["inputs_segment_ids"],
             "positions": packed["inputs_positions"]}
 
 
-def _batch_fn(batch_size: int, seq_len: int):
+def _batch_fn(batch_size: int, seq_len: int, keys: Sequence[str] = BATCH_KEYS):
     def stack(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         # A short final batch is filled with padding rows (segment 0, weight 0): static shapes.
         out = {}
-        for key in BATCH_KEYS:
+        for key in keys:
             arr = np.stack([r[key] for r in rows])
             pad = np.zeros((batch_size - len(rows), seq_len), arr.dtype)
             out[key] = np.concatenate([arr, pad]) if len(pad) else arr
@@ -191,11 +263,16 @@ def packed_dataset(examples: Sequence[Example], spec: PackSpec, process_index: i
     ds = ds.repeat(None if spec.num_epochs == -1 else spec.num_epochs)
     # In-memory examples: prefetch threads would buy nothing and cost 16 threads per process.
     it = ds.map(to_features).to_iter_dataset(grain.ReadOptions(num_threads=0))
+    reward = {e.labels is not None for e in examples}
+    if len(reward) > 1:
+        raise ValueError("reward examples (with labels) and CoT examples cannot be mixed")
+    packed_keys = _PACKED_KEYS + (REWARD_KEYS if True in reward else ())
     packed = PACKERS[spec.packer](
-        it, length_struct={k: spec.seq_len for k in _PACKED_KEYS},
+        it, length_struct={k: spec.seq_len for k in packed_keys},
         num_packing_bins=spec.packing_bins, seed=spec.seed, shuffle_bins=spec.shuffle)
-    return packed.map(_rename).batch(spec.batch_size, batch_fn=_batch_fn(spec.batch_size,
-                                                                          spec.seq_len))
+    keys = BATCH_KEYS + (REWARD_KEYS if True in reward else ())
+    return packed.map(_rename).batch(spec.batch_size, batch_fn=_batch_fn(
+        spec.batch_size, spec.seq_len, keys))
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:

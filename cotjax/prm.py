@@ -12,15 +12,32 @@ is 1 when any is. The checker label is the verdict of the step's arithmetic clai
 (cotjax.steps): 1 when every claim holds, 0 when one does not, None without claims. Agreement is
 counted on steps that have both, by the step's kind (`valid_claims`, `invalid_claim`).
 
-Pure Python (no JAX); `cotjax label-steps` (cotjax.label_steps) samples the completions.
+Reward targets. A process reward model (PRM) reads a score at the end of every step and at the
+end of the generation (its answer statement, labelled with the chain's correctness: the one
+"completion" of the full chain is the chain itself); an outcome reward model (ORM) reads one
+score, at the end of the generation. `reward_target` turns a labelled line into the generation,
+the character offsets where scores are read and their labels; `cotjax.tokenize.reward_example`
+makes tokens of them.
+
+Selectors. From N scored samples of a problem: `majority` (the most frequent answer), `orm_best`
+(the answer of the sample with the best outcome score), `prm_best` (the best chain by its
+aggregated step scores: `min`, `prod` or `last`), `prm_weighted` (answers voted with the sum of
+their chains' aggregated scores; Uesato et al. 2022, Li et al. 2023), and `pass_at_n` (any sample
+right: the ceiling of every selector).
+
+Pure Python (no JAX); `cotjax label-steps` (cotjax.label_steps) samples the completions and
+`cotjax rerank` (cotjax.rerank) scores samples with trained reward models.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Sequence
 
-from cotjax.answers import answers_equal
+from cotjax import paths
+from cotjax.answers import answers_equal, chain_of, majority_vote
 from cotjax.steps import StepDetail
 
 SPLITS = ("lines", "sentences")
@@ -92,3 +109,162 @@ def agreement(rows: Sequence[dict]) -> dict:
 
 def _share(count: float, total: int) -> float | None:
     return round(count / total, 4) if total else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward targets: where a reward model reads its scores, and their labels.
+
+LABEL_KINDS = ("hard", "soft")
+
+
+def read_label_rows(path: str) -> list[tuple[str, dict]]:
+    """(file:line, row) of every line of a jsonl file, or of a directory's `labels-*.jsonl`
+    (`cotjax label-steps`) or else `samples-*.jsonl` (`cotjax sample`) shards."""
+    root = paths.path(path)
+    if root.is_dir():
+        files = sorted(root.glob("labels-*.jsonl")) or sorted(root.glob("samples-*.jsonl"))
+        if not files:
+            raise FileNotFoundError(f"{path}: no labels-*.jsonl or samples-*.jsonl files (is it "
+                                    "a `cotjax label-steps` or `cotjax sample` output?)")
+    elif root.is_file():
+        files = [root]
+    else:
+        raise FileNotFoundError(f"data.labels={path!r} does not exist")
+    rows = []
+    for f in files:
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{f}:{n}: not JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{f}:{n}: not a JSON object")
+            rows.append((f"{f}:{n}", row))
+    return rows
+
+
+def _field(row: dict, key: str, kind, where: str):
+    value = row.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ValueError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}, "
+                         f"got {value!r}")
+    return value
+
+
+def chain_start(generation: str, chain: str, where: str) -> int:
+    """Where `chain` (the stripped text before the answer statement) starts in `generation`."""
+    start = generation.find(chain) if chain else 0
+    if start < 0 or generation[:start].strip():
+        raise ValueError(f"{where}: the chain is not the start of the generation")
+    return start
+
+
+def reward_target(row: dict, objective: str, labels: str = "hard", where: str = "",
+                  task: str = "gsm8k", rule: str = "lines"
+                  ) -> tuple[str, list[int], list[float | None]]:
+    """(generation, ends, labels) of a labelled line: the character offsets in the generation
+    after which a reward model's score is read, and the label of each (None: read, not
+    trained). objective 'prm' needs a `cotjax label-steps` line (its steps, checked against its
+    chain); 'orm' takes any line with a generation and `correct` (sample lines too)."""
+    if objective not in ("prm", "orm"):
+        raise ValueError(f"reward objective must be prm or orm, got {objective!r}")
+    if labels not in LABEL_KINDS:
+        raise ValueError(f"train.reward_labels must be one of {LABEL_KINDS}, got {labels!r}")
+    generation = _field(row, "generation", str, where)
+    correct = float(_field(row, "correct", bool, where))
+    if objective == "prm":
+        if "steps" not in row:
+            raise ValueError(f"{where}: no 'steps' (objective prm needs `cotjax label-steps` "
+                             "lines, with Monte Carlo labels per step)")
+        chain = _field(row, "chain", str, where)
+        spans, step_labels = [], []
+        for k, step in enumerate(_field(row, "steps", list, where), 1):
+            a, b = step.get("span") or (None, None)
+            if not (isinstance(a, int) and isinstance(b, int)) or chain[a:b] != step.get("text") \
+                    or (spans and a < spans[-1][1]) or not a < b:
+                raise ValueError(f"{where}: step {k} ({step.get('text')!r} at {step.get('span')})"
+                                 " does not match its chain")
+            value = step.get(labels)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                    or not 0 <= value <= 1:
+                raise ValueError(f"{where}: step {k}: label {labels!r} must be in [0, 1], "
+                                 f"got {value!r}")
+            spans.append((a, b))
+            step_labels.append(float(value))
+    else:
+        chain = chain_of(generation, task)
+        spans = split_steps(chain, rule)
+        step_labels = [None] * len(spans)
+    start = chain_start(generation, chain, where)
+    ends = [start + b for _, b in spans]
+    end = len(generation.rstrip())
+    if not ends or end > ends[-1]:  # the answer statement (or a chain without steps)
+        ends.append(end)
+        step_labels.append(None)
+    if end == 0:
+        raise ValueError(f"{where}: empty generation")
+    step_labels[-1] = correct if objective == "orm" or step_labels[-1] is None else \
+        step_labels[-1]
+    return generation, ends, step_labels
+
+
+def score_ends(generation: str, task: str = "gsm8k", rule: str = "lines") -> list[int]:
+    """Where a reward model reads a sample's scores: every step's end, then the generation's
+    end (the same places `reward_target` labels)."""
+    return reward_target({"generation": generation, "correct": False}, "orm", task=task,
+                         rule=rule)[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Selectors over N scored samples of a problem.
+
+AGGREGATES = ("min", "prod", "last")
+SELECTORS = ("majority", "orm_best", "prm_best", "prm_weighted", "pass_at_n")
+
+
+def aggregate(scores: Sequence[float], how: str) -> float:
+    """A chain's score from its step scores (probabilities): the weakest step (`min`), all
+    steps right (`prod`), or the score read at the end (`last`)."""
+    if how not in AGGREGATES:
+        raise ValueError(f"PRM aggregate must be one of {AGGREGATES}, got {how!r}")
+    if not scores:
+        raise ValueError("a chain without scores cannot be aggregated")
+    if how == "min":
+        return min(scores)
+    if how == "prod":
+        return math.prod(scores)
+    return scores[-1]
+
+
+def _best(answers: Sequence[str | None], scores: Sequence[float]) -> str | None:
+    # The best-scored sample among those that state an answer (ties: the first).
+    answered = [i for i, a in enumerate(answers) if a is not None]
+    if not answered:
+        return None
+    return answers[max(answered, key=lambda i: (scores[i], -i))]
+
+
+def select_answers(answers: Sequence[str | None], gold: str, task: str = "gsm8k",
+                   step_scores: Sequence[Sequence[float]] | None = None,
+                   outcome: Sequence[float] | None = None, how: str = "min") -> dict:
+    """Each selector's answer and whether it is right, from one problem's N samples: their
+    final answers (None when unreadable), PRM step scores (probabilities, one list per
+    sample) and ORM scores (each optional: its selectors are left out without them)."""
+    if not answers:
+        raise ValueError("selection needs at least one sample")
+
+    def pick(answer):
+        return {"answer": answer, "correct": answers_equal(answer, gold, task)}
+
+    out = {"majority": pick(majority_vote(answers, task))}
+    if outcome is not None:
+        out["orm_best"] = pick(_best(answers, outcome))
+    if step_scores is not None:
+        chain = [aggregate(s, how) for s in step_scores]
+        out["prm_best"] = pick(_best(answers, chain))
+        out["prm_weighted"] = pick(majority_vote(answers, task, chain))
+    out["pass_at_n"] = {"answer": None,
+                        "correct": any(answers_equal(a, gold, task) for a in answers)}
+    return out

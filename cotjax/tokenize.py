@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cotjax.formatting import MODES, TEMPLATES, Segments, format_segments
+from cotjax.formatting import MODES, TEMPLATES, Segments, format_prompt, format_segments
 from cotjax.records import CoTRecord
 
 # Token kinds; padding is KIND_PROMPT too (it never carries loss).
@@ -82,6 +82,9 @@ class Example:
     weights: np.ndarray  # float32 [L]
     id: str = ""
     kinds: np.ndarray | None = None  # int32 [L]: KIND_PROMPT | KIND_CHAIN | KIND_ANSWER
+    # Reward examples (`reward_example`): the label of the score read at each position, where
+    # `weights` is 1; the weights are then not next-token weights (see cotjax.loss.RewardLoss).
+    labels: np.ndarray | None = None  # float32 [L]
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -151,3 +154,34 @@ def encode_records(records: Sequence[CoTRecord], tokenizer, spec: EncodeSpec,
     segments = [format_segments(r, spec.template, spec.mode, tokenizer, fewshot) for r in records]
     token_segments = tokenize_segments(segments, tokenizer, spec.template)
     return [to_example(s, spec, r.id) for s, r in zip(token_segments, records, strict=True)]
+
+
+def reward_example(question: str, generation: str, ends: Sequence[int],
+                   labels: Sequence[float | None], tokenizer, template: str, id: str = ""
+                   ) -> tuple[Example, np.ndarray]:
+    """(example, positions) of a generation scored by a reward model: the question's prompt
+    (as training formats it, with BOS for plain), then the generation cut at `ends` (character
+    offsets, increasing), each piece tokenized as its own segment, so that piece k's last token
+    is exactly where score k is read (`positions[k]`). Labels: `labels[k]` at `positions[k]`
+    with weight 1; None: read but not trained (weight 0). Text after the last end is left out.
+    """
+    if not ends or any(b <= a for a, b in zip([0, *ends], ends)) or ends[-1] > len(generation):
+        raise ValueError(f"example {id!r}: score positions {list(ends)} must increase within "
+                         f"the generation ({len(generation)} characters)")
+    if len(labels) != len(ends):
+        raise ValueError(f"example {id!r}: {len(labels)} labels for {len(ends)} positions")
+    prompt = format_prompt(CoTRecord(question=question, chain="", answer=""), template, tokenizer)
+    lead = " " if template == "plain" else ""  # as the plain template writes its target
+    pieces = [generation[a:b] for a, b in zip([0, *ends], ends)]
+    pieces[0] = lead + pieces[0]
+    ids = tokenizer([prompt, *pieces], add_special_tokens=False)["input_ids"]
+    bos = () if template == "chat" else bos_ids(tokenizer)
+    tokens = np.fromiter((t for part in [bos, *ids] for t in part), dtype=np.int32)
+    positions = len(bos) + np.cumsum([len(p) for p in ids])[1:] - 1
+    weights = np.zeros(len(tokens), np.float32)
+    values = np.zeros(len(tokens), np.float32)
+    for pos, label in zip(positions, labels, strict=True):
+        if label is not None:
+            weights[pos], values[pos] = 1.0, float(label)
+    kinds = np.zeros(len(tokens), np.int32)
+    return Example(tokens, weights, id, kinds, values), positions.astype(np.int32)

@@ -35,14 +35,14 @@ from cotjax import model as model_lib
 from cotjax import paths, pipeline
 from cotjax import sharding as sharding_lib
 from cotjax.defaults import TrainSpec
-from cotjax.loss import CoTLoss, Objective
+from cotjax.loss import REWARD_OBJECTIVES, CoTLoss, Objective, make_objective
 from cotjax.tokenize import EncodeSpec
 
 # ----------------------------------------------------------------------------------------------
 # Configuration.
 
 
-_NO_DECAY = re.compile(r"(norm$)|(^b[a-z]?$)|(^b_)")
+_NO_DECAY = re.compile(r"(norm$)|(^b[a-z]?$)|(^b_)|(bias$)")
 
 
 def decay_mask(params) -> Any:
@@ -103,7 +103,8 @@ def loss_and_grads(objective: Objective, graphdef, params, batch, microbatches: 
             return (jax.tree.map(jnp.add, g, g2), jax.tree.map(jnp.add, s, s2)), None
 
         zeros_g = jax.tree.map(jnp.zeros_like, params)
-        zeros_s = {k: jnp.zeros((), jnp.float32) for k in objective.keys}
+        shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], mbs))[1]
+        zeros_s = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         (grads, sums), _ = jax.lax.scan(body, (zeros_g, zeros_s), mbs)
     denom = jnp.maximum(sums["den"], 1e-9)
     grads = jax.tree.map(lambda g: g / denom.astype(g.dtype), grads)
@@ -382,11 +383,16 @@ def _start_or_resume(config, workdir, spec: TrainSpec, mesh, total_steps: int, o
         return ckpt_lib.make_manager(workdir, keep=spec.keep, keep_best=spec.keep_best,
                                      async_save=spec.async_checkpoint)
 
+    head = "reward" if spec.objective in REWARD_OBJECTIVES else "lm"
     manager = make_manager()
     if manager.latest_step() is not None:
         _, model_cfg = ckpt_lib.read_run_config(workdir)
         if model_cfg is None:
             raise FileNotFoundError(f"{workdir}/model_config.json is missing; cannot resume")
+        if model_cfg.head != head:
+            raise ValueError(f"{workdir} holds a model with head={model_cfg.head!r}; "
+                             f"train.objective={spec.objective} trains head={head!r}: use "
+                             "another --workdir")
         trainer = Trainer(model_cfg, spec, mesh, total_steps, objective)
         manager.close()
         manager, step, params, train_state, data_state, _ = ckpt_lib.restore_newest_readable(
@@ -396,7 +402,7 @@ def _start_or_resume(config, workdir, spec: TrainSpec, mesh, total_steps: int, o
         logging.info("resumed %s from step %d", workdir, step)
         print(f"resuming from checkpoint step {step} in {workdir}", flush=True)
         return manager, trainer, params, train_state, model_cfg
-    model, model_cfg = load.load_base_model(config, mesh, remat=spec.remat)
+    model, model_cfg = load.load_base_model(config, mesh, remat=spec.remat, head=head)
     params = nnx.to_pure_dict(nnx.state(model))
     del model
     ckpt_lib.write_run_config(workdir, config, model_cfg)
@@ -407,10 +413,12 @@ def _start_or_resume(config, workdir, spec: TrainSpec, mesh, total_steps: int, o
 
 def train(config, workdir, *, mesh=None, objective: Objective | None = None) -> RunResult:
     """Train (or resume) a run in `workdir`; returns where it stopped. `objective`: the loss
-    (default the CoT loss). A model other than the config's decoder (the Trainer's
-    `abstract_model` seam) needs its own loading of initial parameters, not written yet."""
+    (default `train.objective`'s: the CoT loss, or a reward loss with the decoder's reward
+    head, which `load.load_base_model(head="reward")` adds to the config's model)."""
     workdir = ckpt_lib.run_dir(workdir)
     spec = TrainSpec.from_config(config)
+    if objective is None:
+        objective = make_objective(spec.objective)
     if mesh is None:
         mesh = sharding_lib.make_mesh(config.mesh)
     dp = sharding_lib.data_parallel_size(mesh)

@@ -16,7 +16,9 @@ ADDED = {("train", "wandb_project"): "", ("data", "max_skipped_fraction"): 0.05,
          ("train", "max_consecutive_skips"): 10, ("train", "resume_fallback"): True,
          ("data", "train_path"): "", ("eval", "calculator"): False,
          ("eval", "faithfulness"): [], ("eval", "faithfulness_points"): 11,
-         ("eval", "faithfulness_answer_tokens"): 16}
+         ("eval", "faithfulness_answer_tokens"): 16, ("train", "objective"): "cot",
+         ("train", "reward_labels"): "hard", ("data", "labels"): "",
+         ("data", "labels_validation"): 0.1}
 # Where each snapshotted file went.
 NOW = {
     "configs/base.py": "configs/base.py",

@@ -1,0 +1,252 @@
+"""`cotjax rerank`: choose among N sampled chains with trained reward models.
+
+sample shards (`cotjax sample --out=DIR`, N per problem) -> each generation cut where its scores
+are read (every step's end, then the generation's end: cotjax.prm.score_ends) -> packed rows
+(several chains a row, segment ids keep them apart) -> the PRM's and the ORM's scores ->
+selectors (cotjax.prm.select_answers) at N = 1, 2, 4, ... -> OUT/selection.json,
+OUT/predictions.jsonl (every sample's scores, so selection can be redone without a model) and
+OUT/accuracy_vs_n.png.
+
+A reward model reads a chain as training made it read one: the question in the reward run's
+template, then the generation piece by piece (cotjax.tokenize.reward_example). Accuracy at
+N < N_max uses each problem's first N samples (sample index order): the same samples for every
+selector, so the selectors' comparison at each N is paired.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from cotjax import distill, load, paths, prm, tokenize
+from cotjax.report import paired_comparison
+
+ROW_MULTIPLE = 128  # packed rows are at least the longest chain, rounded up to this
+
+
+def pack_rows(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
+    """Examples (indices) in rows of at most `seq_len` tokens: first fit, longest first."""
+    rows, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if lengths[i] > seq_len:
+            raise ValueError(f"example {i} has {lengths[i]} tokens, more than a row ({seq_len})")
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(seq_len - lengths[i])
+    return rows
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _scores(graphdef, state, inputs, positions, segment_ids):
+    model = nnx.merge(graphdef, state)
+    x_BTD, _ = model.hidden(inputs, positions, segment_ids)
+    return jax.nn.sigmoid(model.reward(x_BTD))
+
+
+def score_examples(model, examples: Sequence[tokenize.Example], reads: Sequence[np.ndarray],
+                   seq_len: int = 1024, batch_rows: int = 8) -> list[np.ndarray]:
+    """The reward model's probabilities at each example's read positions, with the examples
+    packed several to a row (a chain's scores do not depend on its row-mates: attention stays
+    within a segment)."""
+    if not examples:
+        return []
+    longest = max(len(e) for e in examples)
+    seq_len = max(seq_len, -(-longest // ROW_MULTIPLE) * ROW_MULTIPLE)
+    rows = pack_rows([len(e) for e in examples], seq_len)
+    graphdef, state = nnx.split(model)
+    out: list[np.ndarray | None] = [None] * len(examples)
+    for b in range(0, len(rows), batch_rows):
+        group = rows[b:b + batch_rows]
+        arrays = {k: np.zeros((batch_rows, seq_len), np.int32)
+                  for k in ("inputs", "positions", "segment_ids")}
+        where = []
+        for r, row in enumerate(group):
+            at = 0
+            for seg, i in enumerate(row, 1):
+                n = len(examples[i])
+                arrays["inputs"][r, at:at + n] = examples[i].tokens
+                arrays["positions"][r, at:at + n] = np.arange(n)
+                arrays["segment_ids"][r, at:at + n] = seg
+                where.append((i, r, at))
+                at += n
+        probs = np.asarray(jax.device_get(_scores(
+            graphdef, state, *(jnp.asarray(arrays[k])
+                               for k in ("inputs", "positions", "segment_ids")))))
+        for i, r, at in where:
+            out[i] = probs[r, at + np.asarray(reads[i])]
+    return out
+
+
+def load_reward_model(workdir: str, step, objective: str):
+    """(model, tokenizer, run config, description) of a reward run; a clear error for a
+    policy or for a reward model trained with the other objective."""
+    config, cfg = load.ckpt_lib.read_run_config(workdir)
+    flag = f"--{objective}"
+    if cfg is not None:
+        load.require_head(cfg, "reward", workdir, flag)
+    trained = config.get("train", {}).get("objective")
+    if trained != objective:
+        raise ValueError(f"{workdir} was trained with train.objective={trained}; {flag} needs "
+                         f"one trained with train.objective={objective}")
+    model, _, tokenizer, config = load.load_run_model(workdir, step)
+    return model, tokenizer, config, f"{workdir} step {load.ckpt_lib.latest_step(workdir) if step in (None, '', 'latest') else step}"
+
+
+def score_rows(rows: Sequence[dict], workdir: str, step, objective: str, task: str
+               ) -> tuple[list[list[float]], str, float]:
+    """(scores per sample row, description, seconds) of one reward model over sample rows;
+    an empty generation scores 0."""
+    model, tokenizer, config, desc = load_reward_model(workdir, step, objective)
+    t0 = time.perf_counter()
+    examples, reads, keep = [], [], []
+    for i, row in enumerate(rows):
+        if not row["generation"].strip():
+            continue
+        ends = prm.score_ends(row["generation"], task)
+        ex, pos = tokenize.reward_example(row["question"], row["generation"], ends,
+                                          [None] * len(ends), tokenizer, config.data.template)
+        examples.append(ex)
+        reads.append(pos)
+        keep.append(i)
+    got = score_examples(model, examples, reads, int(config.data.seq_len))
+    scores = [[0.0] for _ in rows]
+    for i, s in zip(keep, got, strict=True):
+        scores[i] = [round(float(v), 5) for v in s]
+    return scores, desc, time.perf_counter() - t0
+
+
+def by_problem(rows: Sequence[dict]) -> dict:
+    """Sample rows grouped by problem, each group in sample order."""
+    groups: dict = {}
+    for row in sorted(rows, key=lambda r: (r["problem"], r["sample"])):
+        groups.setdefault(row["problem"], []).append(row)
+    return groups
+
+
+def selection_table(groups: dict, prm_scores: dict | None, orm_scores: dict | None, n: int,
+                    how: str, task: str) -> dict[str, dict]:
+    """{problem: select_answers(...)} over each problem's first n samples."""
+    out = {}
+    for p, rows in groups.items():
+        rows = rows[:n]
+        out[p] = prm.select_answers(
+            [r["extracted"] for r in rows], rows[0]["gold"], task,
+            step_scores=[prm_scores[(p, r["sample"])] for r in rows] if prm_scores else None,
+            outcome=[orm_scores[(p, r["sample"])][-1] for r in rows] if orm_scores else None,
+            how=how)
+    return out
+
+
+def accuracies(table: dict[str, dict]) -> dict[str, dict]:
+    selectors = next(iter(table.values())).keys()
+    return {s: {"accuracy": round(sum(t[s]["correct"] for t in table.values()) / len(table), 4),
+                "n": len(table)} for s in selectors}
+
+
+def ns_upto(n_max: int) -> list[int]:
+    """1, 2, 4, ... up to n_max (and n_max itself)."""
+    ns = [n for n in (2**i for i in range(12)) if n < n_max]
+    return ns + [n_max]
+
+
+def run_rerank(samples: Sequence[str], out: str, *, prm_run: str | None = None,
+               orm_run: str | None = None, step=None, aggregate: str = "min",
+               max_problems: int = -1) -> dict:
+    """Score the samples with the given reward models and write the selectors' comparison
+    (see the module docstring); returns selection.json's content."""
+    if not prm_run and not orm_run:
+        raise ValueError("rerank needs --prm=WORKDIR and/or --orm=WORKDIR (reward model runs)")
+    prm.aggregate([1.0], aggregate)  # a bad name fails before anything loads
+    manifest = paths.path(samples[0]) / "manifest.json"
+    task = json.loads(manifest.read_text()).get("task", "gsm8k") if manifest.exists() \
+        else "gsm8k"
+    groups = by_problem(distill.read_sample_dirs(samples))
+    if max_problems >= 0:
+        groups = dict(list(groups.items())[:max_problems])
+    if not groups:
+        raise ValueError(f"{', '.join(samples)}: no samples")
+    n_max = min(len(g) for g in groups.values())
+    if n_max != max(len(g) for g in groups.values()):
+        print(f"problems have {n_max} to {max(len(g) for g in groups.values())} samples: "
+              f"selecting among the first {n_max} of each", flush=True)
+    rows = [r for g in groups.values() for r in g[:n_max]]
+    scores, desc, seconds = {}, {}, {}
+    for name, run in (("prm", prm_run), ("orm", orm_run)):
+        if run:
+            got, desc[name], seconds[name] = score_rows(rows, run, step, name, task)
+            scores[name] = {(r["problem"], r["sample"]): s for r, s in zip(rows, got)}
+            print(f"scored {len(rows)} samples with {desc[name]} in {seconds[name]:.0f} s",
+                  flush=True)
+
+    def table(n, how=aggregate):
+        return selection_table(groups, scores.get("prm"), scores.get("orm"), n, how, task)
+
+    final = table(n_max)
+    result = {**accuracies(final), "problems": len(groups), "samples_per_problem": n_max,
+              "aggregate": aggregate, "task": task, "samples": list(samples),
+              "prm": desc.get("prm"), "orm": desc.get("orm"),
+              "score_seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    majority = {p: t["majority"]["correct"] for p, t in final.items()}
+    result["paired_vs_majority"] = {
+        s: paired_comparison({p: t[s]["correct"] for p, t in final.items()}, majority)
+        for s in ("orm_best", "prm_best", "prm_weighted") if s in next(iter(final.values()))}
+    if "prm_weighted" in result["paired_vs_majority"]:
+        result["mcnemar_p"] = result["paired_vs_majority"]["prm_weighted"]["mcnemar_p"]
+    result["by_n"] = {str(n): {s: v["accuracy"] for s, v in accuracies(table(n)).items()}
+                      for n in ns_upto(n_max)}
+    if "prm" in scores:
+        result["by_aggregate"] = {
+            how: {s: v["accuracy"] for s, v in accuracies(table(n_max, how)).items()
+                  if s in ("prm_best", "prm_weighted")} for how in prm.AGGREGATES}
+    write_rerank(out, groups, n_max, scores, final, result)
+    return result
+
+
+def write_rerank(out: str, groups: dict, n_max: int, scores: dict, final: dict,
+                 result: dict) -> None:
+    out_dir = paths.path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for p, rows in groups.items():
+        lines.append(json.dumps({
+            "problem": p, "id": rows[0].get("id"), "gold": rows[0]["gold"],
+            "selected": final[p],
+            "samples": [{"sample": r["sample"], "answer": r["extracted"],
+                         "correct": r["correct"],
+                         **{k: s[(p, r["sample"])] for k, s in scores.items()}}
+                        for r in rows[:n_max]]}))
+    paths.write_text(out_dir / "predictions.jsonl", "\n".join(lines) + "\n")
+    paths.write_text(out_dir / "selection.json", json.dumps(result, indent=1) + "\n")
+    plot_accuracy_vs_n(result["by_n"], out_dir / "accuracy_vs_n.png")
+
+
+def plot_accuracy_vs_n(by_n: dict[str, dict[str, float]], path) -> None:
+    """Every selector's accuracy against N (log2 axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = sorted(by_n, key=int)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for s in by_n[ns[-1]]:
+        ax.plot([int(n) for n in ns], [by_n[n][s] for n in ns], marker="o", label=s)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("samples per problem (N)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,359 @@
+"""Reward models (issue 23): where scores are read, the reward loss, PRM/ORM training and exact
+resume, packing-independent scores, the selectors, and the errors for wrong inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from _train_utils import tiny_config, write_byte_tokenizer
+from cotjax import checkpoint as ckpt_lib
+from cotjax import load, loss, pipeline, prm, rerank, tokenize, train, weights
+from cotjax import model as model_lib
+
+GENERATION = ("Weng earns 12/60=$0.2 per minute.\nWorking 50 minutes, she earned "
+              "0.2 x 50 = $10.\nShe earned $10.\nThe answer is 10.")
+
+# Gemma 3's chat template, without its system-prompt and multimodal branches.
+GEMMA_CHAT = ("{{ bos_token }}{% for m in messages %}<start_of_turn>"
+              "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] | trim }}"
+              "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n"
+              "{% endif %}")
+
+
+def label_line(problem: int, sample: int, a: int, b: int, right: bool) -> dict:
+    """A `cotjax label-steps` line of a two-step chain computing (a + b) * 2."""
+    s = a + b
+    value = 2 * s if right else 2 * s + 1
+    chain = f"First {a} + {b} = {s}.\nThen {s} * 2 = {value}."
+    spans = [(0, chain.index("\n")), (chain.index("\n") + 1, len(chain))]
+    steps = [{"index": k, "text": chain[x:y], "span": [x, y], "checker": 1, "kind": "x",
+              "soft": soft, "hard": int(soft > 0)}
+             for k, ((x, y), soft) in enumerate(zip(spans, (1.0, 1.0 if right else 0.0)), 1)]
+    return {"problem": problem, "sample": sample, "question": f"What is ({a} + {b}) * 2?",
+            "gold": str(2 * s), "generation": chain + f"\nThe answer is {value}.",
+            "chain": chain, "correct": right, "steps": steps}
+
+
+@pytest.fixture(scope="module")
+def byte_tok(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        write_byte_tokenizer(tmp_path_factory.mktemp("bytes") / "tok"))
+
+
+@pytest.fixture(scope="module")
+def label_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("labels")
+    lines = [label_line(p, s, p + 1, s + 2, right=(p + s) % 3 != 0)
+             for p in range(12) for s in range(2)]
+    (root / "labels-00000-of-00001.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in lines))
+    return root
+
+
+def reward_config(tok_dir, labels, objective="prm", **train_kw):
+    c = tiny_config(tok_dir, **{"steps": 4, "objective": objective, **train_kw})
+    c.data.labels = str(labels)
+    c.data.labels_validation = 0.25
+    c.data.template = "plain"
+    c.data.max_skipped_fraction = 0.0
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Where scores are read.
+
+@pytest.mark.parametrize("spec", ["smollm2-135m-instruct", "gemma3-270m"])
+@pytest.mark.parametrize("template", ["plain", "chat"])
+def test_scores_are_read_at_the_last_token_of_each_step(spec, template):
+    tok = weights.load_tokenizer(spec)
+    if template == "chat" and not tok.chat_template:  # the GGUF's tokenizer carries none
+        tok.chat_template = GEMMA_CHAT
+    ends = prm.score_ends(GENERATION)
+    assert [GENERATION[:e].splitlines()[-1] for e in ends] == GENERATION.splitlines()
+    ex, reads = tokenize.reward_example("How much did Weng earn?", GENERATION, ends,
+                                        [1.0, 0.0, None, 1.0], tok, template)
+    prompt_len = len(ex.tokens) - sum(
+        len(tok(p, add_special_tokens=False)["input_ids"]) for p in
+        [(" " if template == "plain" else "") + GENERATION[:ends[0]],
+         *(GENERATION[a:b] for a, b in zip(ends, ends[1:]))])
+    lead = " " if template == "plain" else ""
+    for end, pos in zip(ends, reads):
+        # the read token closes the step: the generation's text through it, and no more
+        assert tok.decode(ex.tokens[prompt_len:pos + 1]) == lead + GENERATION[:end]
+    np.testing.assert_array_equal(np.flatnonzero(ex.weights), reads[[0, 1, 3]])
+    np.testing.assert_array_equal(ex.labels[reads], [1.0, 0.0, 0.0, 1.0])
+    assert reads[-1] == len(ex.tokens) - 1
+
+
+def test_reward_targets_of_prm_and_orm_lines():
+    line = label_line(0, 0, 3, 4, right=False)
+    gen, ends, labels = prm.reward_target(line, "prm", "hard", "f:1")
+    assert [gen[:e].splitlines()[-1] for e in ends] == gen.splitlines()
+    assert labels == [1.0, 0.0, 0.0]  # two steps, then the answer statement: the chain's outcome
+    line["steps"][1]["soft"] = 0.25
+    assert prm.reward_target(line, "prm", "soft", "f:1")[2] == [1.0, 0.25, 0.0]
+    gen, ends2, labels = prm.reward_target(line, "orm", where="f:1")
+    assert ends2 == ends and labels == [None, None, 0.0]
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda x: x["steps"][1].update(text="Then 7 * 2 = 15"), "step 2 .* does not match its chain"),
+    (lambda x: x["steps"][0].update(span=[1, 10]), "step 1 .* does not match its chain"),
+    (lambda x: x["steps"][1].update(hard=2), "step 2: label 'hard' must be in"),
+    (lambda x: x.update(generation="Something else."), "the chain is not the start"),
+    (lambda x: x.update(correct=None), "field 'correct' must be bool"),
+    (lambda x: x.pop("steps"), "no 'steps'"),
+])
+def test_a_label_line_that_does_not_match_its_chain_is_refused(break_it, message):
+    line = label_line(0, 0, 3, 4, right=True)
+    break_it(line)
+    with pytest.raises(ValueError, match="labels.jsonl:7: " + message):
+        prm.reward_target(line, "prm", "hard", "labels.jsonl:7")
+
+
+def test_a_bad_label_file_names_its_line(tmp_path, byte_tok):
+    path = tmp_path / "labels-00000-of-00001.jsonl"
+    path.write_text(json.dumps(label_line(0, 0, 1, 2, True)) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"labels-00000-of-00001.jsonl:2: not JSON"):
+        prm.read_label_rows(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="nothing' does not exist"):
+        prm.read_label_rows(str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no labels-.* or samples-"):
+        prm.read_label_rows(str(tmp_path / "empty"))
+
+
+def test_held_out_problems_keep_every_chain_of_a_problem_on_one_side(label_dir, byte_tok):
+    c = reward_config(str(label_dir.parent), label_dir)
+    rows = prm.read_label_rows(str(label_dir))
+    held = pipeline.held_out_problems([r["problem"] for _, r in rows], 0.25, 7)
+    assert len(held) == 3 and held == pipeline.held_out_problems(list(range(12)), 0.25, 7)
+    train_ids = {e.id for e in pipeline._reward_examples(c, byte_tok, "train")[0]}
+    val_ids = {e.id for e in pipeline._reward_examples(c, byte_tok, "validation")[0]}
+    assert len(train_ids) == 18 and len(val_ids) == 6 and not train_ids & val_ids
+    assert {i.split("/")[0] for i in train_ids}.isdisjoint({i.split("/")[0] for i in val_ids})
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss.
+
+def _tiny_reward_model(seed=0):
+    from _train_utils import TINY_ARCH
+
+    arch = dict(TINY_ARCH, rope=model_lib.RopeConfig(10000.0), head="reward")
+    cfg = model_lib.ModelConfig(**arch)
+    m = model_lib.create(cfg, seed)
+    m.reward_head.set_value(0.3 * jax.random.normal(jax.random.key(seed + 1), (cfg.d_model,)))
+    return m
+
+
+def test_the_reward_loss_reads_only_labelled_positions():
+    m = _tiny_reward_model()
+    rng = np.random.default_rng(0)
+    B, T = 2, 24
+    weights_ = (rng.random((B, T)) < 0.2).astype(np.float32)
+    batch = {"inputs": rng.integers(3, 259, (B, T)).astype(np.int32),
+             "positions": np.tile(np.arange(T, dtype=np.int32), (B, 1)),
+             "segment_ids": np.ones((B, T), np.int32), "weights": weights_,
+             "labels": rng.choice([0.0, 0.25, 1.0], (B, T)).astype(np.float32)}
+    sums = loss.RewardLoss().sums(m, batch)
+    x, _ = m.hidden(batch["inputs"], batch["positions"], batch["segment_ids"])
+    z = np.asarray(m.reward(x))
+    p = 1 / (1 + np.exp(-z))
+    y = batch["labels"]
+    bce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    np.testing.assert_allclose(float(sums["num"]), float((weights_ * bce).sum()), rtol=1e-5)
+    assert float(sums["den"]) == weights_.sum()
+    # labels where nothing is read change neither the loss nor its gradient
+    other = dict(batch, labels=np.where(weights_ > 0, y, 1 - y))
+    from flax import nnx
+
+    def grads(b):
+        return nnx.grad(lambda mm: loss.RewardLoss().sums(mm, b)["num"])(m)
+
+    g1, g2 = grads(batch), grads(other)
+    assert float(loss.RewardLoss().sums(m, other)["num"]) == float(sums["num"])
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_array_equal(a, b)
+    # a zero head starts every position at p = 1/2: the loss is log 2 whatever the labels
+    m.reward_head.set_value(jnp.zeros_like(m.reward_head[...]))
+    s = loss.RewardLoss().summarize(jax.device_get(loss.RewardLoss().sums(m, batch)))
+    assert abs(s["loss"] - np.log(2)) < 1e-6 and s["auroc"] == 0.5
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(-6, 6), st.booleans()), min_size=2, max_size=60))
+def test_auroc_from_score_histograms_matches_the_pairwise_count(points):
+    z = np.array([p[0] for p in points], np.float32)
+    y = np.array([p[1] for p in points], np.float32)
+    pos, neg = z[y > 0], z[y == 0]
+    s = loss.reward_sums(jnp.asarray(z)[None], jnp.asarray(y)[None], jnp.ones((1, len(z))),
+                         jnp.ones((1, len(z)), jnp.int32))
+    got = loss.auroc(s["hist_pos"], s["hist_neg"])
+    if not len(pos) or not len(neg):
+        assert np.isnan(got)
+        return
+    exact = np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg])
+    # scores in the same bin count as ties: the difference is at most the share of such pairs
+    bins = lambda v: np.clip((1 / (1 + np.exp(-v.astype(np.float64))) * 512).astype(int), 0, 511)  # noqa: E731
+    same = np.mean([bins(np.array(a)) == bins(np.array(b)) for a in pos for b in neg])
+    assert abs(got - exact) <= 0.5 * same + 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# Training, resume, scoring.
+
+@pytest.fixture(scope="module")
+def prm_run(label_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("prm_run")
+    tok = write_byte_tokenizer(root / "tok")
+    c = reward_config(tok, label_dir, checkpoint_every=2, eval_every=2)
+    result = train.train(c, root / "run")
+    return {"config": c, "workdir": root / "run", "result": result, "tok": tok}
+
+
+def test_a_prm_trains_logs_label_metrics_and_resumes_exactly(prm_run, tmp_path):
+    r = prm_run["result"]
+    assert r.step == 4 and r.data["examples"] == 18
+    for k in ("loss", "label_acc", "auroc", "label_pos_frac"):
+        assert k in r.final_metrics and k in r.val_metrics
+    assert np.isfinite(r.val_metrics["loss"]) and r.val_metrics["loss"] < 2
+    cfg = ckpt_lib.read_run_config(prm_run["workdir"])[1]
+    assert cfg.head == "reward"
+    # Resume from step 2 (the step-4 checkpoint removed): the same step-4 parameters.
+    copy = tmp_path / "copy"
+    shutil.copytree(prm_run["workdir"], copy)
+    shutil.rmtree(copy / "checkpoints" / "4")
+    assert train.train(prm_run["config"], copy).step == 4
+    abstract = load.placed_abstract_params(cfg)
+    want, _ = ckpt_lib.restore_params(prm_run["workdir"], 4, abstract)
+    got, _ = ckpt_lib.restore_params(copy, 4, abstract)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(np.abs(np.asarray(want["reward_head"])).sum()) > 0  # the head did train
+
+
+def test_scores_do_not_depend_on_what_else_is_packed_in_the_row(prm_run, byte_tok):
+    model, _, _, _ = load.load_run_model(prm_run["workdir"])
+    lines = [label_line(p, 0, p, 5, right=True) for p in range(5)]
+    exs, reads = [], []
+    for x in lines:
+        ends = prm.score_ends(x["generation"])
+        ex, pos = tokenize.reward_example(x["question"], x["generation"], ends,
+                                          [None] * len(ends), byte_tok, "plain")
+        exs.append(ex)
+        reads.append(pos)
+    alone = [rerank.score_examples(model, [e], [r], seq_len=128, batch_rows=1)[0]
+             for e, r in zip(exs, reads)]
+    packed = rerank.score_examples(model, exs, reads, seq_len=512, batch_rows=2)
+    assert len(rerank.pack_rows([len(e) for e in exs], 512)) < len(exs)  # rows were shared
+    for a, b in zip(alone, packed):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_pack_rows_fits_every_example_once():
+    lengths = [5, 60, 31, 64, 2, 33]
+    rows = rerank.pack_rows(lengths, 64)
+    assert sorted(i for r in rows for i in r) == list(range(6))
+    assert all(sum(lengths[i] for i in r) <= 64 for r in rows)
+    with pytest.raises(ValueError, match="more than a row"):
+        rerank.pack_rows([65], 64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Selectors.
+
+def test_selectors_on_a_hand_made_score_table():
+    answers = ["3", "5", "5", None, "3.0"]
+    steps = [[0.9, 0.65], [0.2, 0.9], [0.5, 0.5], [0.99], [0.8, 0.7]]
+    orm = [0.1, 0.3, 0.2, 0.95, 0.25]
+    out = prm.select_answers(answers, "3", "gsm8k", steps, orm, how="min")
+    # majority: "3" and "3.0" are one vote group (2) against "5" (2); the tie goes to "3", first
+    assert out["majority"] == {"answer": "3", "correct": True}
+    assert out["orm_best"] == {"answer": "5", "correct": False}  # 0.95 has no answer: skipped
+    assert out["prm_best"]["answer"] == "3.0" and out["prm_best"]["correct"]  # min 0.7
+    assert out["prm_weighted"]["answer"] == "3"  # 0.65 + 0.7 against 0.2 + 0.5
+    assert out["pass_at_n"]["correct"]
+    prod = prm.select_answers(answers, "5", "gsm8k", steps, how="prod")
+    assert prod["prm_best"]["answer"] == "3" and not prod["prm_best"]["correct"]  # 0.585 > 0.56
+    last = prm.select_answers(answers, "5", "gsm8k", steps, how="last")
+    assert last["prm_best"]["answer"] == "5" and last["prm_weighted"]["answer"] == "5"
+    assert "orm_best" not in last
+    assert prm.select_answers([None, None], "1", "gsm8k", [[0.5], [0.4]])["prm_best"] == \
+        {"answer": None, "correct": False}
+    with pytest.raises(ValueError, match="aggregate must be one of"):
+        prm.aggregate([0.5], "mean")
+
+
+def test_rerank_writes_every_selector_and_the_paired_test(prm_run, label_dir, tmp_path):
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    rows = [label_line(p, s, p, s, right=s % 2 == 0) for p in range(4) for s in range(4)]
+    from cotjax.answers import extract_answer
+
+    (samples / "samples-00000-of-00001.jsonl").write_text("".join(
+        json.dumps({**x, "extracted": extract_answer(x["generation"], "gsm8k")}) + "\n"
+        for x in rows))
+    (samples / "manifest.json").write_text(json.dumps({"task": "gsm8k"}))
+    orm_root = tmp_path / "orm"
+    c = reward_config(prm_run["tok"], label_dir, objective="orm", steps=2)
+    train.train(c, orm_root)
+    got = rerank.run_rerank([str(samples)], str(tmp_path / "out"),
+                            prm_run=str(prm_run["workdir"]), orm_run=str(orm_root))
+    saved = json.loads((tmp_path / "out" / "selection.json").read_text())
+    for key in ("majority", "orm_best", "prm_best", "prm_weighted", "pass_at_n"):
+        assert set(saved[key]) == {"accuracy", "n"} and saved[key]["n"] == 4
+    assert saved["pass_at_n"]["accuracy"] == 1.0 and 0 <= saved["mcnemar_p"] <= 1
+    assert set(saved["by_n"]) == {"1", "2", "4"} and set(saved["by_aggregate"]) == \
+        {"min", "prod", "last"}
+    assert got["by_n"]["4"]["majority"] == saved["majority"]["accuracy"]
+    preds = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text()
+             .splitlines()]
+    assert len(preds) == 4 and all(len(p["samples"]) == 4 for p in preds)
+    assert all(len(s["prm"]) == 3 and len(s["orm"]) == 3 for p in preds for s in p["samples"])
+    assert (tmp_path / "out" / "accuracy_vs_n.png").stat().st_size > 1000
+    # the reverse: an ORM given as --prm
+    with pytest.raises(ValueError, match="train.objective=orm; --prm needs"):
+        rerank.run_rerank([str(samples)], str(tmp_path / "o2"), prm_run=str(orm_root))
+
+
+# ---------------------------------------------------------------------------------------------
+# The wrong kind of checkpoint.
+
+def test_a_reward_model_is_refused_where_a_policy_decodes(prm_run):
+    with pytest.raises(ValueError, match="is a reward model .*; decoding needs a policy"):
+        load.load_for_eval(prm_run["config"], str(prm_run["workdir"]))
+
+
+def test_a_policy_is_refused_where_a_reward_model_scores(tiny_run, tmp_path):
+    with pytest.raises(ValueError, match="is a policy .*; --prm needs a reward model"):
+        rerank.load_reward_model(str(tiny_run["workdir"]), None, "prm")
+
+
+def test_a_policy_run_does_not_resume_as_a_reward_model(tiny_run, label_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run["workdir"], copy)
+    c = reward_config(str(tiny_run["config"].tokenizer), label_dir, steps=8)
+    with pytest.raises(ValueError, match="holds a model with head='lm'; train.objective=prm"):
+        train.train(c, copy)
+
+
+def test_a_reward_model_has_no_causal_lm_export():
+    with pytest.raises(ValueError, match="no transformers causal-LM export"):
+        _tiny_reward_model().cfg.to_hf()
+
+
+def test_a_reward_objective_needs_labels(byte_tok):
+    c = tiny_config("x", objective="orm")
+    with pytest.raises(ValueError, match="needs --config.data.labels"):
+        pipeline.load_examples(c, byte_tok, "train")
