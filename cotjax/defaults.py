@@ -169,6 +169,11 @@ def get_config():
     c.eval.faithfulness = ()
     c.eval.faithfulness_points = 11  # early answering: at most this many step counts per chain
     c.eval.faithfulness_answer_tokens = 16  # tokens read after the answer cue
+    # Reranking the sampled chains (num_samples > 1) with reward model runs (cotjax/rerank.py):
+    # every selector (majority, orm_best, prm_best, prm_weighted, pass@N) in summary["rerank"].
+    c.eval.prm = ""  # a run trained with train.objective=prm
+    c.eval.orm = ""  # a run trained with train.objective=orm
+    c.eval.prm_aggregate = "min"  # a chain's PRM score from its steps': min | prod | last
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all remaining devices

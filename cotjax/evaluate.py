@@ -15,7 +15,7 @@ import jax
 from tqdm import tqdm
 
 from cotjax import calculator, decode, defaults, engine, faithfulness, formatting, load, pipeline
-from cotjax import sharding
+from cotjax import prm, rerank, sharding
 from cotjax import tokenize
 from cotjax import records as records_lib
 from cotjax.checkpoint import read_run_config
@@ -265,6 +265,11 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
     task = task or ev["task"]
     check_task(task)
     interventions = faithfulness_settings(ev)  # a bad name fails before the model loads
+    if ev["prm"] or ev["orm"]:
+        prm.aggregate([1.0], ev["prm_aggregate"])
+        if int(ev["num_samples"]) < 2:
+            raise ValueError("eval.prm / eval.orm rerank sampled chains: set "
+                             "eval.num_samples >= 2")
     prompting, template = ev["prompting"], config.data.template
     if out is None:
         if not workdir:
@@ -321,6 +326,7 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
                               for (c, calls), scores in zip(mine, votes.pop("samples"),
                                                             strict=True)]
             row.update(votes)
+    rerank_summary = rerank_samples(rows, ev, task) if n_samples > 1 else {}
     summary = summarize(rows, task)
     new_tokens = sum(r["new_tokens"] for r in rows)
     summary.update({
@@ -345,11 +351,34 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
         # the votes' and samples' accuracies come from summarize, under both rules
         summary.update({"maj_n": n_samples, "temperature": float(ev["temperature"]),
                         "sample_decode_seconds": round(sample_seconds, 2)})
+    if rerank_summary:
+        summary["rerank"] = rerank_summary
     if jax.process_index() == 0:  # every process decoded the same rows: one writes them
         write_report(out, rows, summary)
     print(format_table(summary))
     print(f"wrote {os.path.join(out, 'predictions.jsonl')} and {os.path.join(out, 'summary.json')}")
     return summary
+
+
+def rerank_samples(rows: list[dict], ev: dict, task: str) -> dict:
+    """With eval.prm / eval.orm: the eval's own samples scored by those reward models and every
+    selector on them (cotjax.rerank); each row gets its `selected` answers."""
+    if not (ev.get("prm") or ev.get("orm")):
+        return {}
+    samples = [{"problem": i, "sample": j, "question": r["question"], "gold": r["gold"],
+                "generation": s["generation"], "extracted": s["extracted"],
+                "correct": s["correct"]}
+               for i, r in enumerate(rows) for j, s in enumerate(r["samples"])]
+    groups = rerank.by_problem(samples)
+    scores, desc, seconds = rerank.score_all(samples, ev.get("prm") or None,
+                                             ev.get("orm") or None, task=task)
+    result, final = rerank.select_all(groups, scores, ev.get("prm_aggregate", "min"), task)
+    for i, row in enumerate(rows):
+        row["selected"] = final[i]
+        for j, sample in enumerate(row["samples"]):
+            sample.update({k: s[(i, j)] for k, s in scores.items()})
+    return {**result, "prm": desc.get("prm"), "orm": desc.get("orm"),
+            "score_seconds": {k: round(v, 1) for k, v in seconds.items()}}
 
 
 def main(flags) -> None:

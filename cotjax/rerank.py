@@ -161,6 +161,49 @@ def ns_upto(n_max: int) -> list[int]:
     return ns + [n_max]
 
 
+def score_all(rows: Sequence[dict], prm_run: str | None, orm_run: str | None, step=None,
+              task: str = "gsm8k") -> tuple[dict, dict, dict]:
+    """({"prm"|"orm": {(problem, sample): scores}}, descriptions, seconds) of the given reward
+    models over sample rows."""
+    if not prm_run and not orm_run:
+        raise ValueError("reranking needs a PRM and/or an ORM run (--prm / --orm, "
+                         "eval.prm / eval.orm)")
+    scores, desc, seconds = {}, {}, {}
+    for name, run in (("prm", prm_run), ("orm", orm_run)):
+        if run:
+            got, desc[name], seconds[name] = score_rows(rows, run, step, name, task)
+            scores[name] = {(r["problem"], r["sample"]): s for r, s in zip(rows, got)}
+            print(f"scored {len(rows)} samples with {desc[name]} in {seconds[name]:.0f} s",
+                  flush=True)
+    return scores, desc, seconds
+
+
+def select_all(groups: dict, scores: dict, aggregate: str, task: str) -> tuple[dict, dict]:
+    """(the selectors' comparison, {problem: selections at the largest N}) of scored groups
+    that all hold the same number of samples."""
+    n_max = len(next(iter(groups.values())))
+
+    def table(n, how=aggregate):
+        return selection_table(groups, scores.get("prm"), scores.get("orm"), n, how, task)
+
+    final = table(n_max)
+    result = {**accuracies(final), "problems": len(groups), "samples_per_problem": n_max,
+              "aggregate": aggregate}
+    majority = {p: t["majority"]["correct"] for p, t in final.items()}
+    result["paired_vs_majority"] = {
+        s: paired_comparison({p: t[s]["correct"] for p, t in final.items()}, majority)
+        for s in ("orm_best", "prm_best", "prm_weighted") if s in next(iter(final.values()))}
+    if "prm_weighted" in result["paired_vs_majority"]:
+        result["mcnemar_p"] = result["paired_vs_majority"]["prm_weighted"]["mcnemar_p"]
+    result["by_n"] = {str(n): {s: v["accuracy"] for s, v in accuracies(table(n)).items()}
+                      for n in ns_upto(n_max)}
+    if "prm" in scores:
+        result["by_aggregate"] = {
+            how: {s: v["accuracy"] for s, v in accuracies(table(n_max, how)).items()
+                  if s in ("prm_best", "prm_weighted")} for how in prm.AGGREGATES}
+    return result, final
+
+
 def run_rerank(samples: Sequence[str], out: str, *, prm_run: str | None = None,
                orm_run: str | None = None, step=None, aggregate: str = "min",
                max_problems: int = -1) -> dict:
@@ -181,35 +224,13 @@ def run_rerank(samples: Sequence[str], out: str, *, prm_run: str | None = None,
     if n_max != max(len(g) for g in groups.values()):
         print(f"problems have {n_max} to {max(len(g) for g in groups.values())} samples: "
               f"selecting among the first {n_max} of each", flush=True)
-    rows = [r for g in groups.values() for r in g[:n_max]]
-    scores, desc, seconds = {}, {}, {}
-    for name, run in (("prm", prm_run), ("orm", orm_run)):
-        if run:
-            got, desc[name], seconds[name] = score_rows(rows, run, step, name, task)
-            scores[name] = {(r["problem"], r["sample"]): s for r, s in zip(rows, got)}
-            print(f"scored {len(rows)} samples with {desc[name]} in {seconds[name]:.0f} s",
-                  flush=True)
-
-    def table(n, how=aggregate):
-        return selection_table(groups, scores.get("prm"), scores.get("orm"), n, how, task)
-
-    final = table(n_max)
-    result = {**accuracies(final), "problems": len(groups), "samples_per_problem": n_max,
-              "aggregate": aggregate, "task": task, "samples": list(samples),
-              "prm": desc.get("prm"), "orm": desc.get("orm"),
-              "score_seconds": {k: round(v, 1) for k, v in seconds.items()}}
-    majority = {p: t["majority"]["correct"] for p, t in final.items()}
-    result["paired_vs_majority"] = {
-        s: paired_comparison({p: t[s]["correct"] for p, t in final.items()}, majority)
-        for s in ("orm_best", "prm_best", "prm_weighted") if s in next(iter(final.values()))}
-    if "prm_weighted" in result["paired_vs_majority"]:
-        result["mcnemar_p"] = result["paired_vs_majority"]["prm_weighted"]["mcnemar_p"]
-    result["by_n"] = {str(n): {s: v["accuracy"] for s, v in accuracies(table(n)).items()}
-                      for n in ns_upto(n_max)}
-    if "prm" in scores:
-        result["by_aggregate"] = {
-            how: {s: v["accuracy"] for s, v in accuracies(table(n_max, how)).items()
-                  if s in ("prm_best", "prm_weighted")} for how in prm.AGGREGATES}
+    groups = {p: g[:n_max] for p, g in groups.items()}
+    rows = [r for g in groups.values() for r in g]
+    scores, desc, seconds = score_all(rows, prm_run, orm_run, step, task)
+    result, final = select_all(groups, scores, aggregate, task)
+    result.update({"task": task, "samples": list(samples), "prm": desc.get("prm"),
+                   "orm": desc.get("orm"),
+                   "score_seconds": {k: round(v, 1) for k, v in seconds.items()}})
     write_rerank(out, groups, n_max, scores, final, result)
     return result
 

@@ -357,3 +357,28 @@ def test_a_reward_objective_needs_labels(byte_tok):
     c = tiny_config("x", objective="orm")
     with pytest.raises(ValueError, match="needs --config.data.labels"):
         pipeline.load_examples(c, byte_tok, "train")
+
+
+def test_eval_reranks_its_own_samples(prm_run, tmp_path):
+    from cotjax import evaluate
+
+    c = prm_run["config"].copy_and_resolve_references()
+    c.model = "random"
+    c.data.source = "synthetic"
+    c.train.objective = "cot"
+    c.eval.max_examples = 3
+    c.eval.max_new_tokens = 12
+    c.eval.num_samples = 3
+    c.eval.batch_size = 4
+    c.eval.prm = str(prm_run["workdir"])
+    summary = evaluate.run_eval(c, out=str(tmp_path / "ev"), data="validation", progress=False)
+    r = summary["rerank"]
+    assert r["problems"] == 3 and r["samples_per_problem"] == 3
+    assert {"majority", "prm_best", "prm_weighted", "pass_at_n"} <= set(r)
+    assert "orm_best" not in r
+    row = json.loads((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()[0])
+    assert set(row["selected"]) >= {"majority", "prm_weighted"}
+    assert all(0 < v < 1 for s in row["samples"] for v in s["prm"])
+    c.eval.num_samples = 1
+    with pytest.raises(ValueError, match="set eval.num_samples >= 2"):
+        evaluate.run_eval(c, out=str(tmp_path / "ev2"), data="validation")
