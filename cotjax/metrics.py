@@ -169,10 +169,11 @@ def log_interval(interval: Interval, objective, writer: MetricWriter, bar, step:
 
 def matmul_params(cfg) -> int:
     """N: the parameters a token multiplies by (the output projection included, the embedding
-    lookup and the norms not)."""
+    lookup and the norms not; a reward model's head is D, not D x V)."""
     D, N, K, H, F, V, L = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                            cfg.mlp_dim, cfg.vocab_size, cfg.num_layers)
-    return L * (D * N * H + 2 * D * K * H + N * H * D + 3 * D * F) + D * V
+    out = D if getattr(cfg, "head", "lm") == "reward" else D * V
+    return L * (D * N * H + 2 * D * K * H + N * H * D + 3 * D * F) + out
 
 
 def flops_per_token(cfg, seq_len: int) -> float:

@@ -100,8 +100,11 @@ def load_reward_model(workdir: str, step, objective: str):
     if trained != objective:
         raise ValueError(f"{workdir} was trained with train.objective={trained}; {flag} needs "
                          f"one trained with train.objective={objective}")
+    step = load.parse_step(step)
+    if step is None:  # name the step that scores, not "latest"
+        step = load.ckpt_lib.latest_step(workdir)
     model, _, tokenizer, config = load.load_run_model(workdir, step)
-    return model, tokenizer, config, f"{workdir} step {load.ckpt_lib.latest_step(workdir) if step in (None, '', 'latest') else step}"
+    return model, tokenizer, config, f"{workdir} step {step}"
 
 
 def score_rows(rows: Sequence[dict], workdir: str, step, objective: str, task: str

@@ -207,3 +207,35 @@ for a in "$@"; do case $a in --out=*) mkdir -p "${{a#--out=}}"; echo {{}} > "${{
     bad = subprocess.run(["bash", "launch/faithfulness.sh", str(tmp_path), "7", "x=/no/run"],
                          capture_output=True, text=True, timeout=30, env=env)
     assert bad.returncode == 2 and "x: no run directory /no/run" in bad.stderr
+
+
+def test_prm_experiment_runs_each_stage_once_in_order(tmp_path):
+    calls = tmp_path / "calls"
+    fake = tmp_path / "cotjax"
+    fake.write_text(f"""#!/bin/bash
+echo "$*" >> {calls}
+""")
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake)}
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    cmd = ["bash", "launch/prm_experiment.sh", str(runs), str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert first.returncode == 0, first.stderr
+    lines = calls.read_text().splitlines()
+    stages = [line.split()[0] for line in lines]
+    assert stages == ["synthetic", "synthetic", "train", "export", "sample", "label-steps",
+                      "train", "train", "sample", "rerank"]
+    assert f"--workdir={runs}/prm" in lines[6] and "--config.train.objective=prm" in lines[6]
+    assert f"--config.model={runs}/policy_hf" in lines[7] and \
+        f"--config.data.labels={runs}/labels" in lines[7] and "objective=orm" in lines[7]
+    assert lines[-1] == (f"rerank --samples={runs}/eval_samples --prm={runs}/prm "
+                         f"--orm={runs}/orm --out={out}")
+    # a rerun skips every finished stage: only the problem files and the rerank again
+    calls.unlink()
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert second.returncode == 0 and "label_samples: done" in second.stdout
+    assert [x.split()[0] for x in calls.read_text().splitlines()] == \
+        ["synthetic", "synthetic", "rerank"]
+    bad = subprocess.run(["bash", "launch/prm_experiment.sh"], capture_output=True, text=True,
+                         timeout=30, env=env)
+    assert bad.returncode != 0 and "usage: launch/prm_experiment.sh RUNS OUT" in bad.stderr

@@ -348,9 +348,15 @@ def test_a_policy_run_does_not_resume_as_a_reward_model(tiny_run, label_dir, tmp
         train.train(c, copy)
 
 
-def test_a_reward_model_has_no_causal_lm_export():
+def test_a_reward_model_has_no_causal_lm_export_and_no_vocabulary_flops():
+    from cotjax import metrics
+
+    cfg = _tiny_reward_model().cfg
     with pytest.raises(ValueError, match="no transformers causal-LM export"):
-        _tiny_reward_model().cfg.to_hf()
+        cfg.to_hf()
+    lm = cfg.replace(head="lm")
+    assert metrics.matmul_params(lm) - metrics.matmul_params(cfg) == cfg.d_model * (
+        cfg.vocab_size - 1)
 
 
 def test_a_reward_objective_needs_labels(byte_tok):
