@@ -41,7 +41,7 @@ FLAG_SPECS = {
                 "distill: the filters a sample must pass, comma-separated, or 'none'"),
     "max_per_problem": ("integer", 4, "distill: distinct reasoning paths kept per problem"),
     "samples": ("string", None, "label-steps, rerank: a sample directory (cotjax sample "
-                                "--out=DIR); rerank takes several, comma-separated"),
+                                "--out=DIR)"),
     "rollouts": ("integer", 8, "label-steps: completions sampled from each step prefix"),
     "split": ("string", "lines", "label-steps: how a chain splits into steps (lines | sentences)"),
     "max_chains": ("integer", -1, "label-steps: label the first M chains only (-1: all)"),
@@ -86,7 +86,11 @@ def _train(fv, args):
     from cotjax import defaults, train
 
     result = train.main(fv)
-    if not result.stopped_by_signal and defaults.TrainSpec.from_config(fv.config).eval_at_end:
+    spec = defaults.TrainSpec.from_config(fv.config)
+    if spec.eval_at_end and spec.objective != "cot":
+        print(f"train.eval_at_end: skipped (a {spec.objective} reward model does not decode; "
+              "score samples with it: cotjax rerank)", flush=True)
+    elif not result.stopped_by_signal and spec.eval_at_end:
         # The end-of-training evaluation runs here, after `train` returned: train never
         # imports evaluation.
         import jax
@@ -157,7 +161,7 @@ def _rerank(fv, args):
     _need(fv, "samples", "out")
     from cotjax import rerank
 
-    result = rerank.run_rerank(fv.samples.split(","), fv.out, prm_run=fv.prm, orm_run=fv.orm,
+    result = rerank.run_rerank([fv.samples], fv.out, prm_run=fv.prm, orm_run=fv.orm,
                                step=fv.step, aggregate=fv.aggregate,
                                max_problems=fv.max_problems)
     keys = ("majority", "orm_best", "prm_best", "prm_weighted", "pass_at_n")

@@ -138,6 +138,7 @@ def get_config():
     # problems held out for validation (seeded by validation_seed).
     c.data.labels = ""
     c.data.labels_validation = 0.1
+    c.data.labels_split = "lines"  # the label lines' step rule (label-steps --split); rerank cuts alike
 
     # A HF tokenizer directory; empty: the model's own tokenizer.
     c.tokenizer = ""

@@ -270,6 +270,9 @@ def run_eval(config, workdir: str | None = None, step=None, *, task: str | None 
         if int(ev["num_samples"]) < 2:
             raise ValueError("eval.prm / eval.orm rerank sampled chains: set "
                              "eval.num_samples >= 2")
+        for objective in ("prm", "orm"):  # the wrong kind of run fails before decoding
+            if ev[objective]:
+                rerank.check_reward_run(ev[objective], objective, f"eval.{objective}")
     prompting, template = ev["prompting"], config.data.template
     if out is None:
         if not workdir:

@@ -123,7 +123,8 @@ def load_base_model(config, mesh=None, remat: bool | None = None, head: str = "l
     if mesh is not None:
         dims = logical_dims(cfg)
         fn = sharding_lib.logical_sharding(mesh)
-        shardings = lambda axes: fn(axes, tuple(dims[a] for a in axes))  # noqa: E731
+        # an unnamed axis (the reward bias) is never sharded: its size does not matter
+        shardings = lambda axes: fn(axes, tuple(dims.get(a, 1) for a in axes))  # noqa: E731
     return weights.model_from_params(cfg, params, shardings), cfg
 
 

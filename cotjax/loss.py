@@ -81,7 +81,9 @@ class CoTLoss:
                 "nonpad_frac": _div(s["nonpad"], s["tokens"])}
 
 
-AUROC_BINS = 512  # score histogram bins: AUROC from sums, exact up to ties within a bin
+# Score histograms for AUROC from sums: 512 bins over logits in [-12, 12] (exact up to ties
+# within a bin; by logit, not probability, so confident scores above 0.998 still separate).
+AUROC_BINS, AUROC_RANGE = 512, 12.0
 
 
 def reward_sums(z_BT, labels_BT, weights_BT, segment_ids_BT) -> dict:
@@ -94,7 +96,8 @@ def reward_sums(z_BT, labels_BT, weights_BT, segment_ids_BT) -> dict:
     y = labels_BT.astype(jnp.float32)
     bce = jax.nn.softplus(z_BT) - y * z_BT  # -[y log s(z) + (1 - y) log(1 - s(z))]
     hard = (y > 0).astype(jnp.float32)
-    bins = jnp.clip((jax.nn.sigmoid(z_BT) * AUROC_BINS).astype(jnp.int32), 0, AUROC_BINS - 1)
+    unit = (jnp.clip(z_BT, -AUROC_RANGE, AUROC_RANGE) + AUROC_RANGE) / (2 * AUROC_RANGE)
+    bins = jnp.clip((unit * AUROC_BINS).astype(jnp.int32), 0, AUROC_BINS - 1)
     hist = lambda m: jnp.zeros(AUROC_BINS, jnp.float32).at[bins.ravel()].add(m.ravel())  # noqa: E731
     return {"num": jnp.sum(w * bce), "den": jnp.sum(w),
             "label_correct": jnp.sum(w * ((z_BT > 0) == (hard > 0))),

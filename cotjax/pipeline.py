@@ -143,21 +143,26 @@ def held_out_problems(problems: Sequence, share: float, seed: int) -> set:
 
 
 def encode_reward_rows(rows, objective: str, labels: str, tokenizer, template: str,
-                       task: str = "gsm8k") -> list[Example]:
-    """Reward examples of labelled lines ((file:line, row) pairs of `prm.read_label_rows`)."""
-    out = []
+                       task: str = "gsm8k", rule: str = "lines"
+                       ) -> tuple[list[Example], list[str]]:
+    """(reward examples, skip reasons) of labelled lines ((file:line, row) pairs of
+    `prm.read_label_rows`); a line whose generation is empty is skipped (nothing to score)."""
+    out, skipped = [], []
     for where, row in rows:
-        generation, ends, values = prm.reward_target(row, objective, labels, where, task)
+        if isinstance(row.get("generation"), str) and not row["generation"].strip():
+            skipped.append(f"{where}: empty generation")
+            continue
+        generation, ends, values = prm.reward_target(row, objective, labels, where, task, rule)
         question = row.get("question")
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"{where}: field 'question' must be a non-empty string")
         ex, _ = reward_example(question, generation, ends, values, tokenizer, template,
                                id=f"{row.get('problem')}/{row.get('sample')}")
         out.append(ex)
-    return out
+    return out, skipped
 
 
-def _reward_examples(config, tokenizer, split: str) -> tuple[list[Example], int]:
+def _reward_examples(config, tokenizer, split: str) -> tuple[list[Example], records_lib.LoadReport]:
     data = config.data
     if not data.get("labels"):
         raise ValueError(f"train.objective={reward_objective(config)} needs --config.data.labels="
@@ -169,18 +174,19 @@ def _reward_examples(config, tokenizer, split: str) -> tuple[list[Example], int]
     mine = [(w, r) for w, r in rows if (r.get("problem") in held) == (split == "validation")]
     if 0 <= data.max_examples < len(mine) and split == "train":
         mine = mine[:data.max_examples]
-    examples = encode_reward_rows(mine, reward_objective(config),
-                                  config.train.get("reward_labels", "hard"), tokenizer,
-                                  data.template, config.get("eval", {}).get("task", "gsm8k"))
-    return examples, len(rows)
+    examples, skipped = encode_reward_rows(
+        mine, reward_objective(config), config.train.get("reward_labels", "hard"), tokenizer,
+        data.template, config.get("eval", {}).get("task", "gsm8k"),
+        data.get("labels_split", "lines"))
+    return examples, records_lib.LoadReport(read=len(rows), skipped=len(skipped),
+                                            skip_reasons=tuple(skipped[:5]))
 
 
 def load_examples(config, tokenizer, split: str = "train") -> tuple[list[Example], DataReport]:
     """Examples of one split of a config, fitted to `data.seq_len`, with their report."""
     data = config.data
     if reward_objective(config):
-        encoded, read = _reward_examples(config, tokenizer, split)
-        load = records_lib.LoadReport(read=read, skipped=0)
+        encoded, load = _reward_examples(config, tokenizer, split)
     else:
         recs, load = records_lib.load_records(data, split)
         encoded = encode_records(recs, tokenizer, EncodeSpec.from_config(data))

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 
 from cotjax import paths
 from cotjax.answers import answers_equal, chain_of, majority_vote
-from cotjax.steps import StepDetail
+from cotjax.steps import StepDetail, normalise_text
 
 SPLITS = ("lines", "sentences")
 _BOUNDARY = {"lines": re.compile(r"\n"), "sentences": re.compile(r"\n|(?<=[.!?])[^\S\n]+")}
@@ -175,6 +175,9 @@ def reward_target(row: dict, objective: str, labels: str = "hard", where: str = 
     generation = _field(row, "generation", str, where)
     correct = float(_field(row, "correct", bool, where))
     if objective == "prm":
+        if row.get("split", rule) != rule:
+            raise ValueError(f"{where}: steps split by {row.get('split')!r}, the run reads "
+                             f"{rule!r} steps (data.labels_split)")
         if "steps" not in row:
             raise ValueError(f"{where}: no 'steps' (objective prm needs `cotjax label-steps` "
                              "lines, with Monte Carlo labels per step)")
@@ -197,7 +200,9 @@ def reward_target(row: dict, objective: str, labels: str = "hard", where: str = 
         chain = chain_of(generation, task)
         spans = split_steps(chain, rule)
         step_labels = [None] * len(spans)
-    start = chain_start(generation, chain, where)
+    # The chain is read from the normalised text (x for *, unicode minus...), which keeps every
+    # character's length: its offsets are the generation's.
+    start = chain_start(normalise_text(generation), chain, where)
     ends = [start + b for _, b in spans]
     end = len(generation.rstrip())
     if not ends or end > ends[-1]:  # the answer statement (or a chain without steps)
@@ -210,11 +215,12 @@ def reward_target(row: dict, objective: str, labels: str = "hard", where: str = 
     return generation, ends, step_labels
 
 
-def score_ends(generation: str, task: str = "gsm8k", rule: str = "lines") -> list[int]:
+def score_ends(generation: str, task: str = "gsm8k", rule: str = "lines",
+               where: str = "") -> list[int]:
     """Where a reward model reads a sample's scores: every step's end, then the generation's
     end (the same places `reward_target` labels)."""
     return reward_target({"generation": generation, "correct": False}, "orm", task=task,
-                         rule=rule)[1]
+                         rule=rule, where=where)[1]
 
 
 # ---------------------------------------------------------------------------------------------

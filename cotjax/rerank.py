@@ -89,18 +89,27 @@ def score_examples(model, examples: Sequence[tokenize.Example], reads: Sequence[
     return out
 
 
-def load_reward_model(workdir: str, step, objective: str):
-    """(model, tokenizer, run config, description) of a reward run; a clear error for a
-    policy or for a reward model trained with the other objective."""
+def check_reward_run(workdir: str, objective: str, flag: str | None = None) -> None:
+    """A clear error, before any model loads, when `workdir` is not a reward run trained
+    with `objective` (a policy, or the other reward objective)."""
     config, cfg = load.ckpt_lib.read_run_config(workdir)
-    flag = f"--{objective}"
+    flag = flag or f"--{objective}"
     if cfg is not None:
         load.require_head(cfg, "reward", workdir, flag)
     trained = config.get("train", {}).get("objective")
     if trained != objective:
         raise ValueError(f"{workdir} was trained with train.objective={trained}; {flag} needs "
                          f"one trained with train.objective={objective}")
+
+
+def load_reward_model(workdir: str, step, objective: str):
+    """(model, tokenizer, run config, description) of a reward run; a clear error for a
+    policy or for a reward model trained with the other objective."""
+    check_reward_run(workdir, objective)
     step = load.parse_step(step)
+    if step == "base":
+        raise ValueError(f"--step=base: the model {workdir} started from has no trained reward "
+                         "head; give a checkpoint step or none (the latest)")
     if step is None:  # name the step that scores, not "latest"
         step = load.ckpt_lib.latest_step(workdir)
     model, _, tokenizer, config = load.load_run_model(workdir, step)
@@ -114,10 +123,12 @@ def score_rows(rows: Sequence[dict], workdir: str, step, objective: str, task: s
     model, tokenizer, config, desc = load_reward_model(workdir, step, objective)
     t0 = time.perf_counter()
     examples, reads, keep = [], [], []
+    rule = config.data.get("labels_split", "lines")
     for i, row in enumerate(rows):
         if not row["generation"].strip():
             continue
-        ends = prm.score_ends(row["generation"], task)
+        ends = prm.score_ends(row["generation"], task, rule,
+                              where=f"problem {row['problem']} sample {row['sample']}")
         ex, pos = tokenize.reward_example(row["question"], row["generation"], ends,
                                           [None] * len(ends), tokenizer, config.data.template)
         examples.append(ex)
@@ -218,7 +229,12 @@ def run_rerank(samples: Sequence[str], out: str, *, prm_run: str | None = None,
     manifest = paths.path(samples[0]) / "manifest.json"
     task = json.loads(manifest.read_text()).get("task", "gsm8k") if manifest.exists() \
         else "gsm8k"
-    groups = by_problem(distill.read_sample_dirs(samples))
+    rows = distill.read_sample_dirs(samples)
+    keys = [(r["problem"], r["sample"]) for r in rows]
+    if len(set(keys)) < len(keys):
+        raise ValueError(f"{', '.join(samples)}: (problem, sample) pairs repeat; give one "
+                         "`cotjax sample` directory")
+    groups = by_problem(rows)
     if max_problems >= 0:
         groups = dict(list(groups.items())[:max_problems])
     if not groups:

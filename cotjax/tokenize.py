@@ -171,7 +171,9 @@ def reward_example(question: str, generation: str, ends: Sequence[int],
     if len(labels) != len(ends):
         raise ValueError(f"example {id!r}: {len(labels)} labels for {len(ends)} positions")
     prompt = format_prompt(CoTRecord(question=question, chain="", answer=""), template, tokenizer)
-    lead = " " if template == "plain" else ""  # as the plain template writes its target
+    # The plain template's target starts with a space; a generation decoded after "Answer:"
+    # usually carries it already.
+    lead = " " if template == "plain" and not generation[:1].isspace() else ""
     pieces = [generation[a:b] for a, b in zip([0, *ends], ends)]
     pieces[0] = lead + pieces[0]
     ids = tokenizer([prompt, *pieces], add_special_tokens=False)["input_ids"]

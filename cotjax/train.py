@@ -176,7 +176,7 @@ class RunData:
         with cfg.unlocked():
             cfg.data.num_epochs = 1
             cfg.data.shuffle = False
-        if cfg.data.validation_size <= 0:
+        if cfg.data.validation_size <= 0 and not pipeline.reward_objective(cfg):
             return []
         ds, _ = pipeline.make_train_dataset(cfg, tokenizer, "validation")
         batches = []
@@ -375,6 +375,22 @@ def _nonfinite_error(step: int) -> FloatingPointError:
         "set train.on_nonfinite=skip to skip such updates and count them instead)")
 
 
+# What a resumed run must keep: another objective or other labels would train other targets.
+_SAME_ON_RESUME = (("train", "objective", "cot"), ("train", "reward_labels", "hard"),
+                   ("data", "labels", ""), ("data", "labels_split", "lines"))
+
+
+def check_same_targets(config, saved, workdir) -> None:
+    """A clear error when a run resumes with another objective or other labels than it began
+    with (its config.json)."""
+    for section, key, default in _SAME_ON_RESUME:
+        now = config.get(section, {}).get(key, default)
+        before = saved.get(section, {}).get(key, default)
+        if now != before:
+            raise ValueError(f"{workdir} began with {section}.{key}={before!r}; resuming it "
+                             f"with {now!r} would train other targets: use another --workdir")
+
+
 def _start_or_resume(config, workdir, spec: TrainSpec, mesh, total_steps: int, objective, it):
     """(manager, trainer, params, train state, ModelConfig): restored from the newest readable
     checkpoint of `workdir` (the data iterator `it` set to its position), else the base model
@@ -393,6 +409,7 @@ def _start_or_resume(config, workdir, spec: TrainSpec, mesh, total_steps: int, o
             raise ValueError(f"{workdir} holds a model with head={model_cfg.head!r}; "
                              f"train.objective={spec.objective} trains head={head!r}: use "
                              "another --workdir")
+        check_same_targets(config, ckpt_lib.read_run_config(workdir)[0], workdir)
         trainer = Trainer(model_cfg, spec, mesh, total_steps, objective)
         manager.close()
         manager, step, params, train_state, data_state, _ = ckpt_lib.restore_newest_readable(

@@ -18,7 +18,7 @@ ADDED = {("train", "wandb_project"): "", ("data", "max_skipped_fraction"): 0.05,
          ("eval", "faithfulness"): [], ("eval", "faithfulness_points"): 11,
          ("eval", "faithfulness_answer_tokens"): 16, ("train", "objective"): "cot",
          ("train", "reward_labels"): "hard", ("data", "labels"): "",
-         ("data", "labels_validation"): 0.1, ("eval", "prm"): "", ("eval", "orm"): "",
+         ("data", "labels_validation"): 0.1, ("data", "labels_split"): "lines", ("eval", "prm"): "", ("eval", "orm"): "",
          ("eval", "prm_aggregate"): "min"}
 # Where each snapshotted file went.
 NOW = {

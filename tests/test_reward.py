@@ -205,7 +205,7 @@ def test_auroc_from_score_histograms_matches_the_pairwise_count(points):
         return
     exact = np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg])
     # scores in the same bin count as ties: the difference is at most the share of such pairs
-    bins = lambda v: np.clip((1 / (1 + np.exp(-v.astype(np.float64))) * 512).astype(int), 0, 511)  # noqa: E731
+    bins = lambda v: np.clip(((np.clip(v, -12, 12) + 12) / 24 * 512).astype(int), 0, 511)  # noqa: E731
     same = np.mean([bins(np.array(a)) == bins(np.array(b)) for a in pos for b in neg])
     assert abs(got - exact) <= 0.5 * same + 1e-9
 
@@ -388,3 +388,79 @@ def test_eval_reranks_its_own_samples(prm_run, tmp_path):
     c.eval.num_samples = 1
     with pytest.raises(ValueError, match="set eval.num_samples >= 2"):
         evaluate.run_eval(c, out=str(tmp_path / "ev2"), data="validation")
+
+
+def test_unicode_operators_and_a_leading_space_are_read_where_they_stand(byte_tok):
+    gen = " 3 \u00d7 4 = 12.\n12 \u2212 2 = 10.\nThe answer is 10."
+    ends = prm.score_ends(gen)
+    assert [gen[:e].splitlines()[-1].strip() for e in ends] == \
+        [x.strip() for x in gen.splitlines()]
+    ex, reads = tokenize.reward_example("Q?", gen, ends, [None] * 3, byte_tok, "plain")
+    # the plain template's space comes from the generation, not doubled
+    assert byte_tok.decode(ex.tokens[:reads[0] + 1]).endswith("Answer: 3 \u00d7 4 = 12.")
+    line = label_line(0, 0, 1, 2, True)
+    line["split"] = "sentences"
+    with pytest.raises(ValueError, match="f:3: steps split by 'sentences', the run reads "
+                                         "'lines' steps"):
+        prm.reward_target(line, "prm", where="f:3")
+
+
+def test_an_empty_generation_is_skipped_and_counted(tmp_path, byte_tok):
+    lines = [label_line(p, 0, p, 1, True) for p in range(4)]
+    lines[1]["generation"] = "  "
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rows = prm.read_label_rows(str(tmp_path / "x.jsonl"))
+    examples, skipped = pipeline.encode_reward_rows(rows, "orm", "hard", byte_tok, "plain")
+    assert len(examples) == 3 and skipped == [f"{tmp_path / 'x.jsonl'}:2: empty generation"]
+
+
+def test_reward_training_starts_from_a_hf_directory_on_a_sharded_mesh(tiny_run, tmp_path):
+    from cotjax import sharding
+
+    model, _, tok, config = load.load_run_model(tiny_run["workdir"])
+    weights.export_hf(model, str(tmp_path / "hf"), tok)
+    c = config.copy_and_resolve_references()
+    c.model = str(tmp_path / "hf")
+    c.mesh.fsdp = 2
+    mesh = sharding.make_mesh(c.mesh)
+    m, cfg = load.load_base_model(c, mesh, head="reward")
+    assert cfg.head == "reward" and float(jnp.abs(m.reward_head[...]).sum()) == 0
+    assert m.reward_head[...].sharding.spec == jax.sharding.PartitionSpec("fsdp")
+    np.testing.assert_array_equal(np.asarray(m.embed[...]), np.asarray(model.embed[...]))
+
+
+def test_a_reward_run_resumes_only_with_its_own_targets(prm_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(prm_run["workdir"], copy)
+    c = prm_run["config"].copy_and_resolve_references()
+    c.train.steps = 6
+    c.train.reward_labels = "soft"
+    with pytest.raises(ValueError, match="began with train.reward_labels='hard'; resuming it "
+                                         "with 'soft'"):
+        train.train(c, copy)
+    c.train.reward_labels, c.train.objective = "hard", "orm"
+    with pytest.raises(ValueError, match="began with train.objective='prm'"):
+        train.train(c, copy)
+    with pytest.raises(ValueError, match="--step=base: the model .* has no trained reward head"):
+        rerank.load_reward_model(str(prm_run["workdir"]), "base", "prm")
+
+
+def test_rerank_refuses_repeated_samples(prm_run, tmp_path):
+    d = tmp_path / "s"
+    d.mkdir()
+    row = {**label_line(0, 0, 1, 2, True), "extracted": "6"}
+    (d / "samples-00000-of-00002.jsonl").write_text(json.dumps(row) + "\n")
+    (d / "samples-00001-of-00002.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match="pairs repeat; give one `cotjax sample` directory"):
+        rerank.run_rerank([str(d)], str(tmp_path / "o"), prm_run=str(prm_run["workdir"]))
+
+
+def test_eval_refuses_a_policy_as_its_prm_before_decoding(tiny_run, tmp_path):
+    from cotjax import evaluate
+
+    c = tiny_run["config"].copy_and_resolve_references()
+    c.eval.num_samples = 2
+    c.eval.prm = str(tiny_run["workdir"])
+    with pytest.raises(ValueError, match="is a policy .*; eval.prm needs a reward model"):
+        evaluate.run_eval(c, out=str(tmp_path / "ev"), data="validation", progress=False)
+    assert not (tmp_path / "ev").exists()
