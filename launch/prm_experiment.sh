@@ -40,6 +40,9 @@ stage() {  # NAME DIR COMMAND...: run unless DIR/.done exists; time it
   local start=$SECONDS
   mkdir -p "$dir"
   "$@" > "$dir.log" 2>&1 || { log "$name: failed, see $dir.log"; tail -5 "$dir.log"; exit 1; }
+  if grep -q '"stopped_by_signal": true' "$dir.log"; then  # a preempted training: not done
+    log "$name: stopped by a signal; rerun to resume"; exit 1
+  fi
   echo "$((SECONDS - start))" > "$dir/.done"
   log "$name: $((SECONDS - start)) s"
 }
