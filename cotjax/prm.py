@@ -274,3 +274,17 @@ def select_answers(answers: Sequence[str | None], gold: str, task: str = "gsm8k"
     out["pass_at_n"] = {"answer": None,
                         "correct": any(answers_equal(a, gold, task) for a in answers)}
     return out
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """The probability that a random positive scores above a random negative (ties count
+    half); None without both."""
+    pos = sorted(s for s, y in zip(scores, labels, strict=True) if y)
+    neg = sorted(s for s, y in zip(scores, labels, strict=True) if not y)
+    if not pos or not neg:
+        return None
+    import bisect
+
+    wins = sum(bisect.bisect_left(neg, p) + 0.5 * (bisect.bisect_right(neg, p)
+                                                  - bisect.bisect_left(neg, p)) for p in pos)
+    return round(wins / (len(pos) * len(neg)), 4)

@@ -211,6 +211,25 @@ def select_all(groups: dict, scores: dict, aggregate: str, task: str) -> tuple[d
         result["mcnemar_p"] = result["paired_vs_majority"]["prm_weighted"]["mcnemar_p"]
     result["by_n"] = {str(n): {s: v["accuracy"] for s, v in accuracies(table(n)).items()}
                       for n in ns_upto(n_max)}
+    # How well each score tells right samples from wrong ones, over all samples (selection
+    # needs this within a problem; a score that only knows which problems are hard helps none).
+    chain_score = {}
+    if "orm" in scores:
+        chain_score["orm"] = lambda key: scores["orm"][key][-1]  # noqa: E731
+    if "prm" in scores:
+        for how in prm.AGGREGATES:
+            chain_score[f"prm_{how}"] = functools.partial(
+                lambda key, how: prm.aggregate(scores["prm"][key], how), how=how)
+    result["sample_auroc"], result["within_problem_auroc"] = {}, {}
+    rows = [r for g in groups.values() for r in g]
+    for name, score in chain_score.items():
+        result["sample_auroc"][name] = prm.auroc(
+            [score((r["problem"], r["sample"])) for r in rows], [r["correct"] for r in rows])
+        mixed = [prm.auroc([score((r["problem"], r["sample"])) for r in g],
+                           [r["correct"] for r in g]) for g in groups.values()]
+        mixed = [a for a in mixed if a is not None]  # problems with right and wrong samples
+        result["within_problem_auroc"][name] = {
+            "mean": round(sum(mixed) / len(mixed), 4) if mixed else None, "problems": len(mixed)}
     if "prm" in scores:
         result["by_aggregate"] = {
             how: {s: v["accuracy"] for s, v in accuracies(table(n_max, how)).items()
@@ -252,6 +271,27 @@ def run_rerank(samples: Sequence[str], out: str, *, prm_run: str | None = None,
                    "score_seconds": {k: round(v, 1) for k, v in seconds.items()}})
     write_rerank(out, groups, n_max, scores, final, result)
     return result
+
+
+def reselect(out: str, aggregate: str | None = None) -> dict:
+    """selection.json again from OUT/predictions.jsonl (every sample's scores are there): no
+    model needed; the provenance fields are kept from OUT/selection.json."""
+    out_dir = paths.path(out)
+    old = json.loads((out_dir / "selection.json").read_text())
+    task = old.get("task", "gsm8k")
+    groups, scores = {}, {}
+    for line in (out_dir / "predictions.jsonl").read_text().splitlines():
+        p = json.loads(line)
+        groups[p["problem"]] = [{"problem": p["problem"], "sample": s["sample"],
+                                 "extracted": s["answer"], "correct": s["correct"],
+                                 "gold": p["gold"]} for s in p["samples"]]
+        for s in p["samples"]:
+            for k in ("prm", "orm"):
+                if k in s:
+                    scores.setdefault(k, {})[(p["problem"], s["sample"])] = s[k]
+    result, _ = select_all(groups, scores, aggregate or old["aggregate"], task)
+    keep = ("task", "samples", "prm", "orm", "score_seconds")
+    return {**result, **{k: old[k] for k in keep if k in old}}
 
 
 def write_rerank(out: str, groups: dict, n_max: int, scores: dict, final: dict,

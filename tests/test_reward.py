@@ -464,3 +464,17 @@ def test_eval_refuses_a_policy_as_its_prm_before_decoding(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="is a policy .*; eval.prm needs a reward model"):
         evaluate.run_eval(c, out=str(tmp_path / "ev"), data="validation", progress=False)
     assert not (tmp_path / "ev").exists()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=1, max_size=30))
+def test_exact_auroc_is_the_pairwise_count(points):
+    scores, labels = [float(s) for s, _ in points], [y for _, y in points]
+    pos = [s for s, y in points if y]
+    neg = [s for s, y in points if not y]
+    got = prm.auroc(scores, labels)
+    if not pos or not neg:
+        assert got is None
+    else:
+        want = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+        assert got == round(want, 4)

@@ -5,6 +5,8 @@ import json
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CALC = ROOT / "results/calculator"
 
@@ -118,4 +120,54 @@ def test_step_label_run_figures():
            f"{k['valid_claims']['mc_hard_positive']:.3f} (of {k['valid_claims']['steps']}) / "
            f"{k['invalid_claim']['mc_hard_positive']:.3f} (of {k['invalid_claim']['steps']}) / "
            f"{k['no_claim']['mc_hard_positive']:.3f} (of {k['no_claim']['steps']}) |")
+    assert row in _doc("process_supervision.md"), row
+
+
+PRM_RUNS = {"synthetic": "2 epochs, lr 5e-5", "synthetic_e6": "6 epochs, lr 1e-4"}
+
+
+@pytest.mark.parametrize("name", sorted(PRM_RUNS))
+def test_process_supervision_selection_figures(name):
+    """results/prm/<run>: selection.json is what its predictions' scores give (every selector,
+    paired tests, AUROCs), the predictions hold the committed samples' answers, and
+    docs/process_supervision.md quotes the row."""
+    import gzip
+
+    from cotjax import rerank
+
+    root = ROOT / "results/prm" / name
+    if not root.exists():
+        pytest.skip(f"{root} not committed")
+    saved = json.loads((root / "selection.json").read_text())
+    assert rerank.reselect(str(root)) == saved
+    samples = [json.loads(x) for x in gzip.open(
+        ROOT / "results/prm/synthetic/eval_samples/samples-00000-of-00001.jsonl.gz", "rt")]
+    answers = {(s["problem"], s["sample"]): (s["extracted"], s["correct"]) for s in samples}
+    preds = _jsonl(root / "predictions.jsonl")
+    assert len(preds) == saved["problems"] == 120
+    for p in preds:
+        for s in p["samples"]:
+            assert answers[(p["problem"], s["sample"])] == (s["answer"], s["correct"])
+    w = saved["paired_vs_majority"]["prm_weighted"]
+    row = (f"| {PRM_RUNS[name]} | {saved['majority']['accuracy']:.3f} | "
+           f"{saved['orm_best']['accuracy']:.3f} | {saved['prm_best']['accuracy']:.3f} | "
+           f"{saved['prm_weighted']['accuracy']:.3f} | {saved['pass_at_n']['accuracy']:.3f} | "
+           f"+{w['only_a']} / -{w['only_b']}, p = {w['mcnemar_p']:.2f} | "
+           f"{saved['within_problem_auroc']['prm_min']['mean']:.2f} / "
+           f"{saved['within_problem_auroc']['orm']['mean']:.2f} |")
+    assert row in _doc("process_supervision.md"), row
+
+
+def test_synthetic_step_labels_add_up():
+    from cotjax import prm
+
+    root = ROOT / "results/prm/synthetic"
+    lines = _jsonl(root / "labels/labels-00000-of-00001.jsonl")
+    agree = json.loads((root / "agreement-00000.json").read_text())
+    assert prm.agreement(lines) == agree and agree["chains"] == len(lines) == 320
+    k = agree["by_kind"]
+    row = (f"| {agree['chains']} | {agree['steps']} | {agree['mc_hard_positive']:.3f} | "
+           f"{agree['checker_positive']:.3f} | {agree['agreement']:.3f} | "
+           f"{k['valid_claims']['mc_hard_positive']:.3f} (of {k['valid_claims']['steps']}) / "
+           f"{k['invalid_claim']['mc_hard_positive']:.3f} (of {k['invalid_claim']['steps']}) |")
     assert row in _doc("process_supervision.md"), row
