@@ -21,6 +21,10 @@ import dataclasses
 import ml_collections
 
 
+OBJECTIVES = ("cot", "prm", "orm")  # train.objective: the CoT loss, or a reward model
+REWARD_OBJECTIVES = ("prm", "orm")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
     """The `train` section of a config: its keys, types and defaults (the only place they are
@@ -62,8 +66,9 @@ class TrainSpec:
             raise ValueError(f"train.schedule must be cosine|linear|constant, got {self.schedule!r}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be stop|skip, got {self.on_nonfinite!r}")
-        if self.objective not in ("cot", "prm", "orm"):
-            raise ValueError(f"train.objective must be cot|prm|orm, got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"train.objective must be one of {OBJECTIVES}, got "
+                             f"{self.objective!r}")
         if self.reward_labels not in ("hard", "soft"):
             raise ValueError(f"train.reward_labels must be hard|soft, got {self.reward_labels!r}")
         if self.microbatches < 1:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cotjax.defaults import OBJECTIVES, REWARD_OBJECTIVES
 from cotjax.tokenize import KIND_ANSWER, KIND_CHAIN
 
 
@@ -145,10 +146,6 @@ def make_objective(name: str) -> Objective:
     two differ in where the data puts labels, not in the loss)."""
     if name == "cot":
         return CoTLoss()
-    if name in ("prm", "orm"):
+    if name in REWARD_OBJECTIVES:
         return RewardLoss()
     raise ValueError(f"train.objective must be one of {OBJECTIVES}, got {name!r}")
-
-
-OBJECTIVES = ("cot", "prm", "orm")
-REWARD_OBJECTIVES = ("prm", "orm")

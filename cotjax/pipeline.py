@@ -45,6 +45,7 @@ import numpy as np
 from absl import logging
 
 from cotjax import prm
+from cotjax.defaults import REWARD_OBJECTIVES
 from cotjax import records as records_lib
 from cotjax.formatting import select_fewshot
 from cotjax.records import CoTRecord
@@ -126,7 +127,7 @@ def fit_length(examples: Sequence[Example], seq_len: int, overlong: str
 def reward_objective(config) -> str | None:
     """'prm' or 'orm' when the config trains a reward model, else None."""
     objective = config.get("train", {}).get("objective", "cot")
-    return objective if objective in ("prm", "orm") else None
+    return objective if objective in REWARD_OBJECTIVES else None
 
 
 def held_out_problems(problems: Sequence, share: float, seed: int) -> set:

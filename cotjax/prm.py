@@ -38,6 +38,7 @@ from collections.abc import Sequence
 
 from cotjax import paths
 from cotjax.answers import answers_equal, chain_of, majority_vote
+from cotjax.defaults import REWARD_OBJECTIVES
 from cotjax.steps import StepDetail, normalise_text
 
 SPLITS = ("lines", "sentences")
@@ -168,7 +169,7 @@ def reward_target(row: dict, objective: str, labels: str = "hard", where: str = 
     after which a reward model's score is read, and the label of each (None: read, not
     trained). objective 'prm' needs a `cotjax label-steps` line (its steps, checked against its
     chain); 'orm' takes any line with a generation and `correct` (sample lines too)."""
-    if objective not in ("prm", "orm"):
+    if objective not in REWARD_OBJECTIVES:
         raise ValueError(f"reward objective must be prm or orm, got {objective!r}")
     if labels not in LABEL_KINDS:
         raise ValueError(f"train.reward_labels must be one of {LABEL_KINDS}, got {labels!r}")

@@ -179,9 +179,6 @@ def score_all(rows: Sequence[dict], prm_run: str | None, orm_run: str | None, st
               task: str = "gsm8k") -> tuple[dict, dict, dict]:
     """({"prm"|"orm": {(problem, sample): scores}}, descriptions, seconds) of the given reward
     models over sample rows."""
-    if not prm_run and not orm_run:
-        raise ValueError("reranking needs a PRM and/or an ORM run (--prm / --orm, "
-                         "eval.prm / eval.orm)")
     scores, desc, seconds = {}, {}, {}
     for name, run in (("prm", prm_run), ("orm", orm_run)):
         if run:

@@ -34,8 +34,8 @@ from cotjax import metrics as metrics_lib
 from cotjax import model as model_lib
 from cotjax import paths, pipeline
 from cotjax import sharding as sharding_lib
-from cotjax.defaults import TrainSpec
-from cotjax.loss import REWARD_OBJECTIVES, CoTLoss, Objective, make_objective
+from cotjax.defaults import REWARD_OBJECTIVES, TrainSpec
+from cotjax.loss import CoTLoss, Objective, make_objective
 from cotjax.tokenize import EncodeSpec
 
 # ----------------------------------------------------------------------------------------------
