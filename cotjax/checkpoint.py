@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cotjax import paths
+from cotjax.lora import LoraSpec
 from cotjax.model import ModelConfig
 
 CKPT_DIR = "checkpoints"
@@ -81,6 +82,34 @@ def read_run_config(workdir) -> tuple[ml_collections.ConfigDict, Any]:
 
 # ----------------------------------------------------------------------------------------------
 # The manager.
+
+
+# What a resumed run must keep: another objective or other labels would train other targets.
+_SAME_ON_RESUME = (("train", "objective", "cot"), ("train", "reward_labels", "hard"),
+                   ("data", "labels", ""), ("data", "labels_split", "lines"))
+
+
+def check_resumable(config, workdir, head: str) -> ModelConfig:
+    """The model config of a run that `config` resumes; a clear error when it would train
+    another head, objective, labels (its config.json) or other adapters."""
+    saved, model_cfg = read_run_config(workdir)
+    if model_cfg is None:
+        raise FileNotFoundError(f"{workdir}/model_config.json is missing; cannot resume")
+    if model_cfg.head != head:
+        raise ValueError(f"{workdir} holds a model with head={model_cfg.head!r}; "
+                         f"train.objective={config.train.objective} trains head={head!r}: use "
+                         "another --workdir")
+    for section, key, default in _SAME_ON_RESUME:
+        now = config.get(section, {}).get(key, default)
+        before = saved.get(section, {}).get(key, default)
+        if now != before:
+            raise ValueError(f"{workdir} began with {section}.{key}={before!r}; resuming it "
+                             f"with {now!r} would train other targets: use another --workdir")
+    lora = LoraSpec.from_config(config.get("lora"))
+    if lora != model_cfg.lora:
+        raise ValueError(f"{workdir} began with lora={model_cfg.lora}; resuming it with "
+                         f"lora={lora} would train other parameters: use another --workdir")
+    return model_cfg
 
 
 def make_manager(workdir, *, keep: int = 3, keep_best: int = 1,

@@ -37,6 +37,8 @@ FLAG_SPECS = {
     "top_p": ("float", 1.0, "sampling: nucleus mass (1.0: off)"),
     "seed": ("integer", 0, "sampling seed"),
     "overwrite": ("bool", False, "replace a non-empty output directory"),
+    "adapter": ("bool", False, "export: a LoRA run's adapters alone, as a PEFT adapter "
+                               "directory (default: the model with adapters merged)"),
     "filters": ("string", "correct,steps_valid,consistent,finished",
                 "distill: the filters a sample must pass, comma-separated, or 'none'"),
     "max_per_problem": ("integer", 4, "distill: distinct reasoning paths kept per problem"),
@@ -196,7 +198,7 @@ def _export(fv, args):
     _need(fv, "workdir", "out")
     from cotjax import export
 
-    export.main(fv.workdir, fv.out, fv.step, overwrite=fv.overwrite)
+    export.main(fv.workdir, fv.out, fv.step, overwrite=fv.overwrite, adapter=fv.adapter)
 
 
 def _data_stats(fv, args):
@@ -252,8 +254,9 @@ COMMANDS = {
     "generate": Command("answer one prompt: a trained run through its template, or a raw model",
                         _generate, ("workdir", "step", "model", "prompt", "max_new_tokens",
                                     "temperature", "top_k", "top_p", "seed"), "optional"),
-    "export": Command("write a checkpoint as a HF directory (safetensors + tokenizer)", _export,
-                      ("workdir", "step", "out", "overwrite")),
+    "export": Command("write a checkpoint as a HF directory (safetensors + tokenizer), or a "
+                      "LoRA run's PEFT adapter directory", _export,
+                      ("workdir", "step", "out", "overwrite", "adapter")),
     "data-stats": Command("example counts, lengths, truncation and packing of a config",
                           _data_stats, (), "required"),
     "config": Command("print the resolved config (with overrides) and exit", _config, (),

@@ -152,6 +152,18 @@ def get_config():
 
     c.train = ml_collections.ConfigDict(dataclasses.asdict(TrainSpec()))
 
+    # LoRA / QLoRA (cotjax/lora.py; docs/lora.md): rank 0 trains every parameter. With rank > 0
+    # the base is frozen (quantised with quant=int8 | nf4, blocks of `block` along each matrix's
+    # output) and adapters sit on the layer matrices whose path (layers/wq, layers/w_gate, ...)
+    # the regular expression `targets` matches; their output is scaled by alpha / rank.
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0
+    c.lora.alpha = 16.0
+    c.lora.dropout = 0.0
+    c.lora.targets = r"layers/(wq|wk|wv|wo|w_gate|w_up|w_down)$"
+    c.lora.quant = "none"  # none | int8 | nf4
+    c.lora.block = 64
+
     # `cotjax eval` (cotjax/evaluate.py: run_eval). --data=validation means data's held-out slice.
     c.eval = ml_collections.ConfigDict()
     c.eval.task = "gsm8k"  # gsm8k | aqua (--task overrides)

@@ -1,5 +1,6 @@
 """`cotjax export`: a run's checkpoint as a HF directory (config.json, model.safetensors,
-tokenizer), loadable by transformers and vLLM.
+tokenizer), loadable by transformers and vLLM; a LoRA run's adapters merged into its base, or
+with `--adapter` alone as a PEFT adapter directory for `peft.PeftModel.from_pretrained`.
 
 The directory is written whole into a temporary sibling and then renamed into place, so an
 export never mixes with the files of an older one (a stale `model.safetensors.index.json` beside
@@ -21,7 +22,8 @@ def _non_empty(dest) -> bool:
     return dest.exists() and (not dest.is_dir() or any(True for _ in dest.iterdir()))
 
 
-def main(workdir: str, out: str, step=None, overwrite: bool = False) -> None:
+def main(workdir: str, out: str, step=None, overwrite: bool = False,
+         adapter: bool = False) -> None:
     dest = paths.path(out)
     if _non_empty(dest) and not overwrite:
         raise FileExistsError(f"{out} is not empty: pass --overwrite to replace it whole")
@@ -30,10 +32,19 @@ def main(workdir: str, out: str, step=None, overwrite: bool = False) -> None:
         if run == target or run.startswith(target.rstrip(os.sep) + os.sep):
             raise ValueError(f"--out={out} holds the run being exported ({workdir}): "
                              "export somewhere else")
-    model, _, tokenizer, _ = load.load_run_model(workdir, step)
+    model, cfg, tokenizer, config = load.load_run_model(workdir, step)
+    if adapter and cfg.lora is None:
+        raise ValueError(f"--adapter: {workdir} is not a LoRA run (it trained every parameter); "
+                         "export the merged model without --adapter")
+
+    def write(directory):
+        if adapter:
+            weights.export_peft(model, directory, base_model=str(config.model))
+        else:
+            weights.export_hf(model, directory, tokenizer)
     if paths.is_remote(out):
         tmp = tempfile.mkdtemp(prefix="cotjax-export-")
-        weights.export_hf(model, tmp, tokenizer)
+        write(tmp)
         if dest.exists():
             dest.rmtree()
         paths.copy_tree(tmp, dest)
@@ -43,7 +54,7 @@ def main(workdir: str, out: str, step=None, overwrite: bool = False) -> None:
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
         try:
-            weights.export_hf(model, tmp, tokenizer)
+            write(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -59,5 +70,6 @@ def main(workdir: str, out: str, step=None, overwrite: bool = False) -> None:
             shutil.rmtree(old)
     step = load.parse_step(step)
     print(json.dumps({"exported": str(out), "workdir": str(workdir),
-                      "step": step if step is not None else "latest"}))
+                      "step": step if step is not None else "latest",
+                      "format": "peft_adapter" if adapter else "hf"}))
 

@@ -15,6 +15,7 @@ from absl import logging
 from flax import nnx
 
 from cotjax import checkpoint as ckpt_lib
+from cotjax import lora as lora_lib
 from cotjax import model as model_lib
 from cotjax import paths
 from cotjax import sharding as sharding_lib
@@ -56,12 +57,6 @@ def dtype_overrides(config, remat: bool | None = None) -> dict:
     if remat is not None:
         out["remat"] = bool(remat)
     return out
-
-
-def logical_dims(cfg) -> dict[str, int]:
-    return {"vocab": cfg.vocab_size, "embed": cfg.d_model, "heads": cfg.num_heads,
-            "kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "mlp": cfg.mlp_dim,
-            "layers": cfg.num_layers}
 
 
 def abstract_params(cfg_or_module):
@@ -106,26 +101,37 @@ def init_random_params(cfg, seed: int, mesh=None):
 def load_base_model(config, mesh=None, remat: bool | None = None, head: str = "lm"):
     """(Decoder, ModelConfig) a run starts from, each parameter placed by the rules table:
     `config.model` ('random' with `config.model_arch`, a preset, a GGUF file, a HF directory).
-    head='reward': the same trunk with a zero-initialised reward head (a PRM or ORM to train)."""
+    head='reward': the same trunk with a zero-initialised reward head (a PRM or ORM to train).
+    `config.lora.rank` > 0: the base (quantised if `lora.quant` says so) with fresh adapters."""
     overrides = {**dtype_overrides(config, remat), "head": head}
+    spec = lora_lib.LoraSpec.from_config(config.get("lora"))
     if config.model == "random":
         cfg = _random_model_config(config).replace(**overrides)
-        params = init_random_params(cfg, int(config.seed), mesh)
-        return nnx.merge(nnx.graphdef(model_lib.abstract(cfg)), params), cfg
-    hf, tensors = weights.read_checkpoint(config.model)
-    cfg = model_lib.ModelConfig.from_hf(hf, **overrides)
-    params = weights.hf_to_params(tensors, cfg, source=config.model)
-    del tensors
-    if head == "reward":  # p = 0.5 everywhere before training
-        params.update(reward_head=np.zeros(cfg.d_model, np.float32),
-                      reward_bias=np.zeros(1, np.float32))
-    shardings = None
-    if mesh is not None:
-        dims = logical_dims(cfg)
-        fn = sharding_lib.logical_sharding(mesh)
-        # an unnamed axis (the reward bias) is never sharded: its size does not matter
-        shardings = lambda axes: fn(axes, tuple(dims.get(a, 1) for a in axes))  # noqa: E731
-    return weights.model_from_params(cfg, params, shardings), cfg
+        if spec is None:
+            params = init_random_params(cfg, int(config.seed), mesh)
+            return nnx.merge(nnx.graphdef(model_lib.abstract(cfg)), params), cfg
+        params = weights.model_params(model_lib.create(cfg, int(config.seed)))
+    else:
+        hf, tensors = weights.read_checkpoint(config.model)
+        cfg = model_lib.ModelConfig.from_hf(hf, **overrides)
+        params = weights.hf_to_params(tensors, cfg, source=config.model)
+        del tensors
+        if head == "reward":  # p = 0.5 everywhere before training
+            params.update(reward_head=np.zeros(cfg.d_model, np.float32),
+                          reward_bias=np.zeros(1, np.float32))
+    if spec is not None:
+        params = lora_lib.adapt_base(params, spec, int(config.seed))
+        cfg = cfg.replace(lora=spec)
+    return weights.model_from_params(cfg, params, _shardings(mesh)), cfg
+
+
+def split_base_model(config, mesh=None, remat: bool | None = None, head: str = "lm"):
+    """(ModelConfig, trained, frozen) parameter dicts of the model a run starts from: with LoRA
+    the adapters (and a reward head) against the frozen base; else all trained, none frozen."""
+    model, cfg = load_base_model(config, mesh, remat=remat, head=head)
+    params = nnx.to_pure_dict(nnx.state(model))
+    del model
+    return (cfg, *lora_lib.split(params, cfg.lora))
 
 
 def parse_step(step) -> int | str | None:
@@ -155,10 +161,59 @@ def load_run_model(workdir, step=None, mesh=None):
         return model, model_cfg, tokenizer, config
     if model_cfg is None:
         raise FileNotFoundError(f"{paths.path(workdir) / 'model_config.json'} is missing")
-    params, step = ckpt_lib.restore_params(workdir, step, placed_abstract_params(model_cfg, mesh))
-    model = nnx.merge(nnx.graphdef(model_lib.abstract(model_cfg)), params)
+    frozen = None
+    abstract = placed_abstract_params(model_cfg, mesh)
+    if model_cfg.lora is not None:  # the checkpoint holds the adapters; the base comes anew
+        _, _, frozen = split_base_model(config, mesh, head=model_cfg.head)
+        check_base(workdir, frozen)
+        abstract, _ = lora_lib.split(abstract, model_cfg.lora)
+    params, step = ckpt_lib.restore_params(workdir, step, abstract)
+    model = nnx.merge(nnx.graphdef(model_lib.abstract(model_cfg)), lora_lib.join(frozen, params))
     logging.info("loaded %s step %d", workdir, step)
     return model, model_cfg, tokenizer, config
+
+
+BASE_FILE = "adapter_base.json"
+
+
+def write_base(workdir, frozen, config) -> None:
+    """Record the frozen base of a LoRA run (its source and sha256) beside its config."""
+    import json
+
+    record = {"model": str(config.model), "sha256": lora_lib.fingerprint(frozen)}
+    paths.write_text(paths.path(workdir) / BASE_FILE, json.dumps(record, indent=2))
+
+
+def check_base(workdir, frozen) -> None:
+    """A clear error when a LoRA run's adapters would go on another base than they were
+    trained on (other weights, dtype or quantisation)."""
+    import json
+
+    file = paths.path(workdir) / BASE_FILE
+    if not file.exists():
+        raise FileNotFoundError(f"{file} is missing: cannot tell which base the adapters of "
+                                f"{workdir} belong to")
+    record = json.loads(file.read_text())
+    now = lora_lib.fingerprint(frozen)
+    if now != record["sha256"]:
+        raise ValueError(f"the base model of {workdir} has changed: its adapters were trained "
+                         f"on {record['model']} with sha256 {record['sha256'][:16]}..., the "
+                         f"config's base now has {now[:16]}... (other weights, dtype or "
+                         "quantisation): use the same base or another --workdir")
+
+
+def merge_adapters(model, mesh=None):
+    """(Decoder, ModelConfig) without adapters: a LoRA model's base dequantised and its adapters
+    merged in (faster to decode); other models as they are."""
+    if model.cfg.lora is None:
+        return model, model.cfg
+    params, cfg = weights.plain_params(model)
+    return weights.model_from_params(cfg, params, _shardings(mesh)), cfg
+
+
+def _shardings(mesh):
+    """(logical axes, shape) -> sharding on `mesh` by the rules table (None without a mesh)."""
+    return sharding_lib.logical_sharding(mesh) if mesh is not None else None
 
 
 _HEAD_USE = {"lm": "a policy (a run trained with train.objective=cot)",
@@ -185,6 +240,7 @@ def load_for_eval(config, workdir: str | None = None, step=None, mesh=None,
         if run_cfg is not None:  # before minutes of restoring
             require_head(run_cfg, "lm", str(workdir), use)
         model, cfg, tokenizer, _ = load_run_model(workdir, step, mesh=mesh)
+        model, cfg = merge_adapters(model, mesh)
         return model, cfg, tokenizer, f"{workdir} step {step}"
     model, cfg = load_base_model(config, mesh)
     return model, cfg, load_tokenizer(config), f"{config.model} (base)"

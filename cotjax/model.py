@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from cotjax import lora as lora_lib
+
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 HEADS = ("lm", "reward")
 Q_BLOCK = 128  # queries per block of causal attention without a cache (see _attention)
@@ -80,6 +82,7 @@ class ModelConfig:
     compute_dtype: str = "float32"
     remat: bool = False
     head: str = "lm"  # lm (next-token logits) | reward (a step/outcome score; see Decoder.reward)
+    lora: lora_lib.LoraSpec | None = None  # adapters on a frozen (maybe quantised) base
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -119,6 +122,8 @@ class ModelConfig:
             d["local_rope"] = RopeConfig(**d["local_rope"])
         for key in ("layer_types", "eos_token_ids"):
             d[key] = tuple(d.get(key) or ())
+        if d.get("lora"):
+            d["lora"] = lora_lib.LoraSpec.from_dict(d["lora"])
         return cls(**d)
 
     @classmethod
@@ -317,18 +322,45 @@ def _init_value(key, name: str, shape, cfg: ModelConfig, dtype):
     return (0.02 * jax.random.normal(key, shape)).astype(dtype)
 
 
+class DropoutKey(nnx.Variable):
+    """A PRNG key set on a decoder for one training step (`Decoder.dropout_key`): LoRA dropout."""
+
+
+class Quantized(nnx.Variable):
+    """A frozen quantised base matrix's codes or block scales (QLoRA; cotjax.lora)."""
+
+
 class Layers(nnx.Module):
-    """All decoder blocks' parameters, stacked on a leading `layers` axis."""
+    """All decoder blocks' parameters, stacked on a leading `layers` axis. With `cfg.lora`, a
+    matrix may be stored quantised (`{name}_codes`, `{name}_scale`) and carry an adapter
+    (`{name}_lora_a`, `{name}_lora_b`)."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.param_dtype)
+        spec, L = cfg.lora, cfg.num_layers
         for name, (shape, axes) in layer_param_shapes(cfg).items():
-            full = (cfg.num_layers, *shape)
-            value = _init_value(rngs.params(), name, full, cfg, dtype)
-            setattr(self, name, nnx.Param(value, logical_axes=("layers", *axes)))
+            axes = ("layers", *axes)
+            if lora_lib.quantized(spec, name):
+                codes, code_dtype, scales = lora_lib.storage_shapes(spec, name, shape)
+                setattr(self, f"{name}_codes", Quantized(jnp.zeros((L, *codes), code_dtype),
+                                                         logical_axes=axes))
+                # one scale per block of the output: that axis is not sharded
+                n_in = lora_lib.MATRICES[name]
+                setattr(self, f"{name}_scale", Quantized(jnp.ones((L, *scales), jnp.float32),
+                                                         logical_axes=(*axes[:1 + n_in], None)))
+            else:
+                value = _init_value(rngs.params(), name, (L, *shape), cfg, dtype)
+                setattr(self, name, nnx.Param(value, logical_axes=axes))
+            if spec is not None and name in spec.targets:
+                (a_shape, a_axes), (b_shape, b_axes) = lora_lib.adapter_shapes(
+                    name, shape, axes[1:], spec.rank)
+                a = 0.02 * jax.random.normal(rngs.params(), (L, *a_shape))
+                setattr(self, f"{name}_lora_a", nnx.LoRAParam(a, logical_axes=("layers", *a_axes)))
+                setattr(self, f"{name}_lora_b", nnx.LoRAParam(
+                    jnp.zeros((L, *b_shape)), logical_axes=("layers", *b_axes)))
 
     def arrays(self) -> dict[str, jax.Array]:
-        return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+        return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Variable)}
 
 
 @struct.dataclass
@@ -419,7 +451,11 @@ class Decoder(nnx.Module):
             x_BTD, new_kv = _run_cached_layers(cfg, layers or self.layer_list(), x_BTD, masks,
                                                ropes, cache)
         else:
-            x_BTD = _run_layers(cfg, self.layers.arrays(), x_BTD, masks, ropes)
+            params = self.layers.arrays()
+            key = getattr(self, "dropout_key", None)
+            if key is not None and cfg.lora is not None and cfg.lora.dropout > 0:
+                params["_dropout"] = jax.random.split(key[...], cfg.num_layers)
+            x_BTD = _run_layers(cfg, params, x_BTD, masks, ropes)
         x_BTD = rms_norm(x_BTD, self.final_norm[...], cfg)
         if cache is not None:
             cache = _advance_cache(cache, new_kv, positions_BT, segment_ids_BT)
@@ -454,6 +490,17 @@ def _dense(x, w, n_in: int = 1, out_dtype=None):
     y = jnp.dot(x.reshape(-1, math.prod(contract)), w.reshape(math.prod(contract), -1),
                 preferred_element_type=out_dtype)
     return y.reshape(*lead, *rest)
+
+
+def _project(cfg: ModelConfig, p, name: str, x, n_in: int = 1):
+    """x times layer matrix `name` (dequantised if stored quantised), plus its adapter."""
+    cdt = x.dtype
+    if f"{name}_codes" in p:
+        w = lora_lib.dequantize(p[f"{name}_codes"], p[f"{name}_scale"], cfg.lora.quant, cdt)
+    else:
+        w = p[name].astype(cdt)
+    y = _dense(x, w, n_in)
+    return y if cfg.lora is None else lora_lib.apply(cfg.lora, p, name, x, y, n_in, _dense)
 
 
 def rms_norm(x, w, cfg: ModelConfig):
@@ -526,9 +573,9 @@ def _attention(cfg: ModelConfig, p, x_BTD, mask_BTS, cos, sin, kv_cache, cache_i
     cdt = x_BTD.dtype
     B, T, _ = x_BTD.shape
     K, G, H = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
-    q_BTNH = _dense(x_BTD, p["wq"].astype(cdt))
-    k_BTKH = _dense(x_BTD, p["wk"].astype(cdt))
-    v_BTKH = _dense(x_BTD, p["wv"].astype(cdt))
+    q_BTNH = _project(cfg, p, "wq", x_BTD)
+    k_BTKH = _project(cfg, p, "wk", x_BTD)
+    v_BTKH = _project(cfg, p, "wv", x_BTD)
     if cfg.qkv_bias:
         q_BTNH += p["bq"].astype(cdt)
         k_BTKH += p["bk"].astype(cdt)
@@ -563,7 +610,7 @@ def _attention(cfg: ModelConfig, p, x_BTD, mask_BTS, cos, sin, kv_cache, cache_i
         o_BKGTH = _attend(cfg, q_BKGTH, new_kv[0].astype(cdt), new_kv[1].astype(cdt), mask_BTS,
                           keys_transposed=True)
     o_BTKGH = o_BKGTH.transpose(0, 3, 1, 2, 4)
-    out_BTD = _dense(o_BTKGH.reshape(B, T, K * G, H), p["wo"].astype(cdt), n_in=2)
+    out_BTD = _project(cfg, p, "wo", o_BTKGH.reshape(B, T, K * G, H), n_in=2)
     if cfg.o_bias:
         out_BTD += p["bo"].astype(cdt)
     return out_BTD, new_kv
@@ -583,13 +630,13 @@ def _attend(cfg: ModelConfig, q_BKGTH, keys, values_BKSH, mask_BTS, keys_transpo
 
 def _mlp(cfg: ModelConfig, p, x_BTD):
     cdt = x_BTD.dtype
-    gate_BTF = _dense(x_BTD, p["w_gate"].astype(cdt))
-    up_BTF = _dense(x_BTD, p["w_up"].astype(cdt))
+    gate_BTF = _project(cfg, p, "w_gate", x_BTD)
+    up_BTF = _project(cfg, p, "w_up", x_BTD)
     if cfg.mlp_bias:
         gate_BTF += p["b_gate"].astype(cdt)
         up_BTF += p["b_up"].astype(cdt)
     act = jax.nn.silu(gate_BTF) if cfg.act == "silu" else jax.nn.gelu(gate_BTF, approximate=True)
-    out_BTD = _dense(act * up_BTF, p["w_down"].astype(cdt))
+    out_BTD = _project(cfg, p, "w_down", act * up_BTF)
     if cfg.mlp_bias:
         out_BTD += p["b_down"].astype(cdt)
     return out_BTD

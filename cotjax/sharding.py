@@ -34,6 +34,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "head_dim": None,
     "layers": None,
     "length": None,
+    "lora_rank": None,  # LoRA adapters' rank axis (cotjax.lora): small, replicated
 }
 
 

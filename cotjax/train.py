@@ -30,6 +30,7 @@ from flax import nnx
 
 from cotjax import checkpoint as ckpt_lib
 from cotjax import load
+from cotjax import lora as lora_lib
 from cotjax import metrics as metrics_lib
 from cotjax import model as model_lib
 from cotjax import paths, pipeline
@@ -77,16 +78,20 @@ def make_optimizer(spec: TrainSpec, total_steps: int):
 
 
 def loss_and_grads(objective: Objective, graphdef, params, batch, microbatches: int = 1,
-                   batch_spec=None):
+                   batch_spec=None, frozen=None, key=None):
     """(token sums, gradient of num / den) over the batch, accumulated over `microbatches`
-    pieces; exact: sums are added before dividing."""
-    def sums_fn(p, mb):
-        s = objective.sums(nnx.merge(graphdef, p), mb)
+    pieces; exact: sums are added before dividing. Gradients are of `params` only; `frozen`
+    holds the rest of the model (a LoRA run's base). `key`: LoRA dropout's PRNG key."""
+    def sums_fn(p, mb, k=None):
+        model = nnx.merge(graphdef, lora_lib.join(frozen, p))
+        if k is not None:
+            model.dropout_key = model_lib.DropoutKey(k)
+        s = objective.sums(model, mb)
         return s["num"], s
 
     grad_fn = jax.grad(sums_fn, has_aux=True)
     if microbatches == 1:
-        grads, sums = grad_fn(params, batch)
+        grads, sums = grad_fn(params, batch, key)
     else:
         def split(x):  # row b goes to micro-batch b % M: every device feeds every micro-batch
             B = x.shape[0]
@@ -96,16 +101,17 @@ def loss_and_grads(objective: Objective, graphdef, params, batch, microbatches: 
             return y
 
         mbs = {k: split(v) for k, v in batch.items()}
+        keys = None if key is None else jax.random.split(key, microbatches)
 
-        def body(carry, mb):
+        def body(carry, xs):
             g, s = carry
-            g2, s2 = grad_fn(params, mb)
+            g2, s2 = grad_fn(params, *xs)
             return (jax.tree.map(jnp.add, g, g2), jax.tree.map(jnp.add, s, s2)), None
 
         zeros_g = jax.tree.map(jnp.zeros_like, params)
         shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], mbs))[1]
         zeros_s = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        (grads, sums), _ = jax.lax.scan(body, (zeros_g, zeros_s), mbs)
+        (grads, sums), _ = jax.lax.scan(body, (zeros_g, zeros_s), (mbs, keys))
     denom = jnp.maximum(sums["den"], 1e-9)
     grads = jax.tree.map(lambda g: g / denom.astype(g.dtype), grads)
     return sums, grads
@@ -205,6 +211,10 @@ class Trainer:
     token sums of (model, batch); default the CoT loss) and `abstract_model` (an abstract NNX
     module, `nnx.eval_shape(...)`, whose graph and parameter shapes and logical axes the
     trainer takes; default the decoder of `cfg`), e.g. a decoder with a reward head.
+
+    With LoRA (`cfg.lora`, `cotjax.lora.split`) only the adapters (and a reward head) are
+    trained and have optimizer state; the frozen base (`set_frozen`) is an argument of every
+    jitted call, never donated nor folded into the program as a constant.
     """
 
     def __init__(self, cfg, spec: TrainSpec, mesh, total_steps: int,
@@ -215,8 +225,12 @@ class Trainer:
         module = abstract_model if abstract_model is not None else model_lib.abstract(cfg)
         self.graphdef = nnx.graphdef(module)
         self.tx, self.schedule = make_optimizer(spec, total_steps)
-        shapes, self.logical_axes = load.abstract_params(module)
+        shapes, axes = load.abstract_params(module)
+        shapes, frozen_shapes = lora_lib.split(shapes, cfg.lora)
+        self.logical_axes, frozen_axes = lora_lib.split(axes, cfg.lora)
         self.param_shardings = sharding_lib.param_shardings(shapes, self.logical_axes, mesh)
+        self.frozen_shardings = sharding_lib.param_shardings(frozen_shapes, frozen_axes, mesh)
+        self.frozen = {}  # the frozen base (LoRA); set with `set_frozen`
         rep = sharding_lib.replicated(mesh)
         abstract_opt = jax.eval_shape(self.tx.init, shapes)
         opt_shardings = optax.tree_map_params(
@@ -236,25 +250,33 @@ class Trainer:
         micro_spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
             None, sharding_lib.RULES["batch"]))
         state_sh = (self.param_shardings, self.train_shardings)
-        self._step = jax.jit(self._step_fn, in_shardings=(*state_sh, self.batch_sharding),
+        frozen_sh = self.frozen_shardings
+        self._step = jax.jit(self._step_fn,
+                             in_shardings=(*state_sh, self.batch_sharding, frozen_sh),
                              out_shardings=(*state_sh, rep), donate_argnums=(0, 1))
         self._micro_spec = micro_spec
-        self._eval = jax.jit(self._eval_fn, in_shardings=(self.param_shardings, self.batch_sharding),
+        self._eval = jax.jit(self._eval_fn,
+                             in_shardings=(self.param_shardings, self.batch_sharding, frozen_sh),
                              out_shardings=rep)
-        self._grads = jax.jit(self._grads_fn, in_shardings=(self.param_shardings, self.batch_sharding),
+        self._grads = jax.jit(self._grads_fn,
+                              in_shardings=(self.param_shardings, self.batch_sharding, frozen_sh),
                               out_shardings=(rep, self.param_shardings))
         self._init_opt = jax.jit(self.tx.init, in_shardings=(self.param_shardings,),
                                  out_shardings=opt_shardings)
 
     # -- pure functions under jit --
 
-    def _grads_fn(self, params, batch):
+    def _grads_fn(self, params, batch, frozen, key=None):
         return loss_and_grads(self.objective, self.graphdef, params, batch, self.spec.microbatches,
-                              self._micro_spec if self.spec.microbatches > 1 else None)
+                              self._micro_spec if self.spec.microbatches > 1 else None,
+                              frozen, key)
 
-    def _step_fn(self, params, train, batch):
+    def _step_fn(self, params, train, batch, frozen):
         self.trace_count += 1  # Python side effect: runs once per trace
-        sums, grads = self._grads_fn(params, batch)
+        key = None
+        if self.cfg.lora is not None and self.cfg.lora.dropout > 0:
+            key = jax.random.fold_in(jax.random.wrap_key_data(train["rng"]), 1)
+        sums, grads = self._grads_fn(params, batch, frozen, key)
         loss = sums["num"] / jnp.maximum(sums["den"], 1e-9)
         gnorm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
@@ -282,10 +304,14 @@ class Trainer:
                    "attn_pairs": metrics_lib.attention_pairs(batch["segment_ids"])}
         return new_params, new_train, metrics
 
-    def _eval_fn(self, params, batch):
-        return self.objective.sums(nnx.merge(self.graphdef, params), batch)
+    def _eval_fn(self, params, batch, frozen):
+        return self.objective.sums(nnx.merge(self.graphdef, lora_lib.join(frozen, params)), batch)
 
     # -- host API --
+
+    def set_frozen(self, frozen: dict) -> None:
+        """Place a LoRA run's frozen base (`cotjax.lora.split`) for every later call."""
+        self.frozen = jax.device_put(frozen, self.frozen_shardings)
 
     def init_train_state(self, params, seed: int) -> dict:
         rep = sharding_lib.replicated(self.mesh)
@@ -300,15 +326,15 @@ class Trainer:
 
     def step(self, params, train, batch):
         """One optimizer step; donates params and train."""
-        return self._step(params, train, self.shard_batch(batch))
+        return self._step(params, train, self.shard_batch(batch), self.frozen)
 
     def grads(self, params, batch):
-        return self._grads(params, self.shard_batch(batch))
+        return self._grads(params, self.shard_batch(batch), self.frozen)
 
     def evaluate(self, params, batches) -> dict[str, float]:
         total = None
         for b in batches:
-            sums = self._eval(params, self.shard_batch(b))
+            sums = self._eval(params, self.shard_batch(b), self.frozen)
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
         if total is None:
             return {}
@@ -375,22 +401,6 @@ def _nonfinite_error(step: int) -> FloatingPointError:
         "set train.on_nonfinite=skip to skip such updates and count them instead)")
 
 
-# What a resumed run must keep: another objective or other labels would train other targets.
-_SAME_ON_RESUME = (("train", "objective", "cot"), ("train", "reward_labels", "hard"),
-                   ("data", "labels", ""), ("data", "labels_split", "lines"))
-
-
-def check_same_targets(config, saved, workdir) -> None:
-    """A clear error when a run resumes with another objective or other labels than it began
-    with (its config.json)."""
-    for section, key, default in _SAME_ON_RESUME:
-        now = config.get(section, {}).get(key, default)
-        before = saved.get(section, {}).get(key, default)
-        if now != before:
-            raise ValueError(f"{workdir} began with {section}.{key}={before!r}; resuming it "
-                             f"with {now!r} would train other targets: use another --workdir")
-
-
 def _start_or_resume(config, workdir, spec: TrainSpec, mesh, total_steps: int, objective, it):
     """(manager, trainer, params, train state, ModelConfig): restored from the newest readable
     checkpoint of `workdir` (the data iterator `it` set to its position), else the base model
@@ -402,15 +412,12 @@ def _start_or_resume(config, workdir, spec: TrainSpec, mesh, total_steps: int, o
     head = "reward" if spec.objective in REWARD_OBJECTIVES else "lm"
     manager = make_manager()
     if manager.latest_step() is not None:
-        _, model_cfg = ckpt_lib.read_run_config(workdir)
-        if model_cfg is None:
-            raise FileNotFoundError(f"{workdir}/model_config.json is missing; cannot resume")
-        if model_cfg.head != head:
-            raise ValueError(f"{workdir} holds a model with head={model_cfg.head!r}; "
-                             f"train.objective={spec.objective} trains head={head!r}: use "
-                             "another --workdir")
-        check_same_targets(config, ckpt_lib.read_run_config(workdir)[0], workdir)
+        model_cfg = ckpt_lib.check_resumable(config, workdir, head)
         trainer = Trainer(model_cfg, spec, mesh, total_steps, objective)
+        if model_cfg.lora is not None:  # checkpoints hold the adapters: the base comes anew
+            _, _, frozen = load.split_base_model(config, mesh, spec.remat, head)
+            load.check_base(workdir, frozen)
+            trainer.set_frozen(frozen)
         manager.close()
         manager, step, params, train_state, data_state, _ = ckpt_lib.restore_newest_readable(
             make_manager, workdir, trainer.abstract_params, trainer.abstract_train,
@@ -419,11 +426,12 @@ def _start_or_resume(config, workdir, spec: TrainSpec, mesh, total_steps: int, o
         logging.info("resumed %s from step %d", workdir, step)
         print(f"resuming from checkpoint step {step} in {workdir}", flush=True)
         return manager, trainer, params, train_state, model_cfg
-    model, model_cfg = load.load_base_model(config, mesh, remat=spec.remat, head=head)
-    params = nnx.to_pure_dict(nnx.state(model))
-    del model
+    model_cfg, params, frozen = load.split_base_model(config, mesh, spec.remat, head)
     ckpt_lib.write_run_config(workdir, config, model_cfg)
+    if model_cfg.lora is not None:
+        load.write_base(workdir, frozen, config)
     trainer = Trainer(model_cfg, spec, mesh, total_steps, objective)
+    trainer.set_frozen(frozen)
     params = jax.device_put(params, trainer.param_shardings)
     return manager, trainer, params, trainer.init_train_state(params, int(config.seed)), model_cfg
 

@@ -452,7 +452,6 @@ def model_from_params(cfg, params: dict[str, np.ndarray], shardings=None):
 
     graphdef, state = nnx.split(model_lib.abstract(cfg))
     flat = nnx.to_flat_state(state)
-    dtype = jnp.dtype(cfg.param_dtype)
     for path, var in flat:
         key = "/".join(str(p) for p in path)
         if key not in params:
@@ -460,18 +459,31 @@ def model_from_params(cfg, params: dict[str, np.ndarray], shardings=None):
         arr = params[key]
         if tuple(arr.shape) != tuple(var.get_value().shape):
             raise ValueError(f"parameter {key!r} has shape {arr.shape}, expected {var.get_value().shape}")
-        arr = np.asarray(arr).astype(dtype)
-        sharding = shardings(var.logical_axes) if shardings else None
+        # in the declared dtype: floats in the config's, adapters float32, quantised codes ints
+        arr = np.asarray(arr).astype(var.get_value().dtype)
+        sharding = shardings(var.logical_axes, arr.shape) if shardings else None
         var.set_value(jax.device_put(arr, sharding) if sharding is not None else jnp.asarray(arr))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
 def model_params(model) -> dict[str, np.ndarray]:
-    """Flat numpy copies of a Decoder's parameters ('embed', 'layers/wq', ...)."""
+    """Flat numpy copies of a Decoder's arrays ('embed', 'layers/wq', and with LoRA the
+    adapters and any quantised codes and scales)."""
     from flax import nnx
 
     return {"/".join(str(p) for p in path): np.asarray(var.get_value())
-            for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+            for path, var in nnx.to_flat_state(nnx.state(model))}
+
+
+def plain_params(model) -> tuple[dict[str, np.ndarray], object]:
+    """(flat params, ModelConfig) of the plain model a Decoder computes: with LoRA, the base
+    dequantised and the adapters merged in (`cotjax.lora.merged_params`)."""
+    from cotjax import lora
+
+    cfg, params = model.cfg, model_params(model)
+    if cfg.lora is None:
+        return params, cfg
+    return lora.merged_params(params, cfg.lora, np.dtype(cfg.param_dtype)), cfg.replace(lora=None)
 
 
 def load_model(spec: str, *, param_dtype: str = "float32", compute_dtype: str = "float32",
@@ -486,15 +498,16 @@ def load_model(spec: str, *, param_dtype: str = "float32", compute_dtype: str = 
 
 
 def export_hf(model, out_dir: str, tokenizer=None, generation: dict | None = None) -> Path:
-    """Write a Decoder as a HF directory (config.json, model.safetensors, tokenizer files)."""
+    """Write a Decoder as a HF directory (config.json, model.safetensors, tokenizer files); a
+    LoRA model with its adapters merged into the (dequantised) base."""
     import json
 
     from safetensors.numpy import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = model.cfg
-    tensors = params_to_hf({k: v.astype(np.float32) for k, v in model_params(model).items()}, cfg)
+    params, cfg = plain_params(model)  # LoRA: merged
+    tensors = params_to_hf({k: v.astype(np.float32) for k, v in params.items()}, cfg)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
     gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": list(cfg.eos_token_ids),
@@ -502,4 +515,46 @@ def export_hf(model, out_dir: str, tokenizer=None, generation: dict | None = Non
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+    return out
+
+
+def export_peft(model, out_dir: str, base_model: str = "") -> Path:
+    """Write a LoRA Decoder's adapters as a PEFT adapter directory (adapter_config.json,
+    adapter_model.safetensors) that `peft.PeftModel.from_pretrained` puts on the transformers
+    model of its base. HF's Linear weight is [out, in] = ours.reshape(in, out).T (the key
+    table), so an adapter's A [*in, r] becomes lora_A [r, in] and B [r, *out] lora_B [out, r]."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from cotjax import lora
+
+    cfg, spec = model.cfg, model.cfg.lora
+    if spec is None:
+        raise ValueError("export_peft: the model has no LoRA adapters (train with lora.rank > 0)")
+    if spec.quant != "none":
+        print(f"note: the adapters were trained on a {spec.quant}-quantised base; PEFT puts them "
+              "on the float base (load it quantised with bitsandbytes for the trained numerics)")
+    params = model_params(model)
+    modules = {ours: hf.removesuffix(".weight") for hf, ours, _, _ in _LAYER_KEYS
+               if ours in lora.MATRICES}
+    tensors = {}
+    for name in spec.targets:
+        a, b = params[f"layers/{name}_lora_a"], params[f"layers/{name}_lora_b"]
+        for i in range(cfg.num_layers):
+            key = f"base_model.model.model.layers.{i}.{modules[name]}"
+            tensors[f"{key}.lora_A.weight"] = np.ascontiguousarray(
+                a[i].reshape(-1, spec.rank).T.astype(np.float32))
+            tensors[f"{key}.lora_B.weight"] = np.ascontiguousarray(
+                b[i].reshape(spec.rank, -1).T.astype(np.float32))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": spec.rank,
+              "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
+              "target_modules": sorted(modules[n].split(".")[-1] for n in spec.targets),
+              "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
+              "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
+              "base_model_name_or_path": base_model}
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return out

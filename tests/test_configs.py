@@ -20,6 +20,10 @@ ADDED = {("train", "wandb_project"): "", ("data", "max_skipped_fraction"): 0.05,
          ("train", "reward_labels"): "hard", ("data", "labels"): "",
          ("data", "labels_validation"): 0.1, ("data", "labels_split"): "lines", ("eval", "prm"): "", ("eval", "orm"): "",
          ("eval", "prm_aggregate"): "min"}
+# Sections added after the snapshot, whole.
+ADDED_SECTIONS = {"lora": {"rank": 0, "alpha": 16.0, "dropout": 0.0, "block": 64,
+                           "targets": r"layers/(wq|wk|wv|wo|w_gate|w_up|w_down)$",
+                           "quant": "none"}}
 # Where each snapshotted file went.
 NOW = {
     "configs/base.py": "configs/base.py",
@@ -43,6 +47,8 @@ def _resolved(spec: str) -> dict:
     out = json.loads(defaults.load_config(str(ROOT / spec)).to_json_best_effort())
     for (section, key), value in ADDED.items():
         assert out[section].pop(key) == value
+    for section, value in ADDED_SECTIONS.items():
+        assert out.pop(section) == value
     return out
 
 
