@@ -176,18 +176,38 @@ def matmul_params(cfg) -> int:
     return L * (D * N * H + 2 * D * K * H + N * H * D + 3 * D * F) + out
 
 
+def adapter_params(cfg) -> int:
+    """The LoRA adapters' parameters a token multiplies by: rank x (fan-in + fan-out) of each
+    adapted layer matrix (0 without LoRA)."""
+    spec = getattr(cfg, "lora", None)
+    if spec is None:
+        return 0
+    D, N, K, H, F = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
+    sizes = {"wq": D + N * H, "wk": D + K * H, "wv": D + K * H, "wo": N * H + D,
+             "w_gate": D + F, "w_up": D + F, "w_down": F + D}
+    return cfg.num_layers * spec.rank * sum(sizes[t] for t in spec.targets)
+
+
+def dense_flops(cfg) -> float:
+    """Training FLOPs per token of the weight matmuls: 6 N (forward, input and weight gradients);
+    with LoRA 4 N for the frozen base (no weight gradients) + 6 per adapter parameter."""
+    if getattr(cfg, "lora", None) is None:
+        return 6.0 * matmul_params(cfg)
+    return 4.0 * matmul_params(cfg) + 6.0 * adapter_params(cfg)
+
+
 def flops_per_token(cfg, seq_len: int) -> float:
-    """Training FLOPs per token: 6 N + 12 L N_heads H T for attention scores and values over the
-    full T x T square (PaLM's count; the `mfu` metric)."""
-    return 6.0 * matmul_params(cfg) + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
+    """Training FLOPs per token: 6 N (`dense_flops`) + 12 L N_heads H T for attention scores and
+    values over the full T x T square (PaLM's count; the `mfu` metric)."""
+    return dense_flops(cfg) + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
 
 
 def causal_flops(cfg, real_tokens, pairs) -> float:
-    """Training FLOPs a causal, packed step needs (the `mfu_causal` metric): 6 N per real token
-    (padding needs none) + 12 L N_heads H per attended (query, key) pair: scores and values cost
+    """Training FLOPs a causal, packed step needs (the `mfu_causal` metric): 6 N (`dense_flops`)
+    per real token (padding needs none) + 12 L N_heads H per attended (query, key) pair: scores and values cost
     2 H each per head forward, and the backward pass twice the forward. `pairs` from
     `attention_pairs`; sliding-window layers are counted as global ones."""
-    return (6.0 * matmul_params(cfg) * real_tokens
+    return (dense_flops(cfg) * real_tokens
             + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * pairs)
 
 

@@ -14,7 +14,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cotjax import defaults, load, lora, train, weights
+from cotjax import checkpoint, defaults, load, lora, train, weights
 from cotjax import model as model_lib
 
 from _train_utils import tiny_config, write_byte_tokenizer
@@ -297,3 +297,26 @@ def test_model_config_round_trips_its_lora_spec():
     assert set(trained["layers"]) == {"wq_lora_a", "wq_lora_b", "wv_lora_a", "wv_lora_b"}
     assert lora.join(frozen, trained) == shapes
     assert nnx.LoRAParam  # the adapters' variable type (optimizer filters, notebooks)
+
+
+def test_a_distillation_round_trains_and_samples_a_lora_student(tok_dir, tmp_path):
+    """A round of `launch/rft_rounds.sh` with adapters: the student trains on distilled records
+    (data.train_path) and then samples through the engine (adapters merged at load)."""
+    from cotjax import sample
+
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text("".join(json.dumps({"question": f"What is {i} + 2?", "chain": f"{i} + 2 = {i + 2}",
+                                        "answer": str(i + 2)}) + "\n" for i in range(40)))
+    config = _tiny_lora(tok_dir, steps=2, quant="int8")
+    config.data.train_path = str(kept)
+    config.eval.max_new_tokens = 8
+    config.eval.batch_size = 4
+    train.train(config, tmp_path / "student", mesh=_mesh())
+    run_config, _ = checkpoint.read_run_config(tmp_path / "student")
+    with run_config.unlocked():
+        run_config.eval.max_examples = 4
+    sample.run_sample(run_config, str(tmp_path / "student"), None, data="validation", k=2,
+                      out=str(tmp_path / "samples"))
+    rows = [json.loads(line) for f in sorted((tmp_path / "samples").glob("samples-*.jsonl"))
+            for line in f.read_text().splitlines()]
+    assert len(rows) == 8 and all("generation" in r for r in rows)

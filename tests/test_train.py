@@ -254,3 +254,18 @@ def test_causal_packed_flops_match_a_hand_count():
     full = metrics.flops_per_token(cfg, T) * T - 6 * 184 * T
     causal = metrics.causal_flops(cfg, T, float(metrics.attention_pairs(np.ones((1, T), int))))
     assert causal - 6 * 184 * T == full * (T + 1) / (2 * T)
+
+
+def test_lora_flops_count_no_weight_gradients_for_the_frozen_base():
+    from cotjax import lora, metrics
+    from cotjax.model import ModelConfig, RopeConfig
+
+    cfg = ModelConfig(family="llama", vocab_size=10, d_model=4, num_layers=1, num_heads=2,
+                      num_kv_heads=1, head_dim=2, mlp_dim=8, norm_eps=1e-5,
+                      rope=RopeConfig(10000.0),
+                      lora=lora.LoraSpec(rank=2, alpha=4.0, targets=("wq", "w_down")))
+    # adapters: r (D + N H) for wq + r (F + D) for w_down = 2 (4 + 4) + 2 (8 + 4) = 40
+    assert metrics.adapter_params(cfg) == 40
+    assert metrics.dense_flops(cfg) == 4 * 184 + 6 * 40
+    assert metrics.causal_flops(cfg, real_tokens=9, pairs=19) == (4 * 184 + 6 * 40) * 9 \
+        + 12 * 2 * 2 * 19
