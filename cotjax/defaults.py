@@ -56,6 +56,7 @@ class TrainSpec:
     keep_best: int = 1  # plus the best by validation loss
     resume_fallback: bool = True  # an unreadable newest checkpoint: resume from an older one
     async_checkpoint: bool = True
+    profile_steps: int = 0  # > 0: a JAX profiler trace of N steps (after the first) in WORKDIR/profile
     peak_flops: float = 0.0  # FLOP/s of the whole job for MFU; 0: measured (CPU) or a table
     progress: bool = True
     eval_at_end: bool = False  # `cotjax train` then scores the final checkpoint into workdir/eval

@@ -112,6 +112,34 @@ def add_sums(values):
     return float(total) if total.ndim == 0 else total
 
 
+class Profiler:
+    """`train.profile_steps`: a JAX profiler trace of that many training steps, the ones after
+    the first (compiling) step, into WORKDIR/profile (TensorBoard's profile plugin, XProf or
+    Perfetto read it); 0: off. Call it after every step with the step's outputs."""
+
+    def __init__(self, workdir, first_step: int, steps: int):
+        self.dir = str(workdir / "profile")
+        self.start, self.stop = first_step + 1, first_step + 1 + steps
+        self.steps, self.on = steps, False
+
+    def __call__(self, step: int, outputs) -> None:
+        if self.steps <= 0:
+            return
+        if step == self.start and not self.on:
+            jax.block_until_ready(outputs)  # the compiling step stays out of the trace
+            jax.profiler.start_trace(self.dir)
+            self.on = True
+        elif self.on and step >= self.stop:
+            self.close(outputs)
+
+    def close(self, outputs=None) -> None:
+        if self.on:
+            jax.block_until_ready(outputs)
+            jax.profiler.stop_trace()
+            self.on = False
+            print(f"profile: {self.stop - self.start} steps traced into {self.dir}", flush=True)
+
+
 class Interval:
     """Per-step metric sums between two log points; summarised by `log_interval`."""
 

@@ -485,6 +485,7 @@ def train(config, workdir, *, mesh=None, objective: Objective | None = None) -> 
               f"{model_cfg.compute_dtype}; remat {model_cfg.remat}", flush=True)
 
     interval = metrics_lib.Interval()
+    profiler = metrics_lib.Profiler(workdir, start, spec.profile_steps)
     last_metrics: dict = {}
     val_metrics: dict = {}
     prev = None  # the previous step's metrics, checked one step late (keeps dispatch async)
@@ -544,6 +545,7 @@ def train(config, workdir, *, mesh=None, objective: Objective | None = None) -> 
                     check(prev, step - 1)
                 prev = metrics
                 interval.add(metrics)
+                profiler(step, metrics)
                 if timing_from is None:  # the first step compiles: log it alone, untimed
                     check(metrics, step)
                     last_metrics = log(timed=False) or last_metrics
@@ -577,6 +579,7 @@ def train(config, workdir, *, mesh=None, objective: Objective | None = None) -> 
                     do_save(step, val_loss, force=True)
             manager.wait_until_finished()
         finally:
+            profiler.close()
             if bar is not None:
                 bar.close()
             writer.close()

@@ -269,3 +269,11 @@ def test_lora_flops_count_no_weight_gradients_for_the_frozen_base():
     assert metrics.dense_flops(cfg) == 4 * 184 + 6 * 40
     assert metrics.causal_flops(cfg, real_tokens=9, pairs=19) == (4 * 184 + 6 * 40) * 9 \
         + 12 * 2 * 2 * 19
+
+
+def test_profile_steps_write_a_trace_of_the_steps_after_the_first(tok_dir, tmp_path, capsys):
+    config = tiny_config(tok_dir, steps=4, profile_steps=2)
+    config.mesh.data = 1
+    train.train(config, tmp_path / "run", mesh=_mesh((1, 1, 1)))
+    assert "profile: 2 steps traced into" in capsys.readouterr().out
+    assert list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
