@@ -44,6 +44,9 @@ class TrainSpec:
     b2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # global norm; <= 0: off
+    # > 0: the CoT loss makes logits this many positions at a time (must divide data.seq_len),
+    # never the whole [batch, seq_len, vocab] array: for large vocabularies (Gemma's 262k)
+    loss_chunk: int = 0
     microbatches: int = 1  # gradient accumulation: the global batch in this many pieces
     remat: bool = False  # recompute each layer's activations in the backward pass
     on_nonfinite: str = "stop"  # stop | skip (skip the update and count it)
@@ -72,6 +75,8 @@ class TrainSpec:
                              f"{self.objective!r}")
         if self.reward_labels not in ("hard", "soft"):
             raise ValueError(f"train.reward_labels must be hard|soft, got {self.reward_labels!r}")
+        if self.loss_chunk < 0:
+            raise ValueError(f"train.loss_chunk must be >= 0, got {self.loss_chunk}")
         if self.microbatches < 1:
             raise ValueError(f"train.microbatches must be >= 1, got {self.microbatches}")
 

@@ -443,7 +443,7 @@ def train(config, workdir, *, mesh=None, objective: Objective | None = None) -> 
     workdir = ckpt_lib.run_dir(workdir)
     spec = TrainSpec.from_config(config)
     if objective is None:
-        objective = make_objective(spec.objective)
+        objective = make_objective(spec.objective, spec.loss_chunk)
     if mesh is None:
         mesh = sharding_lib.make_mesh(config.mesh)
     dp = sharding_lib.data_parallel_size(mesh)

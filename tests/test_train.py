@@ -277,3 +277,36 @@ def test_profile_steps_write_a_trace_of_the_steps_after_the_first(tok_dir, tmp_p
     train.train(config, tmp_path / "run", mesh=_mesh((1, 1, 1)))
     assert "profile: 2 steps traced into" in capsys.readouterr().out
     assert list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
+
+
+def test_chunked_loss_gives_the_same_sums_and_gradients_without_the_full_logits():
+    from cotjax.loss import CoTLoss
+
+    cfg = load._random_model_config(tiny_config("unused")).replace(vocab_size=32768)
+    model = model_lib.create(cfg, 0)
+    graphdef, params = nnx.split(model)
+    rng = np.random.default_rng(0)
+    B, T = 2, 128
+    batch = {"inputs": rng.integers(0, 32768, (B, T)), "targets": rng.integers(0, 32768, (B, T)),
+             "positions": np.tile(np.arange(T), (B, 1)), "segment_ids": np.ones((B, T), int),
+             "weights": rng.random((B, T)).astype(np.float32),
+             "kinds": rng.integers(0, 3, (B, T))}
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    def loss(chunk):
+        def f(p):
+            s = CoTLoss(chunk).sums(nnx.merge(graphdef, p), batch)
+            return s["num"], s
+        return jax.jit(jax.grad(f, has_aux=True))
+
+    (g_full, s_full), (g_chunk, s_chunk) = loss(0)(params), loss(16)(params)
+    for k in s_full:
+        np.testing.assert_allclose(s_chunk[k], s_full[k], rtol=2e-5, err_msg=k)
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_chunk)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+    # The program's temporaries: the full [2, 128, 32768] float32 logits (32 MiB, and their
+    # gradient) against one chunk's.
+    temp = [loss(c).lower(params).compile().memory_analysis().temp_size_in_bytes for c in (0, 16)]
+    assert temp[1] < temp[0] / 4, temp
+    with pytest.raises(ValueError, match="train.loss_chunk=48 must divide the sequence length 128"):
+        CoTLoss(48).sums(model, batch)
