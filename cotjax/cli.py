@@ -211,6 +211,15 @@ def _data_stats(fv, args):
         "examples", "truncated", "dropped", "skipped", "tokens", "rows", "packing_efficiency")}))
 
 
+def _memory(fv, args):
+    _need(fv, "config")
+    from cotjax import memory
+
+    est = memory.estimate(fv.config)
+    print(memory.describe(est))
+    print(json.dumps(est))
+
+
 def _config(fv, args):
     _need(fv, "config")
     print(fv.config.to_json_best_effort(indent=2))
@@ -261,6 +270,8 @@ COMMANDS = {
                           _data_stats, (), "required"),
     "config": Command("print the resolved config (with overrides) and exit", _config, (),
                       "required"),
+    "memory": Command("per-device training memory of a config: weights, gradients, Adam state "
+                      "(exact), activations and logits (estimated)", _memory, (), "required"),
     "viz": Command("training curves and sweeps as PNG", _viz,
                    usage="compare OUT.png NAME=METRICS.jsonl ... | sweep DIR OUT.png"),
     "report": Command("paired tests, confidence intervals, rescoring, experiment tables",
