@@ -17,6 +17,7 @@ manager keeps the last `keep` checkpoints plus the `keep_best` with the lowest v
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -106,7 +107,8 @@ def check_resumable(config, workdir, head: str) -> ModelConfig:
             raise ValueError(f"{workdir} began with {section}.{key}={before!r}; resuming it "
                              f"with {now!r} would train other targets: use another --workdir")
     lora = LoraSpec.from_config(config.get("lora"))
-    if lora != model_cfg.lora:
+    same = (lambda s: s and dataclasses.replace(s, dropout=0.0))  # noqa: E731 (dropout may change)
+    if same(lora) != same(model_cfg.lora):
         raise ValueError(f"{workdir} began with lora={model_cfg.lora}; resuming it with "
                          f"lora={lora} would train other parameters: use another --workdir")
     return model_cfg

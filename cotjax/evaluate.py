@@ -240,6 +240,7 @@ def compare_answers(workdir, n: int = 4, models=(("base", "base"), ("fine-tuned"
             "answers": {}} for r in recs]
     for label, step in models:
         net, model_cfg, tokenizer, _ = load.load_run_model(workdir, step, mesh=mesh)
+        net, model_cfg = load.merge_adapters(net, mesh)
         rows = greedy_answers(net, model_cfg, tokenizer, config, recs, task=task,
                               max_new_tokens=max_new_tokens, mesh=mesh)
         for question, row in zip(out, rows):
@@ -401,6 +402,7 @@ def generate_one(prompt: str, *, workdir: str | None = None, step=None, model: s
     sampling = decode.SamplingConfig(float(temperature), int(top_k), float(top_p))
     if workdir:
         net, model_cfg, tokenizer, run_config = load.load_run_model(workdir, step)
+        net, model_cfg = load.merge_adapters(net)
         config = config if config is not None else run_config
         record = records_lib.CoTRecord(question=prompt, chain="", answer="")
         _, [ids] = eval_prompts(config, [record], tokenizer)

@@ -36,10 +36,20 @@ def main(workdir: str, out: str, step=None, overwrite: bool = False,
     if adapter and cfg.lora is None:
         raise ValueError(f"--adapter: {workdir} is not a LoRA run (it trained every parameter); "
                          "export the merged model without --adapter")
+    if adapter and load.parse_step(step) == "base":
+        raise ValueError("--adapter --step=base: the base model has no trained adapters; "
+                         "export it without --adapter")
+    layers = "model.layers"
+    if adapter:
+        try:  # the base's own config.json says where its layers sit
+            layers = weights.peft_layers_prefix(weights.read_config(str(config.model)))
+        except (OSError, ValueError) as e:
+            print(f"note: {config.model}'s config.json is not readable here ({e}); the adapter "
+                  "keys assume the plain causal-LM layout (model.layers)")
 
     def write(directory):
         if adapter:
-            weights.export_peft(model, directory, base_model=str(config.model))
+            weights.export_peft(model, directory, base_model=str(config.model), layers=layers)
         else:
             weights.export_hf(model, directory, tokenizer)
     if paths.is_remote(out):

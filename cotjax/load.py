@@ -181,7 +181,8 @@ def write_base(workdir, frozen, config) -> None:
     import json
 
     record = {"model": str(config.model), "sha256": lora_lib.fingerprint(frozen)}
-    paths.write_text(paths.path(workdir) / BASE_FILE, json.dumps(record, indent=2))
+    if jax.process_index() == 0:
+        paths.write_text(paths.path(workdir) / BASE_FILE, json.dumps(record, indent=2))
 
 
 def check_base(workdir, frozen) -> None:

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cotjax.sharding import host_array
+
 QUANTS = ("none", "int8", "nf4")
 # The layer matrices an adapter may sit on (cotjax.model's names) and their input axes count.
 MATRICES = {"wq": 1, "wk": 1, "wv": 1, "wo": 2, "w_gate": 1, "w_up": 1, "w_down": 1}
@@ -116,9 +118,12 @@ def storage_shapes(spec: LoraSpec, name: str, shape: tuple[int, ...]):
     run along its output (row-major over its output axes), one scale each."""
     n_in = MATRICES[name]
     out = int(np.prod(shape[n_in:]))
-    if out % spec.block or shape[-1] % 2:
+    if out % spec.block:
         raise ValueError(f"layers/{name} of shape {shape}: its output size ({out}) is not a "
                          f"multiple of lora.block={spec.block}; set lora.block to a divisor of it")
+    if spec.quant == "nf4" and shape[-1] % 2:
+        raise ValueError(f"layers/{name} of shape {shape}: nf4 packs two codes a byte along the "
+                         "last axis, which is odd here; use lora.quant=int8")
     codes = (*shape[:-1], shape[-1] // 2) if spec.quant == "nf4" else shape
     dtype = np.uint8 if spec.quant == "nf4" else np.int8
     return codes, dtype, (*shape[:n_in], out // spec.block)
@@ -143,16 +148,17 @@ def quantize(w: np.ndarray, quant: str, block: int, n_lead: int) -> tuple[np.nda
     return (idx[..., 0::2] | (idx[..., 1::2] << 4)).astype(np.uint8), absmax.astype(np.float32)
 
 
-def dequantize(codes, scales, quant: str, dtype=jnp.float32):
-    """The float matrix of (codes, scales) (numpy or jax arrays; jax out)."""
+def dequantize(codes, scales, quant: str, dtype=jnp.float32, xp=jnp):
+    """The float matrix of (codes, scales); `xp`: jax.numpy (in the model) or numpy (merging on
+    the host, where a stacked 12B matrix would not fit an accelerator's temporaries)."""
     if quant == "nf4":
         lo, hi = codes & 0xF, codes >> 4
-        idx = jnp.stack([lo, hi], axis=-1).reshape(*codes.shape[:-1], codes.shape[-1] * 2)
-        vals = jnp.asarray(NF4)[idx.astype(jnp.int32)]
+        idx = xp.stack([lo, hi], axis=-1).reshape(*codes.shape[:-1], codes.shape[-1] * 2)
+        vals = xp.asarray(NF4)[idx.astype(xp.int32)]
     else:
-        vals = codes.astype(jnp.float32) / 127.0
+        vals = codes.astype(xp.float32) / 127.0
     blocks = vals.reshape(*scales.shape, -1)  # the blocks `quantize` made
-    return (blocks * scales[..., None].astype(jnp.float32)).reshape(vals.shape).astype(dtype)
+    return (blocks * scales[..., None].astype(xp.float32)).reshape(vals.shape).astype(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,7 +249,7 @@ def fingerprint(frozen: dict) -> str:
     h = hashlib.sha256()
     flat = jax.tree_util.tree_flatten_with_path(frozen)[0]
     for path, leaf in sorted(flat, key=lambda kv: jax.tree_util.keystr(kv[0])):
-        arr = np.asarray(jax.device_get(leaf))
+        arr = host_array(leaf)
         h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}|".encode())
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
@@ -257,7 +263,8 @@ def merged_params(params: dict[str, np.ndarray], spec: LoraSpec, dtype) -> dict[
             continue
         if key.endswith("_codes"):
             base = key[:-6]
-            v = np.asarray(dequantize(v, params[f"{base}_scale"], spec.quant))
+            scales = params[f"{base}_scale"]  # one layer at a time, in numpy
+            v = np.stack([dequantize(c, s, spec.quant, np.float32, np) for c, s in zip(v, scales)])
             key = base
         if f"{key}_lora_a" in params:
             v = np.asarray(v, np.float32) + spec.scale * _product(

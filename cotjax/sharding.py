@@ -104,6 +104,16 @@ def spec_for(logical_axes: Sequence[str | None], shape: Sequence[int] | None, me
     return P(*out)
 
 
+def host_array(x) -> np.ndarray:
+    """A numpy copy of an array, gathered from every process when it is sharded across hosts
+    (each process then holds the whole array: for hashing and exporting, not for training)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
 def logical_sharding(mesh: Mesh, rules: dict = RULES):
     """`fn(logical_axes, shape=None) -> NamedSharding` (what `weights.load_model` takes)."""
     def fn(logical_axes, shape=None):

@@ -275,7 +275,8 @@ class Trainer:
         self.trace_count += 1  # Python side effect: runs once per trace
         key = None
         if self.cfg.lora is not None and self.cfg.lora.dropout > 0:
-            key = jax.random.fold_in(jax.random.wrap_key_data(train["rng"]), 1)
+            # a stream the carried key (fold_in(rng, step)) never takes: steps stay below 2^32-1
+            key = jax.random.fold_in(jax.random.wrap_key_data(train["rng"]), 0xFFFFFFFF)
         sums, grads = self._grads_fn(params, batch, frozen, key)
         loss = sums["num"] / jnp.maximum(sums["den"], 1e-9)
         gnorm = optax.tree.norm(grads)

@@ -58,7 +58,7 @@ def param_table(model) -> list[dict]:
     from flax import nnx
 
     out = []
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Variable)):  # QLoRA codes too
         value = var.get_value()
         sharding = getattr(value, "sharding", None)
         out.append({"path": "/".join(map(str, path)), "shape": tuple(value.shape),

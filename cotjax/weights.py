@@ -209,6 +209,14 @@ def expected_shapes(cfg) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def peft_layers_prefix(hf_config: dict) -> str:
+    """Where transformers keeps the decoder layers of a checkpoint with this config.json:
+    multimodal Gemma 3 wrappers (model_type gemma3 with a text_config) nest the text model."""
+    if hf_config.get("model_type") == "gemma3" and "text_config" in hf_config:
+        return "model.language_model.layers"
+    return "model.layers"
+
+
 def _strip_prefix(key: str) -> str:
     for old, new in _PREFIXES:
         if key.startswith(old):
@@ -471,7 +479,9 @@ def model_params(model) -> dict[str, np.ndarray]:
     adapters and any quantised codes and scales)."""
     from flax import nnx
 
-    return {"/".join(str(p) for p in path): np.asarray(var.get_value())
+    from cotjax.sharding import host_array
+
+    return {"/".join(str(p) for p in path): host_array(var.get_value())
             for path, var in nnx.to_flat_state(nnx.state(model))}
 
 
@@ -518,11 +528,12 @@ def export_hf(model, out_dir: str, tokenizer=None, generation: dict | None = Non
     return out
 
 
-def export_peft(model, out_dir: str, base_model: str = "") -> Path:
+def export_peft(model, out_dir: str, base_model: str = "", layers: str = "model.layers") -> Path:
     """Write a LoRA Decoder's adapters as a PEFT adapter directory (adapter_config.json,
     adapter_model.safetensors) that `peft.PeftModel.from_pretrained` puts on the transformers
     model of its base. HF's Linear weight is [out, in] = ours.reshape(in, out).T (the key
-    table), so an adapter's A [*in, r] becomes lora_A [r, in] and B [r, *out] lora_B [out, r]."""
+    table), so an adapter's A [*in, r] becomes lora_A [r, in] and B [r, *out] lora_B [out, r].
+    `layers`: where the base's transformers model keeps its decoder layers (`peft_layers_prefix`)."""
     import json
 
     from safetensors.numpy import save_file
@@ -532,9 +543,13 @@ def export_peft(model, out_dir: str, base_model: str = "") -> Path:
     cfg, spec = model.cfg, model.cfg.lora
     if spec is None:
         raise ValueError("export_peft: the model has no LoRA adapters (train with lora.rank > 0)")
+    if cfg.head != "lm":
+        raise ValueError("export_peft: a reward model's head has no PEFT causal-LM form; its "
+                         "adapters alone would drop the trained head")
     if spec.quant != "none":
-        print(f"note: the adapters were trained on a {spec.quant}-quantised base; PEFT puts them "
-              "on the float base (load it quantised with bitsandbytes for the trained numerics)")
+        print(f"note: the adapters were trained on a {spec.quant}-quantised base (cotjax's own "
+              "blockwise quantiser); PEFT puts them on the float base, which differs from it "
+              "by the quantisation error (docs/lora.md)")
     params = model_params(model)
     modules = {ours: hf.removesuffix(".weight") for hf, ours, _, _ in _LAYER_KEYS
                if ours in lora.MATRICES}
@@ -542,7 +557,7 @@ def export_peft(model, out_dir: str, base_model: str = "") -> Path:
     for name in spec.targets:
         a, b = params[f"layers/{name}_lora_a"], params[f"layers/{name}_lora_b"]
         for i in range(cfg.num_layers):
-            key = f"base_model.model.model.layers.{i}.{modules[name]}"
+            key = f"base_model.model.{layers}.{i}.{modules[name]}"
             tensors[f"{key}.lora_A.weight"] = np.ascontiguousarray(
                 a[i].reshape(-1, spec.rank).T.astype(np.float32))
             tensors[f"{key}.lora_B.weight"] = np.ascontiguousarray(

@@ -223,6 +223,13 @@ def test_a_different_base_or_other_adapters_are_refused(tok_dir, tmp_path):
     other.lora.rank = 8
     with pytest.raises(ValueError, match="began with lora=.*resuming it with"):
         train.train(other, tmp_path / "run", mesh=_mesh())
+    from cotjax import export
+
+    with pytest.raises(ValueError, match="--adapter --step=base: the base model has no trained"):
+        export.main(str(tmp_path / "run"), str(tmp_path / "out"), "base", adapter=True)
+    other = _tiny_lora(tok_dir, steps=3)
+    other.lora.dropout = 0.1  # dropout is not a parameter: a run may resume with another
+    assert train.train(other, tmp_path / "run", mesh=_mesh()).step == 3
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     saved["seed"] = 1
     (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
@@ -320,3 +327,24 @@ def test_a_distillation_round_trains_and_samples_a_lora_student(tok_dir, tmp_pat
     rows = [json.loads(line) for f in sorted((tmp_path / "samples").glob("samples-*.jsonl"))
             for line in f.read_text().splitlines()]
     assert len(rows) == 8 and all("generation" in r for r in rows)
+
+
+def test_peft_keys_follow_the_bases_layout():
+    assert weights.peft_layers_prefix({"model_type": "llama"}) == "model.layers"
+    wrapped = {"model_type": "gemma3", "text_config": {"model_type": "gemma3_text"}}
+    assert weights.peft_layers_prefix(wrapped) == "model.language_model.layers"
+
+
+@pytest.mark.parametrize("quant", ["int8", "nf4"])
+def test_a_merged_qlora_model_computes_what_the_adapted_one_does(tok_dir, quant):
+    """Merging (eval's load, the HF export) dequantises on the host, one layer at a time, and
+    adds the adapters: the same logits as the quantised base with its adapters."""
+    config = _tiny_lora(tok_dir, quant=quant)
+    model = _random_adapters(load.load_base_model(config)[0], scale=0.3)
+    merged, cfg = load.merge_adapters(model)
+    assert cfg.lora is None and "layers/wq" in weights.model_params(merged)
+    toks = jnp.asarray(np.arange(24).reshape(2, 12) % 200)
+    pos = jnp.tile(jnp.arange(12), (2, 1))
+    want = np.asarray(model(toks, pos)[0])
+    np.testing.assert_allclose(np.asarray(merged(toks, pos)[0]), want, rtol=1e-5,
+                               atol=1e-5 * np.abs(want).max())
