@@ -99,6 +99,9 @@ def get_config():
     c.model = "smollm2-135m-instruct"
     c.param_dtype = "float32"
     c.compute_dtype = "float32"  # bfloat16 on accelerators
+    # Attention without a KV cache (training, scoring): reference (cotjax's blocked causal
+    # attention, the numerical reference) | fused (jax.nn.dot_product_attention: cuDNN on GPUs)
+    c.attention = "reference"
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "gsm8k"  # gsm8k | aqua | jsonl | synthetic | hf | tfds

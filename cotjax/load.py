@@ -51,9 +51,11 @@ def _random_model_config(config) -> model_lib.ModelConfig:
 
 
 def dtype_overrides(config, remat: bool | None = None) -> dict:
-    """ModelConfig fields a run config sets: its dtypes (and remat when training)."""
+    """ModelConfig fields a run config sets: its dtypes and attention path (and remat when
+    training)."""
     out = dict(param_dtype=resolve_dtype(config.param_dtype),
-               compute_dtype=resolve_dtype(config.compute_dtype))
+               compute_dtype=resolve_dtype(config.compute_dtype),
+               attention=config.get("attention", "reference"))
     if remat is not None:
         out["remat"] = bool(remat)
     return out

@@ -26,6 +26,7 @@ from cotjax import lora as lora_lib
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 HEADS = ("lm", "reward")
+ATTENTION = ("reference", "fused")  # ModelConfig.attention (see _attention)
 Q_BLOCK = 128  # queries per block of causal attention without a cache (see _attention)
 _HF_MODEL_TYPES = {
     "llama": "llama",
@@ -83,8 +84,14 @@ class ModelConfig:
     remat: bool = False
     head: str = "lm"  # lm (next-token logits) | reward (a step/outcome score; see Decoder.reward)
     lora: lora_lib.LoraSpec | None = None  # adapters on a frozen (maybe quantised) base
+    attention: str = "reference"  # training attention: reference | fused (jax.nn.dot_product_attention)
 
     def __post_init__(self):
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {self.attention!r}")
+        if self.attention == "fused" and self.attn_softcap:
+            raise ValueError("attention='fused' has no attention logit soft-capping "
+                             f"(attn_softcap={self.attn_softcap}): use attention='reference'")
         if self.head not in HEADS:
             raise ValueError(f"model head must be one of {HEADS}, got {self.head!r}")
         if self.family not in FAMILIES:
@@ -590,6 +597,13 @@ def _attention(cfg: ModelConfig, p, x_BTD, mask_BTS, cos, sin, kv_cache, cache_i
     # spent ~1 s per training step copying scores between einsum layouts before).
     q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
     k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
+    if kv_cache is None and cfg.attention == "fused":
+        # XLA's fused attention (cuDNN flash attention on GPUs that have it), same masks: the
+        # packed segments and sliding windows are the boolean [B, T, S] mask.
+        o_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_BTS[:, None],
+                                              scale=cfg.scale)
+        out_BTD = _project(cfg, p, "wo", o_BTNH, n_in=2)
+        return (out_BTD + p["bo"].astype(cdt) if cfg.o_bias else out_BTD), None
     if kv_cache is None:
         new_kv = None
         # Causal attention by blocks of queries: block i sees only the keys up to its own end,

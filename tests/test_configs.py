@@ -22,7 +22,7 @@ ADDED = {("train", "wandb_project"): "", ("data", "max_skipped_fraction"): 0.05,
          ("eval", "prm_aggregate"): "min", ("train", "profile_steps"): 0,
          ("train", "loss_chunk"): 0}
 # Sections added after the snapshot, whole.
-ADDED_SECTIONS = {"lora": {"rank": 0, "alpha": 16.0, "dropout": 0.0, "block": 64,
+ADDED_SECTIONS = {"attention": "reference", "lora": {"rank": 0, "alpha": 16.0, "dropout": 0.0, "block": 64,
                            "targets": r"layers/(wq|wk|wv|wo|w_gate|w_up|w_down)$",
                            "quant": "none"}}
 # Where each snapshotted file went.
