@@ -348,3 +348,29 @@ def test_a_merged_qlora_model_computes_what_the_adapted_one_does(tok_dir, quant)
     want = np.asarray(model(toks, pos)[0])
     np.testing.assert_allclose(np.asarray(merged(toks, pos)[0]), want, rtol=1e-5,
                                atol=1e-5 * np.abs(want).max())
+
+
+def test_the_lora_experiment_table_is_the_committed_files():
+    """docs/lora.md's table: accuracies, counts and paired tests recomputed from results/lora."""
+    from cotjax import report
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    doc = (root / "docs/lora.md").read_text()
+    res = root / "results/lora"
+    for run in ("full", "lora", "qlora"):
+        s = json.loads((res / f"synthetic_{run}_summary.json").read_text())
+        lo, hi = s["accuracy_ci95"]
+        assert f"{s['accuracy']:.3f}".lstrip("0") in doc.replace("0.", ".")
+        assert f"({s['correct']}) [{lo:.3f}, {hi:.3f}]" in doc, run
+        assert f"{s['steps_valid']} / {s['steps_total']}" in doc, run
+        rows = [json.loads(line) for line in
+                (res / f"synthetic_{run}_predictions.jsonl").read_text().splitlines()]
+        assert sum(r["correct"] for r in rows) == s["correct"] and len(rows) == 240
+        if run != "full":
+            p = report.paired_from_files(res / "synthetic_full_predictions.jsonl",
+                                         res / f"synthetic_{run}_predictions.jsonl")
+            assert f"{p['only_a']} / {p['only_b']}, p = {p['mcnemar_p']:.2g}" in doc, run
+    by_steps = json.loads((res / "by_steps.json").read_text())
+    for run, label in (("full", "full"), ("lora", "LoRA"), ("qlora", "QLoRA")):
+        cells = " | ".join(f"{by_steps[run][str(k)]['accuracy']:.2f}" for k in range(1, 9))
+        assert f"| {label} | {cells} |" in doc, run
