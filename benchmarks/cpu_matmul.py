@@ -28,12 +28,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")  # before importing cotjax adds its defaults
 
 NO_YNN = "--xla_cpu_experimental_ynn_fusion_type=-individual_dot"
 # jaxlib 0.10 sends single dots to YNNPACK by default (fusion type individual_dot); the other
 # libraries are tried with that turned off.
 SETTINGS = {
-    "default": "",
+    "default": "",  # XLA's own defaults
+    "cotjax": "",  # what cotjax sets for this CPU (cotjax/host.py)
     "xla_emitter": NO_YNN,
     "xnn_dot": NO_YNN + " --xla_cpu_experimental_xnn_fusion_type=dot",  # (no XNN dot seen)
     "onednn_dot": NO_YNN + " --xla_cpu_use_onednn=true"
@@ -61,9 +63,14 @@ def shapes(hf: dict, tokens: int, block: int = 512) -> list[dict]:
                 dict(name=f"{name}.dx", b=1, m=tokens, k=n, n=k, count=c, form="dyWt"),
                 dict(name=f"{name}.dw", b=1, m=k, k=tokens, n=n, count=c, form="xtdy")]
     v = hf["vocab_size"]
-    out += [dict(name="logits.fwd", b=1, m=tokens, k=d, n=v, count=1, form="xw"),
-            dict(name="logits.dx", b=1, m=tokens, k=v, n=d, count=1, form="dyWt"),
-            dict(name="logits.dw", b=1, m=d, k=tokens, n=v, count=1, form="xtdy")]
+    if hf.get("tie_word_embeddings"):  # logits = x E^T with the embedding E[v, d]
+        out += [dict(name="logits.fwd", b=1, m=tokens, k=d, n=v, count=1, form="dyWt"),
+                dict(name="logits.dx", b=1, m=tokens, k=v, n=d, count=1, form="xw"),
+                dict(name="logits.dw", b=1, m=v, k=tokens, n=d, count=1, form="xtdy")]
+    else:
+        out += [dict(name="logits.fwd", b=1, m=tokens, k=d, n=v, count=1, form="xw"),
+                dict(name="logits.dx", b=1, m=tokens, k=v, n=d, count=1, form="dyWt"),
+                dict(name="logits.dw", b=1, m=d, k=tokens, n=v, count=1, form="xtdy")]
     block = min(block, tokens)
     heads = hf["num_attention_heads"] * (tokens // block)
     out += [dict(name="attn.scores", b=heads, m=block, k=hd, n=block, count=3 * layers,
@@ -153,8 +160,8 @@ def _step(specs, rows):
 
 def _child(name, args):
     """The JAX rows of one setting, run in a fresh process with its flags, or an error line."""
-    env = dict(os.environ, XLA_FLAGS=(SETTINGS[name] + " " +
-                                      os.environ.get("XLA_FLAGS", "")).strip())
+    env = dict(os.environ, XLA_FLAGS=(SETTINGS[name] + " " + USER_XLA_FLAGS).strip(),
+               COTJAX_XLA_DEFAULTS="1" if name == "cotjax" else "0")
     out = subprocess.run([sys.executable, __file__, "--child", "--model", args.model,
                           "--tokens", str(args.tokens), "--reps", str(args.reps)],
                          env=env, capture_output=True, text=True)

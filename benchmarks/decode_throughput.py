@@ -25,9 +25,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import machine  # noqa: E402
 from cotjax import decode, formatting, records, weights  # noqa: E402
 
 
@@ -138,6 +140,7 @@ def main(argv=None) -> None:
         _emit(dict(event="agreement", identical_rows=same, rows=len(ids)))
         result.update(hf_tokens_per_s=ref["tokens_per_s"],
                       ratio=ours["tokens_per_s"] / ref["tokens_per_s"])
+    result["machine"] = machine.describe()
     _emit(result)
 
 

@@ -8,32 +8,7 @@ oneDNN kernels are tuned differently for AVX2 and AVX-512 parts), so every resul
 from __future__ import annotations
 
 import os
-import platform
 import time
-
-# ISA extensions that decide which matmul kernels either framework can use.
-ISA = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile",
-       "asimd", "sve")
-
-
-def cpu() -> dict:
-    """The CPU's model name, family/model numbers and matmul-relevant ISA flags (Linux
-    /proc/cpuinfo; on other systems what `platform` knows)."""
-    info = {"model": platform.processor() or platform.machine(), "family": None,
-            "model_number": None, "isa": [], "cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count()}
-    try:
-        text = open("/proc/cpuinfo").read().split("\n\n")[0]
-    except OSError:
-        return info
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    info["model"] = fields.get("model name", info["model"])
-    info["family"], info["model_number"] = fields.get("cpu family"), fields.get("model")
-    flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    info["isa"] = [f for f in ISA if f in flags]
-    return info
 
 
 def jax_matmul_flops(n: int = 2048, reps: int = 5) -> float:
@@ -62,7 +37,9 @@ def describe(probes: dict | None = None) -> dict:
     import jax
     import torch
 
-    out = {"cpu": cpu(), "device": jax.devices()[0].device_kind,
+    from cotjax import host
+
+    out = {"cpu": host.cpu(), "device": jax.devices()[0].device_kind,
            "backend": jax.default_backend(), "torch_threads": torch.get_num_threads(),
            "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
            "torch": torch.__version__}

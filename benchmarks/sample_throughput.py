@@ -27,35 +27,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax  # noqa: E402
 
+import machine  # noqa: E402
 from cotjax import decode, engine, formatting, records, tokenize, weights  # noqa: E402
 
 
 def _emit(obj: dict) -> None:
     print(json.dumps(obj), flush=True)
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return dict(cpu=cpu, cores=os.cpu_count(), backend=jax.default_backend(),
-                device=jax.devices()[0].device_kind, devices=jax.device_count())
 
 
 def _prompt_ids(path: str, n: int, tokenizer) -> list[list[int]]:
@@ -179,7 +167,7 @@ def main(argv=None) -> None:
     model, cfg = weights.load_model(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
     eos = tuple(dict.fromkeys([*cfg.eos_token_ids, *tokenize.eos_ids(tokenizer, "chat")]))
     ids = _prompt_ids(args.data, args.problems, tokenizer)
-    _emit(dict(event="config", **machine(), model=args.model, problems=len(ids), k=args.k,
+    _emit(dict(event="config", model=args.model, problems=len(ids), k=args.k,
                new_tokens=args.new_tokens, temperature=args.temperature, rows=args.rows,
                dtype=args.dtype, prompt_len_max=max(map(len, ids)), eos=list(eos)))
     kw = dict(max_new_tokens=args.new_tokens, eos_ids=eos, batch_size=args.rows, seed=args.seed,
@@ -202,6 +190,7 @@ def main(argv=None) -> None:
         _emit(hf_line)
         result["hf_tokens_per_s"] = hf_line["tokens_per_s"]
         result["ratio_vs_hf"] = round(result["engine_tokens_per_s"] / result["hf_tokens_per_s"], 3)
+    result["machine"] = machine.describe()
     _emit(result)
 
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _args():
@@ -135,19 +136,6 @@ class TorchRunner:
         return float(loss.detach())
 
 
-def _torch_matmul_flops(n=2048, reps=5):
-    import torch
-
-    a = torch.ones(n, n)
-    a @ a
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n**3 / best
-
-
 def _timed_rounds(name, make_runner, batches, args):
     """(best round's seconds, last loss) of `rounds` timed rounds of batches[1:] after one
     warm-up step on batches[0]; the runner is freed before returning."""
@@ -174,6 +162,8 @@ def _timed_rounds(name, make_runner, batches, args):
 def main():
     args = _args()
     import jax
+
+    import machine
     import numpy as np
 
     from cotjax import defaults
@@ -214,7 +204,7 @@ def main():
         peak = metrics.peak_flops()
     else:
         peak_jax = metrics.measure_matmul_flops()
-        peak_torch = _torch_matmul_flops()
+        peak_torch = machine.torch_matmul_flops()
         peak = max(peak_jax, peak_torch)
 
     tokens = args.batch * args.seq_len
@@ -244,12 +234,14 @@ def main():
         "peak_flops": round(peak / 1e9, 1) * 1e9, "peak_jax_gflops": round(peak_jax / 1e9, 1),
         "peak_torch_gflops": round(peak_torch / 1e9, 1),
         "achieved_gflops": round(achieved / 1e9, 1),
-        "device": jax.devices()[0].device_kind, "dtype": dtype, "seq_len": args.seq_len,
+        "dtype": dtype, "seq_len": args.seq_len,
         "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
         "weights": "random" if args.random_init else "pretrained",
         "threads": args.threads, "losses": {k: round(v, 5) for k, v in losses.items()},
         "nonpad_frac": round(float(np.mean([b["segment_ids"].astype(bool).mean()
                                             for b in batches])), 4),
+        "machine": machine.describe({"jax_gflops": peak_jax / 1e9,
+                                     "torch_gflops": peak_torch / 1e9}),
     }), flush=True)
 
 

@@ -36,7 +36,7 @@ def _device_bytes(shapes, axes, mesh) -> float:
     total = 0.0
     for s, a in zip(jax.tree.leaves(shapes), jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))):
         spec = sharding_lib.spec_for(a, s.shape, mesh)
-        shards = math.prod(sharding_lib._axis_size(mesh, p) for p in spec if p is not None)
+        shards = math.prod(sharding_lib.axis_size(mesh, p) for p in spec if p is not None)
         total += math.prod(s.shape) * np.dtype(s.dtype).itemsize / shards
     return total
 

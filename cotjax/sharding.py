@@ -72,7 +72,8 @@ def optional_mesh(mesh_cfg) -> Mesh | None:
     return make_mesh(mesh_cfg) if jax.device_count() > 1 else None
 
 
-def _axis_size(mesh: Mesh, axes) -> int:
+def axis_size(mesh: Mesh, axes) -> int:
+    """Devices along a mesh axis name, or a tuple of names together (1 for None)."""
     if axes is None:
         return 1
     axes = (axes,) if isinstance(axes, str) else axes
@@ -92,7 +93,7 @@ def spec_for(logical_axes: Sequence[str | None], shape: Sequence[int] | None, me
         if axes is not None:
             tup = (axes,) if isinstance(axes, str) else tuple(axes)
             tup = tuple(a for a in tup if a not in used and mesh.shape.get(a, 1) > 1)
-            size = _axis_size(mesh, tup) if tup else 1
+            size = axis_size(mesh, tup) if tup else 1
             if not tup or (shape is not None and shape[i] % size):
                 axes = None
             else:
@@ -142,7 +143,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def data_parallel_size(mesh: Mesh) -> int:
-    return _axis_size(mesh, RULES["batch"])
+    return axis_size(mesh, RULES["batch"])
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -24,20 +24,7 @@ cotjax=${COTJAX:-.venv/bin/cotjax}
 config=configs/synthetic.py:recipe=experiment
 lora_flags=${LORA_FLAGS:---config.lora.rank=16 --config.lora.alpha=32 --config.train.lr=1e-3}
 mkdir -p "$runs" "$out"
-log() { echo "[$(date +%H:%M:%S)] $*"; }
-stage() {  # NAME COMMAND...: run unless RUNS/NAME/.done exists; time it
-  local name=$1 dir=$runs/$1; shift
-  if [ -f "$dir/.done" ]; then log "$name: done"; return; fi
-  log "$name: start"
-  local start=$SECONDS
-  mkdir -p "$dir"
-  "$@" > "$dir.log" 2>&1 || { log "$name: failed, see $dir.log"; tail -5 "$dir.log"; exit 1; }
-  if grep -q '"stopped_by_signal": true' "$dir.log"; then  # a preempted training: not done
-    log "$name: stopped by a signal; rerun to resume"; exit 1
-  fi
-  echo "$((SECONDS - start))" > "$dir/.done"
-  log "$name: $((SECONDS - start)) s"
-}
+source launch/common.sh
 keep() {  # EVAL_DIR NAME: the summary and predictions into OUT
   cp "$1/summary.json" "$out/$2_summary.json"
   cp "$1/predictions.jsonl" "$out/$2_predictions.jsonl"
@@ -48,15 +35,15 @@ $cotjax synthetic "$heldout" 240 1 8 1234
 declare -A flags=([full]="" [lora]="$lora_flags" [qlora]="$lora_flags --config.lora.quant=nf4")
 for v in full lora qlora; do
   # shellcheck disable=SC2086  # flags are words
-  stage "synthetic_$v" $cotjax train --config=$config --workdir="$runs/synthetic_$v" \
-    ${flags[$v]} ${EXTRA:-}
-  stage "eval_synthetic_$v" $cotjax eval --config=$config --workdir="$runs/synthetic_$v" \
-    --task=gsm8k --data="$heldout" --out="$runs/eval_synthetic_$v"
+  stage "synthetic_$v" "$runs/synthetic_$v" $cotjax train --config=$config \
+    --workdir="$runs/synthetic_$v" ${flags[$v]} ${EXTRA:-}
+  stage "eval_synthetic_$v" "$runs/eval_synthetic_$v" $cotjax eval --config=$config \
+    --workdir="$runs/synthetic_$v" --task=gsm8k --data="$heldout" --out="$runs/eval_synthetic_$v"
   keep "$runs/eval_synthetic_$v" "synthetic_$v"
 done
 # shellcheck disable=SC2086
-stage quickstart_lora $cotjax train --config=configs/quickstart.py --workdir="$runs/quickstart_lora" \
-  $lora_flags ${EXTRA:-}
+stage quickstart_lora "$runs/quickstart_lora" $cotjax train --config=configs/quickstart.py \
+  --workdir="$runs/quickstart_lora" $lora_flags ${EXTRA:-}
 keep "$runs/quickstart_lora/eval" quickstart_lora
 
 for v in lora qlora; do

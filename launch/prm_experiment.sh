@@ -34,20 +34,7 @@ config=${POLICY_CONFIG:-configs/synthetic.py:recipe=experiment}
 policy=${POLICY:-$runs/policy}
 n=${N:-16}
 mkdir -p "$runs" "$out"
-log() { echo "[$(date +%H:%M:%S)] $*"; }
-stage() {  # NAME DIR COMMAND...: run unless DIR/.done exists; time it
-  local name=$1 dir=$2; shift 2
-  if [ -f "$dir/.done" ]; then log "$name: done ($dir)"; return; fi
-  log "$name: start"
-  local start=$SECONDS
-  mkdir -p "$dir"
-  "$@" > "$dir.log" 2>&1 || { log "$name: failed, see $dir.log"; tail -5 "$dir.log"; exit 1; }
-  if grep -q '"stopped_by_signal": true' "$dir.log"; then  # a preempted training: not done
-    log "$name: stopped by a signal; rerun to resume"; exit 1
-  fi
-  echo "$((SECONDS - start))" > "$dir/.done"
-  log "$name: $((SECONDS - start)) s"
-}
+source launch/common.sh
 
 label_data=${LABEL_DATA:-$runs/label_problems.jsonl}
 eval_data=${EVAL_DATA:-$runs/heldout_1to8.jsonl}

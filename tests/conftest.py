@@ -1,12 +1,29 @@
-"""Test set-up: 8 fake CPU devices for sharding tests (must precede the first jax import)."""
+"""Test set-up: 8 fake CPU devices for sharding tests (must precede the first jax import), and
+one XLA compilation cache for the whole session."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A persistent compilation cache for this session, inherited by the processes tests launch
+# (training CLIs, kill-and-resume runs, benchmarks): the same small programs are compiled in many
+# tests and processes, and on 2 cores compiling is most of a tiny run's time. Fresh per session,
+# so a run never reads another's entries.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cotjax-xla-")
+else:
+    _CACHE = None
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _CACHE:
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
