@@ -171,3 +171,55 @@ def test_synthetic_step_labels_add_up():
            f"{k['valid_claims']['mc_hard_positive']:.3f} (of {k['valid_claims']['steps']}) / "
            f"{k['invalid_claim']['mc_hard_positive']:.3f} (of {k['invalid_claim']['steps']}) |")
     assert row in _doc("process_supervision.md"), row
+
+
+def _last(path):
+    return _jsonl(path)[-1]
+
+
+def test_cpu_kind_rows_are_the_committed_runs():
+    """The EPYC row of docs/train.md and README's speed table are the committed runs' last lines,
+    with the XLA flags each ran under."""
+    d = ROOT / "results/cpu/epyc_zen3"
+    now = _last(d / "train_throughput_batch4_cotjax_defaults.jsonl")
+    before = _last(d / "train_throughput_batch4.jsonl")
+    dec_lines = _jsonl(d / "decode_throughput.jsonl")
+    dec, agree = dec_lines[-1], dec_lines[-2]
+    for r in (now, before, dec):
+        assert "avx2" in r["machine"]["cpu"]["isa"] and "avx512f" not in r["machine"]["cpu"]["isa"]
+    assert now["machine"]["xla_flags"] == "--xla_cpu_prefer_vector_width=512"
+    assert before["machine"]["xla_flags"] == dec["machine"]["xla_flags"] == ""
+    doc = _doc("train.md")
+    assert (f"| {now['peak_jax_gflops']} / {now['peak_torch_gflops']} | "
+            f"{now['cotjax_tokens_per_s']} / {now['torch_tokens_per_s']} tok/s, ratio "
+            f"{now['ratio']:.2f}, MFU {now['mfu']:.2f} (causal {now['mfu_causal']:.2f}) | "
+            f"{dec['cotjax_tokens_per_s']:.1f} / {dec['hf_tokens_per_s']:.1f} tok/s, ratio "
+            f"{dec['ratio']:.2f} ({agree['identical_rows']} of {agree['rows']} rows identical)") in doc
+    assert (f"{before['cotjax_tokens_per_s']} / {before['torch_tokens_per_s']} tok/s, ratio "
+            f"{before['ratio']:.2f}, MFU {before['mfu']:.2f}") in doc
+    ab = {}
+    for r in _jsonl(d / "train_vector_width_ab.jsonl"):
+        ab.setdefault(r["machine"]["xla_flags"], []).append(r["cotjax_tokens_per_s"])
+    wide, plain = sorted(ab.pop("--xla_cpu_prefer_vector_width=512")), sorted(ab.pop(""))
+    assert not ab and len(wide) == len(plain) == 2
+    assert f"{wide[0]} and {wide[1]} tok/s with it, {plain[0]} and {plain[1]} without" in doc
+    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    lo, hi = sorted([now, before], key=lambda r: r["ratio"])
+    assert (f"| {lo['ratio']:.2f}-{hi['ratio']:.2f}x, MFU {now['mfu']:.2f}-{before['mfu']:.2f} | "
+            f"{dec['ratio']:.2f}x |") in readme
+
+
+def test_cpu_matmul_sweep_table_is_the_committed_run():
+    lines = _jsonl(ROOT / "results/cpu/epyc_zen3/cpu_matmul.jsonl")
+    last = lines[-1]
+    passes = {}
+    for r in lines:
+        if "pass" in r and "step_matmul_s" in r:
+            passes.setdefault(r.get("setting", "torch"), []).append(r["step_matmul_s"])
+    best = {k: v["step_matmul_s"] for k, v in last["settings"].items()}
+    best["torch"] = last["torch_step_matmul_s"]
+    doc = _doc("train.md")
+    for name, seconds in best.items():
+        per_pass = ", ".join(f"{p:.1f}" for p in passes[name])
+        assert f"| {seconds:.1f} | {per_pass} |" in doc, name
+    assert last["machine"]["cpu"]["model"] == "AMD EPYC" and last["passes"] == 3
