@@ -1,6 +1,7 @@
 """Training throughput: cotjax vs transformers + PyTorch on the same packed GSM8K batches.
 
     python benchmarks/train_throughput.py [--seq_len 512] [--batch 4] [--steps 4] [--rounds 2]
+        [--arch NAME [--layers N]] [--torch_compile] [--attention fused]
 
 Both train the SmolLM2-135M architecture from the same (dequantised) weights with AdamW, the same
 dtype (fp32 on CPU; bf16 compute on GPU, PyTorch with SDPA), the same token-weighted loss and the
@@ -13,8 +14,15 @@ Tokens are all batch positions (batch x seq_len) per second. MFU is cotjax's mod
 product measured in this run (the better of JAX's and PyTorch's); on a GPU, over the chip's bf16
 spec peak (`metrics.PEAK_FLOPS`), with an 8192^3 bf16 product measured in the run printed beside it
 (peak_jax_gflops). `mfu_causal` counts the FLOPs the causal, packed step needs instead
-(`metrics.causal_flops`: real tokens only, each example's attention triangle). `--random_init` trains random weights of the same architecture (throughput is
-the same; the losses then say nothing). The last line is one JSON object.
+(`metrics.causal_flops`: real tokens only, each example's attention triangle). `--random_init`
+trains random weights of the same architecture (throughput is the same; the losses then say
+nothing); `--arch llama3.2-1b` (any architecture of configs/large.py) random weights of that
+shape, for the 1B-class GPU goal; `--torch_compile` puts the PyTorch model through
+`torch.compile` (its compilation happens in the warm-up step, which is not timed). The last line
+is one JSON object, with the machine (benchmarks/machine.py).
+
+    python benchmarks/train_throughput.py --arch llama3.2-1b --seq_len 1024 --batch 8 \
+        --steps 10 --rounds 3 --torch_compile          # on a GPU (bf16)
 """
 
 from __future__ import annotations
@@ -44,7 +52,36 @@ def _args():
     p.add_argument("--random_init", action="store_true",
                    help="random weights of the model's architecture (throughput only; for a "
                         "machine that has the model's config and tokenizer but not its weights)")
+    p.add_argument("--arch", default="",
+                   help="train random weights of this architecture of configs/large.py (e.g. "
+                        "llama3.2-1b) instead; --model then only tokenizes the batches")
+    p.add_argument("--attention", default="reference", choices=("reference", "fused"),
+                   help="cotjax's attention path (fused: jax.nn.dot_product_attention, cuDNN on "
+                        "GPUs)")
+    p.add_argument("--layers", type=int, default=0,
+                   help="with --arch: keep only its first N layers (smoke tests)")
+    p.add_argument("--torch_compile", action="store_true",
+                   help="the PyTorch baseline's model through torch.compile (default mode)")
     return p.parse_args()
+
+
+def _arch_fields(name: str, layers: int = 0) -> dict:
+    """ModelConfig fields of a configs/large.py architecture, cut to `layers` layers if > 0."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "large.py"
+    spec = importlib.util.spec_from_file_location("large_configs", path)
+    large = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(large)
+    if name not in large.ARCHS:
+        raise SystemExit(f"--arch: one of {', '.join(large.ARCHS)}, got {name!r}")
+    fields = dict(large.ARCHS[name][1])
+    fields.setdefault("norm_eps", 1e-5)
+    if layers > 0:
+        fields["num_layers"] = layers
+        if fields.get("layer_types"):
+            fields["layer_types"] = tuple(fields["layer_types"][:layers])
+    return fields
 
 
 def _batches(config, tokenizer, n):
@@ -81,7 +118,7 @@ class CotjaxRunner:
 
 
 class TorchRunner:
-    def __init__(self, cfg, params_np, lr, device, bf16):
+    def __init__(self, cfg, params_np, lr, device, bf16, compile_model=False):
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -105,6 +142,8 @@ class TorchRunner:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8,
                                      weight_decay=0.0)
         self.torch, self.device, self.bf16 = torch, device, bf16
+        # Compiled after the optimizer holds the parameters; the warm-up step compiles it.
+        self.forward = torch.compile(self.model) if compile_model else self.model
 
     def run(self, batches):
         torch = self.torch
@@ -122,7 +161,7 @@ class TorchRunner:
             mask = ((seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
                     & torch.tril(torch.ones(T, T, dtype=torch.bool, device=self.device))) | eye
             with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.model(input_ids=ids, position_ids=pos,
+                logits = self.forward(input_ids=ids, position_ids=pos,
                                     attention_mask=mask[:, None]).logits.float()
             ce = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]),
                                                    tgt.view(-1), reduction="none")
@@ -185,12 +224,23 @@ def main():
     tokenizer = weights.load_tokenizer(args.model)
     batches = _batches(config, tokenizer, args.steps + 1)
 
-    if args.random_init:
-        hf, tensors = weights.read_config(args.model), None
+    if args.arch:
+        tensors = None
+        cfg = model_lib.ModelConfig.from_dict({**_arch_fields(args.arch, args.layers),
+                                               "param_dtype": "float32",
+                                               "compute_dtype": dtype, "remat": args.remat,
+                                               "attention": args.attention})
+        top = max(int(b["inputs"].max()) for b in batches)
+        if top >= cfg.vocab_size:
+            raise SystemExit(f"--arch {args.arch}: token id {top} of --model's tokenizer is "
+                             f"outside its vocabulary ({cfg.vocab_size})")
     else:
-        hf, tensors = weights.read_checkpoint(args.model)
-    cfg = model_lib.ModelConfig.from_hf(hf, param_dtype="float32", compute_dtype=dtype,
-                                        remat=args.remat)
+        if args.random_init:
+            hf, tensors = weights.read_config(args.model), None
+        else:
+            hf, tensors = weights.read_checkpoint(args.model)
+        cfg = model_lib.ModelConfig.from_hf(hf, param_dtype="float32", compute_dtype=dtype,
+                                            remat=args.remat, attention=args.attention)
     params_np = (weights.model_params(model_lib.create(cfg, 0)) if tensors is None
                  else weights.hf_to_params(tensors, cfg, source=args.model))
     del tensors
@@ -217,7 +267,8 @@ def main():
     torch_device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
     if not args.skip_torch and (not gpu or torch_device == "cuda"):
         best["torch"], losses["torch"] = _timed_rounds(
-            "torch", lambda: TorchRunner(cfg, params_np, args.lr, torch_device, bf16=gpu),
+            "torch", lambda: TorchRunner(cfg, params_np, args.lr, torch_device, bf16=gpu,
+                                         compile_model=args.torch_compile),
             batches, args)
     cot_tps = args.steps * tokens / best["cotjax"]
     torch_tps = args.steps * tokens / best["torch"] if "torch" in best else None
@@ -236,7 +287,9 @@ def main():
         "achieved_gflops": round(achieved / 1e9, 1),
         "dtype": dtype, "seq_len": args.seq_len,
         "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
-        "weights": "random" if args.random_init else "pretrained",
+        "weights": "random" if args.random_init or args.arch else "pretrained",
+        "arch": args.arch or args.model, "layers": cfg.num_layers, "attention": cfg.attention,
+        "torch_compile": args.torch_compile,
         "threads": args.threads, "losses": {k: round(v, 5) for k, v in losses.items()},
         "nonpad_frac": round(float(np.mean([b["segment_ids"].astype(bool).mean()
                                             for b in batches])), 4),

@@ -87,3 +87,17 @@ def test_cpu_matmul_sweep_names_the_library_and_the_error():
     for s in (default, emitter):
         assert s["step_matmul_s"] > 0 and 0 <= s["max_rel_error"] < 1e-5
     _assert_machine(r["machine"], probes=True)
+
+
+@pytest.mark.slow
+def test_train_throughput_against_compiled_pytorch_on_a_configs_large_shape():
+    """--torch_compile and --arch: the compiled PyTorch baseline trains the same architecture
+    (Qwen3's, cut to 2 layers to fit the CPU test budget) to the same loss."""
+    r = _json_lines(["benchmarks/train_throughput.py", "--arch", "qwen3-0.6b", "--layers", "2",
+                     "--seq_len", "128", "--batch", "1", "--steps", "1", "--rounds", "1",
+                     "--threads", "2", "--torch_compile", "--attention", "fused"])[-1]
+    assert r["arch"] == "qwen3-0.6b" and r["layers"] == 2 and r["torch_compile"]
+    assert r["attention"] == "fused"
+    assert r["weights"] == "random"
+    assert r["torch_tokens_per_s"] > 0
+    assert r["losses"]["cotjax"] == pytest.approx(r["losses"]["torch"], abs=2e-3)
