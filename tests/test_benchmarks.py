@@ -79,7 +79,7 @@ def test_cpu_matmul_products_are_one_training_steps_flops():
 
 @pytest.mark.slow
 def test_cpu_matmul_sweep_names_the_library_and_the_error():
-    r = _json_lines(["benchmarks/cpu_matmul.py", "--tokens", "64", "--reps", "1",
+    r = _json_lines(["benchmarks/cpu_matmul.py", "--tokens", "64", "--reps", "1", "--passes", "1",
                      "--settings", "default,xla_emitter"])[-1]
     assert set(r["settings"]) == {"default", "xla_emitter"} and r["best"] in r["settings"]
     default, emitter = r["settings"]["default"], r["settings"]["xla_emitter"]
