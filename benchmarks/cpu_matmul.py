@@ -23,12 +23,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")  # before importing cotjax adds its defaults
+
+import machine  # noqa: E402
 
 NO_YNN = "--xla_cpu_experimental_ynn_fusion_type=-individual_dot"
 # jaxlib 0.10 sends single dots to YNNPACK by default (fusion type individual_dot); the other
@@ -106,16 +107,6 @@ def _product(xp, form, a, w):
     return xp.matmul(t(a), w)
 
 
-def _best(fn, reps):
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def _flops(s):
     return 2.0 * s["b"] * s["m"] * s["k"] * s["n"]
 
@@ -133,7 +124,7 @@ def run_jax(specs, reps):
         kinds = re.findall(r'"kind":"__(\w+?)_fusion"', text)
         lib = "+".join(sorted(set(kinds))) or "xla"
         ja, jw = jax.device_put(a), jax.device_put(w)
-        secs = _best(lambda: f(ja, jw).block_until_ready(), reps)
+        secs = machine.best_seconds(lambda: f(ja, jw).block_until_ready(), reps)
         ref = _product(np, s["form"], a.astype(np.float64), w.astype(np.float64))
         err = float(np.abs(np.asarray(f(ja, jw)) - ref).max() / np.abs(ref).max())
         rows.append(dict(name=s["name"], seconds=secs, library=lib, rel_error=err))
@@ -147,7 +138,7 @@ def run_torch(specs, reps):
     rng, rows = np.random.default_rng(0), []
     for s in specs:
         a, w = (torch.from_numpy(x) for x in _operands(s, rng))
-        secs = _best(lambda: _product(torch, s["form"], a, w), reps)
+        secs = machine.best_seconds(lambda: _product(torch, s["form"], a, w), reps)
         rows.append(dict(name=s["name"], seconds=secs))
     return rows
 
@@ -208,8 +199,6 @@ def main():
     if args.child:  # one setting, flags already in XLA_FLAGS
         print(json.dumps(run_jax(specs, args.reps)), flush=True)
         return
-    import machine
-
     names = args.settings.split(",")
     best, errors, torch_best = {}, {}, None
     for n in range(args.passes):

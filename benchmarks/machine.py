@@ -11,10 +11,15 @@ import os
 import time
 
 
-def jax_matmul_flops(n: int = 2048, reps: int = 5) -> float:
-    from cotjax import metrics
-
-    return metrics.measure_matmul_flops(n=n, reps=reps)
+def best_seconds(fn, reps: int) -> float:
+    """The fastest of `reps` timed calls of `fn`, after one untimed warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def torch_matmul_flops(n: int = 2048, reps: int = 5) -> float:
@@ -22,13 +27,7 @@ def torch_matmul_flops(n: int = 2048, reps: int = 5) -> float:
     import torch
 
     a = torch.ones(n, n)
-    a @ a
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n**3 / best
+    return 2.0 * n**3 / best_seconds(lambda: a @ a, reps)
 
 
 def describe(probes: dict | None = None) -> dict:
@@ -37,14 +36,14 @@ def describe(probes: dict | None = None) -> dict:
     import jax
     import torch
 
-    from cotjax import host
+    from cotjax import host, metrics
 
     out = {"cpu": host.cpu(), "device": jax.devices()[0].device_kind,
            "backend": jax.default_backend(), "torch_threads": torch.get_num_threads(),
            "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
            "torch": torch.__version__}
     if probes is None and out["backend"] == "cpu":
-        probes = {"jax_gflops": jax_matmul_flops() / 1e9,
+        probes = {"jax_gflops": metrics.measure_matmul_flops() / 1e9,
                   "torch_gflops": torch_matmul_flops() / 1e9}
     out.update({k: round(v, 1) for k, v in (probes or {}).items()})
     return out

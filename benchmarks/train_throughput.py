@@ -65,25 +65,6 @@ def _args():
     return p.parse_args()
 
 
-def _arch_fields(name: str, layers: int = 0) -> dict:
-    """ModelConfig fields of a configs/large.py architecture, cut to `layers` layers if > 0."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "configs" / "large.py"
-    spec = importlib.util.spec_from_file_location("large_configs", path)
-    large = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(large)
-    if name not in large.ARCHS:
-        raise SystemExit(f"--arch: one of {', '.join(large.ARCHS)}, got {name!r}")
-    fields = dict(large.ARCHS[name][1])
-    fields.setdefault("norm_eps", 1e-5)
-    if layers > 0:
-        fields["num_layers"] = layers
-        if fields.get("layer_types"):
-            fields["layer_types"] = tuple(fields["layer_types"][:layers])
-    return fields
-
-
 def _batches(config, tokenizer, n):
     from cotjax import train
 
@@ -224,12 +205,17 @@ def main():
     tokenizer = weights.load_tokenizer(args.model)
     batches = _batches(config, tokenizer, args.steps + 1)
 
-    if args.arch:
+    if args.arch:  # the architecture configs/large.py trains, as `cotjax memory` reads it
+        from cotjax import memory
+
         tensors = None
-        cfg = model_lib.ModelConfig.from_dict({**_arch_fields(args.arch, args.layers),
-                                               "param_dtype": "float32",
-                                               "compute_dtype": dtype, "remat": args.remat,
-                                               "attention": args.attention})
+        large = defaults.load_config(f"{Path(__file__).resolve().parents[1]}/configs/large.py"
+                                     f":model={args.arch}")
+        cfg = memory.model_config(large).replace(
+            param_dtype="float32", compute_dtype=dtype, remat=args.remat,
+            attention=args.attention)
+        if args.layers > 0:
+            cfg = cfg.replace(num_layers=args.layers, layer_types=cfg.layer_types[:args.layers])
         top = max(int(b["inputs"].max()) for b in batches)
         if top >= cfg.vocab_size:
             raise SystemExit(f"--arch {args.arch}: token id {top} of --model's tokenizer is "

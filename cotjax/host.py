@@ -13,8 +13,9 @@ Measured by `benchmarks/cpu_matmul.py` and `benchmarks/train_throughput.py` (doc
   no wide-register clock penalty to pay.
 - AVX-512 CPUs keep XLA's default (256): there 512 means real 512-bit registers, which slow the
   clock on some Intel parts, and it has not been measured on one.
-- Left alone: oneDNN inside XLA (`--xla_cpu_use_onednn`) crashed the process (heap corruption)
-  on the sweep; the other dot libraries and fusion modes were within the machine's noise.
+- Left alone: oneDNN inside XLA (`--xla_cpu_use_onednn`) crashed the process (heap
+  corruption) in one sweep, not in a retry (intermittent); the other dot libraries and fusion
+  modes were within the machine's noise.
 Set COTJAX_XLA_DEFAULTS=0 to keep XLA's defaults; a flag already in XLA_FLAGS always wins.
 """
 
