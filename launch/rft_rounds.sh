@@ -15,6 +15,9 @@
 #   LR [2e-4]  EPOCHS [2]        the student's schedule (the chosen SmolLM2 CoT recipe)
 #   MAX_PER_PROBLEM [4]  HUMAN [1]  HINT [0]: 1 adds STaR rationalisation (problems without a
 #                               kept chain are sampled again with the gold answer as a hint)
+#   HUMAN_PROBLEMS [-1: all]    the human chains joined: the first N training problems (a CPU
+#                               subset: the teacher's own training problems)
+#   EVAL_SAMPLES [8]            samples per validation problem for maj@k (1: greedy only)
 #   TEACHER_EVAL [results/gsm8k/sweep/cot_lr2e-4_ep2_predictions.jsonl]  the teacher's greedy
 #                               validation predictions, for the paired test
 #   OUT [results/distill]  BATCH [64] rows sampled together  EXTRA [""] more --config.* flags
@@ -41,7 +44,9 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
   t_sample=$((SECONDS - start))
   dirs=("$dir/samples")
   human=()
-  if [ "${HUMAN:-1}" = 1 ]; then human=(--human=train "--config=$config"); fi
+  if [ "${HUMAN:-1}" = 1 ]; then
+    human=(--human=train "--config=$config" "--config.data.max_examples=${HUMAN_PROBLEMS:--1}")
+  fi
   $cotjax distill "${dirs[@]}" --out="$dir/kept.jsonl" \
     --max_per_problem="${MAX_PER_PROBLEM:-4}" "${human[@]}"
   if [ "${HINT:-0}" = 1 ] && [ -s "$dir/kept.jsonl.unsolved.jsonl" ]; then
@@ -62,7 +67,7 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
   fi
   t_train=$((SECONDS - start - t_sample - t_select))
   $cotjax eval --config="$config" --workdir="$student" --data=validation --out="$dir/eval" \
-    --config.eval.num_samples=8 --config.eval.batch_size="${BATCH:-64}" ${EXTRA:-} \
+    --config.eval.num_samples="${EVAL_SAMPLES:-8}" --config.eval.batch_size="${BATCH:-64}" ${EXTRA:-} \
     >"$dir/eval.log" 2>&1
   t_eval=$((SECONDS - start - t_sample - t_select - t_train))
   cp "$dir/eval/predictions.jsonl" "$out/round${round}_predictions.jsonl"
@@ -88,3 +93,17 @@ teacher_eval=${TEACHER_EVAL:-results/gsm8k/sweep/cot_lr2e-4_ep2_predictions.json
 for f in "$out"/round*_predictions.jsonl; do
   echo "$(basename "$f") vs teacher: $($cotjax report paired "$teacher_eval" "$f" | tail -n 1)"
 done | tee "$out/rounds.md"
+# The last round against the teacher, in the fields issue 22 names.
+$cotjax report paired "$teacher_eval" "$out/round${ROUNDS:-1}_predictions.jsonl" | tail -n 1 \
+  | python3 -c '
+import json, sys
+p = json.loads(sys.stdin.read())
+f = json.load(open(sys.argv[1]))
+print(json.dumps({"teacher": sys.argv[2], "teacher_predictions": p["a"],
+                  "student_predictions": p["b"], "n": p["n"],
+                  "teacher_accuracy": p["correct_a"] / p["n"],
+                  "student_accuracy": p["correct_b"] / p["n"], "mcnemar_p": p["mcnemar_p"],
+                  "only_teacher": p["only_a"], "only_student": p["only_b"],
+                  "kept_chains": f["funnel"]["kept"], "records_trained": f["records_written"]},
+                 indent=1))' "$out/round${ROUNDS:-1}_funnel.json" "$teacher" > "$out/comparison.json"
+cat "$out/comparison.json"

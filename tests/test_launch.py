@@ -174,6 +174,26 @@ def test_rft_rounds_never_evaluate_a_student_stopped_by_a_signal(tmp_path):
     assert not list((tmp_path / "out").glob("*_summary.json"))
 
 
+def test_rft_rounds_joins_the_human_chains_of_the_teachers_subset(tmp_path):
+    """HUMAN_PROBLEMS=N reaches distill as the first N training problems (a CPU-subset teacher's
+    own), PROBLEMS=M reaches the sampler; by default every human chain joins."""
+    fake = tmp_path / "cotjax"
+    fake.write_text(f'#!/bin/bash\necho "$@" >> {tmp_path / "calls"}\n'
+                    'echo \'{"step": 5, "stopped_by_signal": true}\'\n')
+    fake.chmod(0o755)
+    for env_extra, want in (({"HUMAN_PROBLEMS": "1000", "PROBLEMS": "300"}, "1000"), ({}, "-1")):
+        (tmp_path / "calls").unlink(missing_ok=True)
+        env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake), "OUT": str(tmp_path / "out"),
+               **env_extra}
+        subprocess.run(["bash", "launch/rft_rounds.sh", str(tmp_path / "teacher"),
+                        str(tmp_path / "runs")], capture_output=True, text=True, timeout=60,
+                       env=env)
+        calls = dict(line.split(" ", 1) for line in (tmp_path / "calls").read_text().splitlines())
+        assert "--human=train" in calls["distill"]
+        assert f"--config.data.max_examples={want}" in calls["distill"].split()
+        assert f"--config.eval.max_examples={env_extra.get('PROBLEMS', '-1')}" in calls["sample"]
+
+
 def test_rft_rounds_needs_a_teacher():
     out = subprocess.run(["bash", "launch/rft_rounds.sh"], capture_output=True, text=True,
                          timeout=30)
