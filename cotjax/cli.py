@@ -276,7 +276,8 @@ COMMANDS = {
                    usage="compare OUT.png NAME=METRICS.jsonl ... | sweep DIR OUT.png"),
     "report": Command("paired tests, confidence intervals, rescoring, experiment tables",
                       _report, usage="paired A B [FIELD [FIELD_B]] | by-steps OUT_PREFIX "
-                                     "LABEL=PREDICTIONS ... | faithfulness OUT_PREFIX LABEL=EVAL_DIR ... | "
+                                     "LABEL=PREDICTIONS ... | errors PREDICTIONS ... | "
+                                     "faithfulness OUT_PREFIX LABEL=EVAL_DIR ... | "
                                      "rescore [--check] PATH ... | check PATH ..."),
     "synthetic": Command("write generated multi-step arithmetic problems (GSM8K format)",
                          _synthetic, usage="OUT N MIN_STEPS MAX_STEPS SEED"),

@@ -98,6 +98,40 @@ def paired_from_files(a: str | pathlib.Path, b: str | pathlib.Path, field_a: str
             **paired_comparison(read_correct(a, field_a), read_correct(b, field_b))}
 
 
+ERROR_KINDS = ("cut", "no_answer", "no_claims", "arithmetic", "answer_not_from_chain", "setup")
+
+
+def error_kind(row: dict) -> str | None:
+    """Why a scored prediction is wrong, first match in ERROR_KINDS order; None when it is
+    right. `cut`: the length limit ended it; `no_answer`: no final answer could be read;
+    `no_claims`: no arithmetic claim to check (or a chain too long to check); `arithmetic`:
+    some claim is false (a computing error); `answer_not_from_chain`: the answer is not the
+    value the last claim states;
+    `setup`: finished, every claim true, the answer the chain's own result, and still wrong:
+    the expressions were set up wrongly (a reasoning error)."""
+    if row["correct"]:
+        return None
+    if row.get("finish") == "length":
+        return "cut"
+    if row.get("extracted") is None:
+        return "no_answer"
+    if not row.get("steps_total") or not row.get("steps_checked", True):
+        return "no_claims"
+    if row["steps_valid"] < row["steps_total"]:
+        return "arithmetic"
+    if row.get("answer_differs_from_last_step"):
+        return "answer_not_from_chain"
+    return "setup"
+
+
+def error_split(rows: Iterable[dict]) -> dict:
+    """`cotjax report errors`: the wrong predictions of a run counted by `error_kind`."""
+    rows = list(rows)
+    kinds = collections.Counter(error_kind(r) for r in rows)
+    return {"n": len(rows), "correct": kinds.pop(None, 0),
+            "wrong": sum(kinds.values()), **{k: kinds[k] for k in ERROR_KINDS}}
+
+
 def accuracy_by_steps(rows: Iterable[dict]) -> dict[int, dict]:
     """predictions.jsonl rows grouped by the number of operations in their question:
     {steps: {n, correct, accuracy, steps_valid_share}}, in step order."""
@@ -399,6 +433,9 @@ def main(args) -> None:
     file, or a directory searched recursively) scored again from its generations under the
     current rules, with the task of the summary beside it; the file and its summary are
     rewritten (the summary's other fields kept) and the old -> new accuracies printed.
+    `cotjax report errors PREDICTIONS ...`: each run's wrong answers split by why (cut by the
+    length limit, no answer, no claims, a false claim, an answer not from the chain, or a
+    setup error: every claim true and the answer the chain's result), one JSON line a file.
     `cotjax report faithfulness OUT_PREFIX LABEL=EVAL_DIR ...`: the faithfulness figures of
     eval directories (run with eval.faithfulness) as OUT_PREFIX.json, their early-answering
     curves as OUT_PREFIX.png, and a printed table.
@@ -422,6 +459,10 @@ def main(args) -> None:
         for label, t in tables.items():
             print(f"{label:<11} " + "  ".join(
                 f"{t[s]['accuracy']:5.2f}" if s in t else "    -" for s in steps))
+    elif args[:1] == ["errors"] and len(args) >= 2:
+        for path in args[1:]:
+            print(json.dumps({"predictions": path,
+                              **error_split(row for _, row in read_json_lines(path))}))
     elif args[:1] == ["faithfulness"] and len(args) >= 3:
         write_faithfulness(args[1], dict(spec.partition("=")[::2] for spec in args[2:]))
     elif args[:1] in (["rescore"], ["check"]) and [a for a in args[1:] if a != "--check"]:

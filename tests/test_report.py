@@ -171,3 +171,32 @@ def test_paired_from_files_matches_the_cli(tmp_path, capsys):
         "maj_correct", "correct", 2, 2)
     same = report.paired_from_files(predictions, predictions, "correct_flexible")
     assert same["field_b"] == "correct_flexible" and same["mcnemar_p"] == 1.0
+
+
+def _scored(generation, gold, finish="eos"):
+    return {**score_prediction(generation, gold, "gsm8k"), "finish": finish}
+
+
+@pytest.mark.parametrize("generation,gold,finish,kind", [
+    ("3 * 4 = 12. The answer is 12.", "12", "eos", None),
+    ("3 * 4 = 12 and 12 + 1 = 14. The answer is 14.", "13", "eos", "arithmetic"),
+    ("3 * 4 = 12 and 12 + 2 = 14. The answer is 14.", "13", "eos", "setup"),
+    ("3 * 4 = 12. The answer is 15.", "12", "eos", "answer_not_from_chain"),
+    ("It must be fifteen. The answer is 15.", "12", "eos", "no_claims"),
+    ("3 * 4 = 12 and so on and on", "12", "eos", "no_answer"),
+    ("3 * 4 = 13 and 13 + 1 = 14 and", "13", "length", "cut"),  # cut comes before arithmetic
+])
+def test_error_kind_names_why_an_answer_is_wrong(generation, gold, finish, kind):
+    row = _scored(generation, gold, finish)
+    assert report.error_kind(row) == kind
+
+
+def test_error_split_counts_every_prediction_once(tmp_path):
+    rows = [_scored("3 * 4 = 12. The answer is 12.", "12"),
+            _scored("3 * 4 = 12 and 12 + 2 = 14. The answer is 14.", "13"),
+            _scored("3 * 4 = 12 and 12 + 2 = 14. The answer is 14.", "13"),
+            _scored("3 * 4 = 11. The answer is 11.", "12", "length")]
+    split = report.error_split(rows)
+    assert split == {"n": 4, "correct": 1, "wrong": 3, "cut": 1, "no_answer": 0, "no_claims": 0,
+                     "arithmetic": 0, "answer_not_from_chain": 0, "setup": 2}
+    assert split["correct"] + sum(split[k] for k in report.ERROR_KINDS) == split["n"]
