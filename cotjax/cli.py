@@ -47,9 +47,10 @@ FLAG_SPECS = {
     "rollouts": ("integer", 8, "label-steps: completions sampled from each step prefix"),
     "split": ("string", "lines", "label-steps: how a chain splits into steps (lines | sentences)"),
     "max_chains": ("integer", -1, "label-steps: label the first M chains only (-1: all)"),
-    "prm": ("string", None, "rerank: a process reward model run (train.objective=prm)"),
+    "prm": ("string", None, "rerank, search: a process reward model run "
+                           "(train.objective=prm)"),
     "orm": ("string", None, "rerank: an outcome reward model run (train.objective=orm)"),
-    "aggregate": ("string", "min", "rerank: a chain's PRM score from its steps' (min | prod | "
+    "aggregate": ("string", "min", "rerank, search: a chain's PRM score from its steps' (min | prod | "
                                    "last)"),
     "max_problems": ("integer", -1, "rerank: the first P problems only (-1: all)"),
     "human": ("string", None, "distill: add the human chains of 'train' (the config's split) or "
@@ -159,6 +160,16 @@ def _label_steps(fv, args):
                                 overwrite=fv.overwrite)
 
 
+def _search(fv, args):
+    _need(fv, "prm", "out")
+    from cotjax import search
+
+    if fv.workdir and fv.model:
+        raise UsageError("takes --workdir (a trained run) or --model (a raw model), not both")
+    search.run_search(_run_config(fv), fv.workdir, fv.step, model=fv.model, prm_run=fv.prm,
+                      data=fv.data, out=fv.out, aggregate=fv.aggregate, task=fv.task)
+
+
 def _rerank(fv, args):
     _need(fv, "samples", "out")
     from cotjax import rerank
@@ -260,6 +271,9 @@ COMMANDS = {
     "rerank": Command("choose among N sampled chains with a PRM / ORM: every selector, paired",
                       _rerank, ("samples", "prm", "orm", "step", "aggregate", "max_problems",
                                  "out")),
+    "search": Command("step-level beam search guided by a PRM (eval.beam_* settings)", _search,
+                      ("workdir", "step", "model", "prm", "aggregate", "task", "data", "out"),
+                      "optional"),
     "generate": Command("answer one prompt: a trained run through its template, or a raw model",
                         _generate, ("workdir", "step", "model", "prompt", "max_new_tokens",
                                     "temperature", "top_k", "top_p", "seed"), "optional"),

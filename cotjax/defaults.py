@@ -201,6 +201,11 @@ def get_config():
     c.eval.prm = ""  # a run trained with train.objective=prm
     c.eval.orm = ""  # a run trained with train.objective=orm
     c.eval.prm_aggregate = "min"  # a chain's PRM score from its steps': min | prod | last
+    # `cotjax search` (cotjax/search.py): step-level beam search guided by a PRM (--prm=RUN).
+    c.eval.beam_width = 4  # partial chains kept after each step
+    c.eval.beam_expand = 4  # continuations sampled from each kept chain per step
+    c.eval.beam_steps = 12  # steps at most (open chains are then closed as "steps")
+    c.eval.beam_step_tokens = 96  # tokens one step may take (a longer one closes its chain)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all remaining devices

@@ -51,6 +51,7 @@ def test_top_level_help_lists_every_subcommand(capsys):
      "ValueError: unknown config argument 'modl'; known: model, mode, recipe"),
     (["export", "--workdir=x"], "needs --out"),
     (["generate"], "needs --prompt"),
+    (["search", "--out=/tmp/x"], "needs --prm"),
     (["data-stats", BASE, "extra"], "takes no positional arguments"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):

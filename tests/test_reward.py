@@ -478,3 +478,57 @@ def test_exact_auroc_is_the_pairwise_count(points):
     else:
         want = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
         assert got == round(want, 4)
+
+
+def _search_config(batch_size):
+    from cotjax import defaults
+
+    c = defaults.load_config("configs/gsm8k.py")  # SmolLM2-135M-Instruct, untrained: it
+    c.eval.max_examples = 1  # writes its answers over several lines, so chains grow by steps
+    c.eval.batch_size = batch_size
+    c.eval.max_new_tokens = 96
+    c.eval.beam_width, c.eval.beam_expand, c.eval.beam_steps = 2, 2, 2
+    c.eval.beam_step_tokens = 32
+    return c
+
+
+@pytest.mark.slow
+def test_beam_search_with_a_prm_does_not_depend_on_the_batch(prm_run, tmp_path):
+    """`cotjax search` with SmolLM2 as the policy and the tiny PRM (it reads text, whatever
+    the policy's tokenizer): per-(chain, expansion) keys make the search the same whatever the
+    batch size; each kept chain's score is the PRM's score of its text; chains left open are
+    whole steps; some chains grew by more than one step."""
+    from cotjax import search
+
+    runs = {}
+    for bs in (3, 8):
+        out = tmp_path / f"b{bs}"
+        summary = search.run_search(_search_config(bs), None, prm_run=str(prm_run["workdir"]),
+                                    data="validation", out=str(out))
+        assert summary["n"] == 1 and summary["beam_width"] == 2 and summary["drawn_tokens"] > 0
+        runs[bs] = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert runs[3] == runs[8]
+    scorer = search.PrmScorer(str(prm_run["workdir"]), None, [r["question"] for r in runs[3]],
+                              "gsm8k", "min")
+    for p, row in enumerate(runs[3]):
+        assert 1 <= len(row["beam"]) <= 2
+        assert [b["score"] for b in row["beam"]] == sorted((b["score"] for b in row["beam"]),
+                                                           reverse=True)
+        again = scorer([(p, b["text"]) for b in row["beam"]])
+        assert [b["score"] for b in row["beam"]] == pytest.approx(again, abs=1e-4)
+        for b in row["beam"]:
+            if b["finish"] == "steps":
+                assert b["text"].endswith("\n")
+    steps = [search.step_end(b["text"]) is not None and search.step_end(
+        b["text"][search.step_end(b["text"]):]) is not None for r in runs[3] for b in r["beam"]]
+    assert any(steps), [b["text"] for r in runs[3] for b in r["beam"]]
+
+
+def test_search_refuses_a_policy_as_its_prm_before_loading(tiny_run, tmp_path):
+    from cotjax import search
+
+    c = tiny_run["config"].copy_and_resolve_references()
+    with pytest.raises(ValueError, match="is a policy"):
+        search.run_search(c, None, prm_run=str(tiny_run["workdir"]), data="validation",
+                          out=str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
