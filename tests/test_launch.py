@@ -259,3 +259,12 @@ echo "$*" >> {calls}
     bad = subprocess.run(["bash", "launch/prm_experiment.sh"], capture_output=True, text=True,
                          timeout=30, env=env)
     assert bad.returncode != 0 and "usage: launch/prm_experiment.sh RUNS OUT" in bad.stderr
+
+
+def test_calculator_experiment_needs_a_run(tmp_path):
+    out = subprocess.run(["bash", "launch/calculator_experiment.sh"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode != 0 and "usage: launch/calculator_experiment.sh RUN OUT" in out.stderr
+    out = subprocess.run(["bash", "launch/calculator_experiment.sh", str(tmp_path / "nope"),
+                          str(tmp_path / "o")], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and f"no run directory {tmp_path / 'nope'}" in out.stderr
