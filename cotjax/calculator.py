@@ -27,7 +27,9 @@ from fractions import Fraction
 
 from cotjax.steps import check_steps, to_fraction
 
-_IDENTIFIER = re.compile(r"\d{3,4}(?:-\d{2,4}){1,2}")  # 2024-01-15, 555-1234, 555-123-4567
+# Dates and phone numbers, not differences: 2024-01-15, 01-15-2024, 555-1234, 555-123-4567.
+# Narrow on purpose: GSM8K writes differences the same way (115-10=105, 162-152=10).
+_IDENTIFIER = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}-\d{1,2}-\d{4}|\d{3}-(?:\d{3}-)?\d{4}")
 
 
 @dataclasses.dataclass(frozen=True)
