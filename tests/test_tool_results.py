@@ -223,3 +223,42 @@ def test_cpu_matmul_sweep_table_is_the_committed_run():
         per_pass = ", ".join(f"{p:.1f}" for p in passes[name])
         assert f"| {seconds:.1f} | {per_pass} |" in doc, name
     assert last["machine"]["cpu"]["model"] == "AMD EPYC" and last["passes"] == 3
+
+
+def test_calculator_experiment_figures():
+    """results/calculator/cot_1k: comparison.json is what its predictions give (paired tests,
+    the error split, the step shares) and docs/calculator.md quotes it."""
+    from cotjax import report
+
+    root = CALC / "cot_1k"
+    c = json.loads((root / "comparison.json").read_text())
+    pred = {k: root / k / "predictions.jsonl" for k in ("without", "with", "maj8_without", "maj8_with")}
+    g = report.paired_from_files(pred["without"], pred["with"])
+    assert (g["n"], g["correct_a"], g["correct_b"], g["only_a"], g["only_b"]) == \
+        (c["n"], round(c["accuracy_without"] * 500), round(c["accuracy_with"] * 500),
+         c["only_without"], c["only_with"]) and g["mcnemar_p"] == c["mcnemar_p"]
+    m = report.paired_from_files(pred["maj8_without"], pred["maj8_with"], "maj_correct")
+    assert (m["n"], m["correct_a"] / m["n"], m["correct_b"] / m["n"], m["mcnemar_p"]) == \
+        (c["maj8"]["n"], c["maj8"]["accuracy_without"], c["maj8"]["accuracy_with"],
+         c["maj8"]["mcnemar_p"])
+    doc = _doc("calculator.md")
+    for k in ("without", "with"):
+        rows = _jsonl(pred[k])
+        split = report.error_split(rows)
+        assert split == {e: v for e, v in c[f"errors_{k}"].items()}
+        total, valid = sum(r["steps_total"] for r in rows), sum(r["steps_valid"] for r in rows)
+        assert valid / total == c[f"steps_valid_{k}"]
+        assert f"{valid} of {total} ({100 * valid / total:.1f}%)" in doc
+        s = json.loads((root / k / "summary.json").read_text())
+        assert f"{s['decode_seconds']:.1f} s, {s['greedy_tokens_per_s']:.1f} tokens/s" in doc
+    rows = [f"| {label} | {c['errors_without'][key]} | {c['errors_with'][key]} |"
+            for label, key in (("cut by the 256-token limit", "cut"), ("no claim to check", "no_claims"),
+                               ("the answer is not the last claim's value", "answer_not_from_chain"))]
+    rows += [f"| {label} | {c['errors_without'][key]} | {c['errors_with'][key]} |"
+             for label, key in (("a false claim (a computing error)", "arithmetic"),
+                                ("every claim true, the answer the chain's result: a wrong setup "
+                                 "(a reasoning error)", "setup"))]
+    for row in rows:
+        assert row in doc, row
+    assert f"{c['calculator_calls']} ({c['calculator_changed']})" in doc
+    assert f"McNemar p = {c['mcnemar_p']:.3f}" in doc
