@@ -54,7 +54,10 @@ def write_report(out_dir, rows: Iterable[dict], summary: dict):
 
 
 def read_correct(path: str | pathlib.Path, field: str = "correct") -> dict[str, bool]:
-    """{question id: whether it was answered correctly} from a run's predictions.jsonl."""
+    """{question id: whether it was answered correctly} from a run's predictions.jsonl, or from
+    a `cotjax sample` directory: whether any of the problem's samples is (pass@k)."""
+    if paths.path(path).is_dir():
+        return _read_pass(path, field)
     out: dict[str, bool] = {}
     for where, row in read_json_lines(path):
         if "id" not in row or not isinstance(row.get(field), bool):
@@ -66,6 +69,21 @@ def read_correct(path: str | pathlib.Path, field: str = "correct") -> dict[str, 
         out[str(row["id"])] = row[field]
     if not out:
         raise RecordError(f"{path}: no predictions")
+    return out
+
+
+def _read_pass(directory, field: str) -> dict[str, bool]:
+    shards = sorted(paths.path(directory).glob("samples-*.jsonl"))
+    if not shards:
+        raise RecordError(f"{directory}: no samples-*.jsonl shards (is it a cotjax sample --out?)")
+    out: dict[str, bool] = {}
+    for shard in shards:
+        for row in read_samples(shard):
+            if not isinstance(row.get(field), bool):
+                raise RecordError(f"{shard}: problem {row['problem']} sample {row['sample']} has "
+                                  f"no boolean {field!r}")
+            key = str(row.get("id") or row["problem"])
+            out[key] = out.get(key, False) or row[field]
     return out
 
 
@@ -424,7 +442,8 @@ def rescore(paths: Iterable[str | pathlib.Path], write: bool = True,
 
 def main(args) -> None:
     """`cotjax report paired A B [FIELD [FIELD_B]]`: two runs' correct answers question by
-    question and McNemar's exact p-value, as one JSON line. FIELD (default correct; or
+    question and McNemar's exact p-value, as one JSON line (A or B a `cotjax sample` directory:
+    a problem counts as right when any of its samples is, pass@k). FIELD (default correct; or
     correct_flexible, or maj_correct for a self-consistency run) is read from A, and from B too
     unless FIELD_B is given (e.g. a maj@k vote against greedy answers).
     `cotjax report by-steps OUT_PREFIX LABEL=PREDICTIONS.jsonl ...`: accuracy by the number of

@@ -18,6 +18,8 @@
 #   HUMAN_PROBLEMS [-1: all]    the human chains joined: the first N training problems (a CPU
 #                               subset: the teacher's own training problems)
 #   EVAL_SAMPLES [8]            samples per validation problem for maj@k (1: greedy only)
+#   SAMPLE_EXTRA [""]           --config.* flags for sampling only, e.g.
+#                               --config.eval.calculator=true (chains sampled with the calculator)
 #   TEACHER_EVAL [results/gsm8k/sweep/cot_lr2e-4_ep2_predictions.jsonl]  the teacher's greedy
 #                               validation predictions, for the paired test
 #   OUT [results/distill]  BATCH [64] rows sampled together  EXTRA [""] more --config.* flags
@@ -40,7 +42,7 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
   mkdir -p "$dir"
   start=$SECONDS
   $cotjax sample --config="$config" --workdir="$model" "${sample_flags[@]}" \
-    --out="$dir/samples" ${EXTRA:-} 2>&1 | tail -n 3
+    --out="$dir/samples" ${EXTRA:-} ${SAMPLE_EXTRA:-} 2>&1 | tail -n 3
   t_sample=$((SECONDS - start))
   dirs=("$dir/samples")
   human=()
@@ -51,7 +53,8 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
     --max_per_problem="${MAX_PER_PROBLEM:-4}" "${human[@]}"
   if [ "${HINT:-0}" = 1 ] && [ -s "$dir/kept.jsonl.unsolved.jsonl" ]; then
     $cotjax sample --config="$config" --workdir="$model" "${sample_flags[@]}" --hint \
-      --data="$dir/kept.jsonl.unsolved.jsonl" --out="$dir/samples_hint" ${EXTRA:-} 2>&1 | tail -n 3
+      --data="$dir/kept.jsonl.unsolved.jsonl" --out="$dir/samples_hint" ${EXTRA:-} ${SAMPLE_EXTRA:-} \
+      2>&1 | tail -n 3
     dirs+=("$dir/samples_hint")
     $cotjax distill "${dirs[@]}" --out="$dir/kept.jsonl" \
       --max_per_problem="${MAX_PER_PROBLEM:-4}" "${human[@]}"
@@ -66,9 +69,11 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
     echo "round $round: training stopped by a signal; rerun to resume it" >&2; exit 1
   fi
   t_train=$((SECONDS - start - t_sample - t_select))
-  $cotjax eval --config="$config" --workdir="$student" --data=validation --out="$dir/eval" \
-    --config.eval.num_samples="${EVAL_SAMPLES:-8}" --config.eval.batch_size="${BATCH:-64}" ${EXTRA:-} \
-    >"$dir/eval.log" 2>&1
+  if [ ! -f "$dir/eval/summary.json" ]; then  # a finished evaluation is not run again
+    $cotjax eval --config="$config" --workdir="$student" --data=validation --out="$dir/eval" \
+      --config.eval.num_samples="${EVAL_SAMPLES:-8}" --config.eval.batch_size="${BATCH:-64}" \
+      ${EXTRA:-} >"$dir/eval.log" 2>&1
+  fi
   t_eval=$((SECONDS - start - t_sample - t_select - t_train))
   cp "$dir/eval/predictions.jsonl" "$out/round${round}_predictions.jsonl"
   cp "$dir/eval/summary.json" "$out/round${round}_summary.json"

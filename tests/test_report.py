@@ -200,3 +200,18 @@ def test_error_split_counts_every_prediction_once(tmp_path):
     assert split == {"n": 4, "correct": 1, "wrong": 3, "cut": 1, "no_answer": 0, "no_claims": 0,
                      "arithmetic": 0, "answer_not_from_chain": 0, "setup": 2}
     assert split["correct"] + sum(split[k] for k in report.ERROR_KINDS) == split["n"]
+
+
+def test_paired_sample_directories_compare_pass_at_k(tmp_path):
+    """A `cotjax sample` directory counts a problem right when any of its samples is."""
+    for name, right in (("a", {(0, 1), (1, 0)}), ("b", {(1, 1), (2, 0), (2, 1)})):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "samples-00000-of-00001.jsonl").write_text("".join(
+            json.dumps({"problem": p, "sample": s, "id": f"q{p}", "correct": (p, s) in right}) + "\n"
+            for p in range(3) for s in range(2)))
+    got = report.paired_from_files(tmp_path / "a", tmp_path / "b")
+    assert (got["n"], got["correct_a"], got["correct_b"], got["both"]) == (3, 2, 2, 1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RecordError, match="no samples-\\*.jsonl shards"):
+        report.read_correct(tmp_path / "empty")
