@@ -262,3 +262,45 @@ def test_calculator_experiment_figures():
         assert row in doc, row
     assert f"{c['calculator_calls']} ({c['calculator_changed']})" in doc
     assert f"McNemar p = {c['mcnemar_p']:.3f}" in doc
+
+
+@pytest.mark.parametrize("name", ["cpu_cot_1k", "cpu_cot_1k_calc"])
+def test_cpu_rft_round_figures(name):
+    """results/distill/<name>: the funnel is what `cotjax distill` makes of the committed samples
+    with the teacher's 1,000 human chains; comparison.json is the paired test of the committed
+    teacher and student predictions; docs/sample_distill.md quotes both."""
+    from cotjax import defaults, distill, report
+
+    root = ROOT / "results/distill" / name
+    config = defaults.load_config("configs/gsm8k.py")
+    config.data.max_examples = 1000
+    rows = distill.read_sample_dirs([str(root / "samples")])
+    assert len(rows) == 1200
+    records, funnel = distill.select(rows, human=distill.load_human("train", config))
+    committed = json.loads((root / "round1_funnel.json").read_text())
+    assert funnel["funnel"] == committed["funnel"]
+    assert funnel["problems_with_kept_chain"] == committed["problems_with_kept_chain"]
+    sampled = [r for r in records if r["source"] == "sampled"]
+    assert [(r["problem"], r["sample"]) for r in sampled] == \
+        [(r["problem"], r["sample"]) for r in _jsonl(root / "round1_kept_sampled.jsonl")]
+    c = json.loads((root / "comparison.json").read_text())
+    teacher = ROOT / "results/calculator/cot_1k/without/predictions.jsonl"
+    p = report.paired_from_files(teacher, root / "round1_predictions.jsonl")
+    assert (p["n"], p["correct_a"] / p["n"], p["correct_b"] / p["n"], p["mcnemar_p"]) == \
+        (c["n"], c["teacher_accuracy"], c["student_accuracy"], c["mcnemar_p"])
+    assert c["kept_chains"] == funnel["funnel"]["kept"] and c["records_trained"] == 1000 + len(sampled)
+    f = funnel["funnel"]
+    doc = _doc("sample_distill.md")
+    assert (f"| {f['sampled']} | {f['correct']} | {f['steps_valid']} | {f['consistent']} | "
+            f"{f['finished']} | {f['distinct']} | {f['kept']} | {funnel['problems_with_kept_chain']} |") in doc
+    assert (f"| {c['teacher_accuracy']:.3f} ({p['correct_a']}) | {c['student_accuracy']:.3f} "
+            f"({p['correct_b']}) | {p['only_a']} / {p['only_b']} | {c['mcnemar_p']:.2f} |") in doc
+
+
+def test_sampling_with_the_calculator_pass_at_4():
+    from cotjax import report
+
+    root = ROOT / "results/distill"
+    p = report.paired_from_files(root / "cpu_cot_1k/samples", root / "cpu_cot_1k_calc/samples")
+    assert (p["n"], p["correct_a"], p["correct_b"], p["only_a"], p["only_b"]) == (300, 19, 35, 8, 24)
+    assert f"McNemar p = {p['mcnemar_p']:.3f}" in _doc("sample_distill.md")
