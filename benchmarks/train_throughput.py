@@ -1,7 +1,7 @@
 """Training throughput: cotjax vs transformers + PyTorch on the same packed GSM8K batches.
 
     python benchmarks/train_throughput.py [--seq_len 512] [--batch 4] [--steps 4] [--rounds 2]
-        [--arch NAME [--layers N]] [--torch_compile] [--attention fused]
+        [--random_init | --arch NAME] [--layers N] [--torch_compile] [--attention fused]
 
 Both train the SmolLM2-135M architecture from the same (dequantised) weights with AdamW, the same
 dtype (fp32 on CPU; bf16 compute on GPU, PyTorch with SDPA), the same token-weighted loss and the
@@ -59,7 +59,7 @@ def _args():
                    help="cotjax's attention path (fused: jax.nn.dot_product_attention, cuDNN on "
                         "GPUs)")
     p.add_argument("--layers", type=int, default=0,
-                   help="with --arch: keep only its first N layers (smoke tests)")
+                   help="with --arch or --random_init: keep only the first N layers (smoke tests)")
     p.add_argument("--torch_compile", action="store_true",
                    help="the PyTorch baseline's model through torch.compile (default mode)")
     return p.parse_args()
@@ -214,8 +214,6 @@ def main():
         cfg = memory.model_config(large).replace(
             param_dtype="float32", compute_dtype=dtype, remat=args.remat,
             attention=args.attention)
-        if args.layers > 0:
-            cfg = cfg.replace(num_layers=args.layers, layer_types=cfg.layer_types[:args.layers])
         top = max(int(b["inputs"].max()) for b in batches)
         if top >= cfg.vocab_size:
             raise SystemExit(f"--arch {args.arch}: token id {top} of --model's tokenizer is "
@@ -227,6 +225,10 @@ def main():
             hf, tensors = weights.read_checkpoint(args.model)
         cfg = model_lib.ModelConfig.from_hf(hf, param_dtype="float32", compute_dtype=dtype,
                                             remat=args.remat, attention=args.attention)
+    if args.layers > 0:
+        if tensors is not None:
+            raise SystemExit("--layers needs random weights (--arch or --random_init)")
+        cfg = cfg.replace(num_layers=args.layers, layer_types=cfg.layer_types[:args.layers])
     params_np = (weights.model_params(model_lib.create(cfg, 0)) if tensors is None
                  else weights.hf_to_params(tensors, cfg, source=args.model))
     del tensors

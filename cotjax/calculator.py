@@ -9,7 +9,9 @@ value is the probe, at the very end, with an expression it can evaluate. So plai
 digit groups joined by hyphens (`2024-01-15 =`, `555-1234 =`) do not; and an expression the
 safe parser refuses or cannot evaluate (`9^9^9^9 =`, division by zero) leaves the model to
 continue unaided. The parser's limits (text length, tokens per side, power sizes) apply, so no
-expression can make the hook hang.
+expression can make the hook hang. For a run trained with the annotations kept
+(`data.strip_calculator=false`: `48/2 = <<48/2=24>>24`) only the annotations fire: at the plain
+`=` such a model opens its own annotation, which a forced value would cut off.
 
 Values are written as GSM8K writes them: integers plain, other values rounded half up to two
 decimals (`1/3 =` -> `0.33`, which the checker accepts as rounding), a `$` when the expression
@@ -47,14 +49,18 @@ def format_value(value: Fraction) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def claim_value(text: str) -> Call | None:
+def claim_value(text: str, annotations_only: bool = False) -> Call | None:
     """The value the claim that `text` ends with must state; None when the text does not end an
-    evaluable arithmetic claim's left side with `=` (see the module docstring)."""
+    evaluable arithmetic claim's left side with `=` (see the module docstring), or, with
+    `annotations_only` (a model trained on GSM8K's annotations: `48/2 = <<48/2=24>>24`), when
+    the `=` is not inside a `<<...` annotation (there the model opens its own annotation next)."""
     body = text.rstrip(" ")
     if not body.endswith("="):
         return None
     line = body[body.rfind("\n") + 1:]
     annotation = re.search(r"<<[^<>\n]*=$", line) is not None
+    if annotations_only and not annotation:
+        return None
     probe = "0>>" if annotation else " 0"
     report = check_steps(line + probe)
     if not report.applicable or not report.steps:
@@ -99,12 +105,14 @@ class Hook:
     """The engine's calculator hook: (problem, tokens so far) -> (ids to force, note) or None.
     `calls` and `declined` count what it did (declined: a trigger that was no claim)."""
 
-    def __init__(self, tokenizer, text_of: Callable[[Sequence[int]], str], max_tokens: int = 16):
+    def __init__(self, tokenizer, text_of: Callable[[Sequence[int]], str], max_tokens: int = 16,
+                 annotations_only: bool = False):
         self.tokenizer, self.text_of, self.max_tokens = tokenizer, text_of, max_tokens
+        self.annotations_only = annotations_only
         self.calls = self.declined = 0
 
     def __call__(self, problem: int, tokens: Sequence[int]):
-        call = claim_value(self.text_of(tokens))
+        call = claim_value(self.text_of(tokens), self.annotations_only)
         if call is None:
             self.declined += 1
             return None

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from cotjax import paths
 from cotjax import records as records_lib
 from cotjax.records import CoTRecord
-from cotjax.report import read_samples
+from cotjax.report import read_sample_dirs
 from cotjax.answers import chain_before_answer
 from cotjax.steps import check_steps
 
@@ -66,18 +66,6 @@ def reasoning_path(chain: str) -> tuple[str, ...]:
     """A chain's reasoning path: its claims, or its normalised text when it makes none."""
     path = path_of_steps([dataclasses.asdict(s) for s in check_steps(chain).steps])
     return path or ("text:" + " ".join(chain.lower().split()),)
-
-
-def read_sample_dirs(dirs: Sequence[str]) -> list[dict]:
-    """Every sample line of the shards in `dirs` (bad lines: file:line errors)."""
-    rows = []
-    for d in dirs:
-        shards = sorted(paths.path(d).glob("samples-*.jsonl"))
-        if not shards:
-            raise FileNotFoundError(f"{d}: no samples-*.jsonl shards (is it a cotjax sample --out?)")
-        for shard in shards:
-            rows += read_samples(shard)
-    return rows
 
 
 def select(rows: Sequence[dict], *, filters: Sequence[str] = FILTERS, max_per_problem: int = 4,

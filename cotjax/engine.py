@@ -275,7 +275,7 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
            stop_fn: Callable[[int, list[int]], bool] | None = None,
            check_every: int = 32, hook: Callable | None = None,
            trigger_ids: Sequence[int] = (), number_ids: dict | None = None,
-           max_forced: int = 16) -> Iterator[Sample]:
+           max_forced: int = 16, prompt_slots_min: int = 0) -> Iterator[Sample]:
     """Yield every requested (problem, sample) as soon as it ends, in order of ending.
 
     `stop_fn(problem, tokens so far)` ends a row when True (checked every round of at most
@@ -293,12 +293,17 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
     `number_ids` ({"extends": ids, "separator": ids, "digit": ids}; calculator.token_classes):
     right after a forced value the model may not extend it: no token that continues a number
     (a digit, or '.5'), and after a bare '.' or ',' no digit ("= 6" + ".40" would undo it).
+
+    Shapes. A call compiles for its longest prompt's slots and its number of requests; a caller
+    that calls repeatedly with growing prompts (beam search, once per depth) passes
+    `prompt_slots_min` (at least that many prompt slots, and a full prefill group whatever the
+    number of requests), so that every call with prompts that fit reuses one compiled program.
     """
     _check_requests(requests, max_new_tokens)
     if not requests:
         return
     run = _Scheduler(model, requests, max_new_tokens, sampling, eos_ids, batch_size, seed, mesh,
-                     hook, trigger_ids, number_ids, max_forced)
+                     hook, trigger_ids, number_ids, max_forced, prompt_slots_min)
     while True:
         while run.pending and None in run.owner and run.assign():
             pass
@@ -321,14 +326,16 @@ class _Scheduler:
     the tool hook's per-row state."""
 
     def __init__(self, model, requests, max_new_tokens, sampling, eos_ids, batch_size, seed,
-                 mesh, hook, trigger_ids, number_ids, max_forced):
+                 mesh, hook, trigger_ids, number_ids, max_forced, prompt_slots_min=0):
         self.graphdef, self.weights, self.spec, B = decode._setup(
             model, eos_ids, batch_size, mesh, sampling, max_new_tokens)
         cfg = model.cfg
         self.requests, self.seed, self.B, self.F = requests, seed, B, max_forced
-        self.P = prompt_slots(max(len(r.prompt) for r in requests))
+        self.P = max(prompt_slots(max(len(r.prompt) for r in requests)),
+                     prompt_slots(prompt_slots_min) if prompt_slots_min else 0)
         widest = max(len(r.samples) for r in requests) or 1
-        self.G = max(1, min(len(requests), -(-B // widest)))  # prompts per prefill
+        group = -(-B // widest)  # prompts per prefill; fewer when there are fewer requests,
+        self.G = max(1, group if prompt_slots_min else min(len(requests), group))  # unless fixed
         self.M = 2 * self.G
         self.pool = _empty_pool(cfg, self.M, self.P, jnp.dtype(cfg.compute_dtype))
         self.rows = _empty_rows(cfg, B, self.P, self.spec, self.F)

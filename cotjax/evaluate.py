@@ -110,12 +110,15 @@ def eval_prompts(config, recs, tokenizer, exemplars=()) -> tuple[list[str], list
 
 def decode_settings(config, model_cfg, tokenizer, mesh=None) -> dict:
     """generate_text keywords of the config's eval section: length, stop strings, batch, and
-    EOS ids (the model's and the template's end-of-turn, so chat answers stop at their turn)."""
+    EOS ids (the model's and the template's end-of-turn, so chat answers stop at their turn);
+    and where the calculator may fire: a run trained with GSM8K's annotations kept
+    (`data.strip_calculator=false`) writes `20 - 13 = <<20-13=7>>7`, so only inside `<<...=`."""
     ev = _eval_settings(config)
     eos = tokenize.eos_ids(tokenizer, config.data.template)
     return dict(max_new_tokens=int(ev["max_new_tokens"]), stop=tuple(ev["stop"]),
                 eos_ids=tuple(dict.fromkeys([*model_cfg.eos_token_ids, *eos])),
-                batch_size=int(ev["batch_size"]), mesh=mesh)
+                batch_size=int(ev["batch_size"]), mesh=mesh,
+                annotations_only=not config.data.get("strip_calculator", True))
 
 
 def answer_row(rec, ids: Sequence[int], completion, task: str) -> dict:
@@ -132,7 +135,9 @@ def stream(net, tokenizer, requests, settings: dict, *, sampling=decode.GREEDY, 
     they finish: the engine with eval's EOS ids, stop strings and batch (`decode_settings`),
     and the calculator hook when asked for."""
     texts = decode.TextRule(tokenizer, settings["eos_ids"], settings["stop"])
-    hook = calculator.Hook(tokenizer, texts.text) if use_calculator else None
+    hook = (calculator.Hook(tokenizer, texts.text,
+                            annotations_only=settings.get("annotations_only", False))
+            if use_calculator else None)
     classes = calculator.token_classes(tokenizer, net.cfg.vocab_size) if hook else {}
     for s in engine.sample(net, requests, max_new_tokens=settings["max_new_tokens"],
                            sampling=sampling, eos_ids=settings["eos_ids"],

@@ -23,9 +23,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from cotjax import decode, distill, engine, evaluate, faithfulness, load, paths, prm
+from cotjax import decode, engine, evaluate, faithfulness, load, paths, prm
 from cotjax.records import CoTRecord
-from cotjax.report import read_samples
+from cotjax.report import read_sample_dirs, read_samples
 from cotjax.sample import check_manifest, shard_name
 from cotjax.scoring import check_task
 from cotjax.steps import check_steps
@@ -51,7 +51,7 @@ def read_manifest(samples: str) -> dict:
 
 def read_chains(samples: str, task: str, split: str) -> tuple[list[Chain], dict]:
     """(chains with steps, skipped counts by reason) of a sample directory."""
-    rows = sorted(distill.read_sample_dirs([samples]), key=lambda r: (r["problem"], r["sample"]))
+    rows = sorted(read_sample_dirs([samples]), key=lambda r: (r["problem"], r["sample"]))
     chains, skipped = [], {}
     for row in rows:
         text = faithfulness.chain_of(row["generation"], task)

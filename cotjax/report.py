@@ -73,17 +73,13 @@ def read_correct(path: str | pathlib.Path, field: str = "correct") -> dict[str, 
 
 
 def _read_pass(directory, field: str) -> dict[str, bool]:
-    shards = sorted(paths.path(directory).glob("samples-*.jsonl"))
-    if not shards:
-        raise RecordError(f"{directory}: no samples-*.jsonl shards (is it a cotjax sample --out?)")
     out: dict[str, bool] = {}
-    for shard in shards:
-        for row in read_samples(shard):
-            if not isinstance(row.get(field), bool):
-                raise RecordError(f"{shard}: problem {row['problem']} sample {row['sample']} has "
-                                  f"no boolean {field!r}")
-            key = str(row.get("id") or row["problem"])
-            out[key] = out.get(key, False) or row[field]
+    for row in read_sample_dirs([directory]):
+        if not isinstance(row.get(field), bool):
+            raise RecordError(f"{directory}: problem {row['problem']} sample {row['sample']} has "
+                              f"no boolean {field!r}")
+        key = str(row.get("id") or row["problem"])
+        out[key] = out.get(key, False) or row[field]
     return out
 
 
@@ -528,4 +524,16 @@ def read_samples(path, *, repair: bool = False) -> list[dict]:
             path.write_bytes(data[:keep] + line + b"\n")
         rows.append(row)
         keep += len(line) + 1
+    return rows
+
+
+def read_sample_dirs(dirs: Sequence) -> list[dict]:
+    """Every sample line of the shards in `dirs` (bad lines: file:line errors)."""
+    rows = []
+    for d in dirs:
+        shards = sorted(paths.path(d).glob("samples-*.jsonl"))
+        if not shards:
+            raise FileNotFoundError(f"{d}: no samples-*.jsonl shards (is it a cotjax sample --out?)")
+        for shard in shards:
+            rows += read_samples(shard)
     return rows

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cotjax import distill, load, paths, prm, tokenize
-from cotjax.report import paired_comparison
+from cotjax import load, paths, prm, tokenize
+from cotjax.report import paired_comparison, read_sample_dirs
 
 ROW_MULTIPLE = 128  # packed rows are at least the longest chain, rounded up to this
 
@@ -116,28 +116,39 @@ def load_reward_model(workdir: str, step, objective: str):
     return model, tokenizer, config, f"{workdir} step {step}"
 
 
+def score_texts(model, tokenizer, config, texts: Sequence[tuple[str, str, str]], task: str
+                ) -> list[np.ndarray | None]:
+    """A reward model's probabilities at the step ends of each (question, generation, where)
+    (`where` names it in errors), read as the run was trained (`config`: its template, step
+    rule and row length); None for a blank generation."""
+    examples, reads, keep = [], [], []
+    rule = config.data.get("labels_split", "lines")
+    for i, (question, text, where) in enumerate(texts):
+        if not text.strip():
+            continue
+        ends = prm.score_ends(text, task, rule, where=where)
+        ex, pos = tokenize.reward_example(question, text, ends, [None] * len(ends), tokenizer,
+                                          config.data.template)
+        examples.append(ex)
+        reads.append(pos)
+        keep.append(i)
+    out: list[np.ndarray | None] = [None] * len(texts)
+    for i, s in zip(keep, score_examples(model, examples, reads, int(config.data.seq_len)),
+                    strict=True):
+        out[i] = s
+    return out
+
+
 def score_rows(rows: Sequence[dict], workdir: str, step, objective: str, task: str
                ) -> tuple[list[list[float]], str, float]:
     """(scores per sample row, description, seconds) of one reward model over sample rows;
     an empty generation scores 0."""
     model, tokenizer, config, desc = load_reward_model(workdir, step, objective)
     t0 = time.perf_counter()
-    examples, reads, keep = [], [], []
-    rule = config.data.get("labels_split", "lines")
-    for i, row in enumerate(rows):
-        if not row["generation"].strip():
-            continue
-        ends = prm.score_ends(row["generation"], task, rule,
-                              where=f"problem {row['problem']} sample {row['sample']}")
-        ex, pos = tokenize.reward_example(row["question"], row["generation"], ends,
-                                          [None] * len(ends), tokenizer, config.data.template)
-        examples.append(ex)
-        reads.append(pos)
-        keep.append(i)
-    got = score_examples(model, examples, reads, int(config.data.seq_len))
-    scores = [[0.0] for _ in rows]
-    for i, s in zip(keep, got, strict=True):
-        scores[i] = [round(float(v), 5) for v in s]
+    got = score_texts(model, tokenizer, config, [
+        (r["question"], r["generation"], f"problem {r['problem']} sample {r['sample']}")
+        for r in rows], task)
+    scores = [[0.0] if s is None else [round(float(v), 5) for v in s] for s in got]
     return scores, desc, time.perf_counter() - t0
 
 
@@ -245,7 +256,7 @@ def run_rerank(samples: Sequence[str], out: str, *, prm_run: str | None = None,
     manifest = paths.path(samples[0]) / "manifest.json"
     task = json.loads(manifest.read_text()).get("task", "gsm8k") if manifest.exists() \
         else "gsm8k"
-    rows = distill.read_sample_dirs(samples)
+    rows = read_sample_dirs(samples)
     keys = [(r["problem"], r["sample"]) for r in rows]
     if len(set(keys)) < len(keys):
         raise ValueError(f"{', '.join(samples)}: (problem, sample) pairs repeat; give one "

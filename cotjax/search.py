@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from cotjax import decode, engine, evaluate, load, paths, prm, rerank, tokenize
+from cotjax import decode, engine, evaluate, load, paths, prm, rerank
 from cotjax.answers import answers_equal, majority_vote
 from cotjax.scoring import check_task, score_prediction, summarize
 
@@ -102,6 +102,9 @@ class EngineExpander:
         self.step_tokens = step_tokens
         self.rule = decode.TextRule(tokenizer, settings["eos_ids"], settings["stop"])
         self.new_tokens = 0
+        # An open chain holds fewer than max_new_tokens drawn tokens: with room for the longest
+        # prompt plus those, every depth runs the engine's programs compiled at the first.
+        self.slots = max(map(len, prompts), default=0) + settings["max_new_tokens"]
 
     def _stop(self, _problem, tokens) -> bool:
         text = self.rule.text(tokens)
@@ -128,7 +131,8 @@ class EngineExpander:
         for s in engine.sample(self.net, requests, max_new_tokens=self.step_tokens,
                                sampling=self.sampling, eos_ids=self.settings["eos_ids"],
                                batch_size=self.settings["batch_size"], seed=self.seed,
-                               mesh=self.settings["mesh"], stop_fn=self._stop, check_every=8):
+                               mesh=self.settings["mesh"], stop_fn=self._stop, check_every=8,
+                               prompt_slots_min=self.slots):
             i = where[s.problem]
             out[i][s.sample] = self._grow(todo[i][3], s.tokens)
             self.new_tokens += len(s.tokens)
@@ -141,27 +145,13 @@ class PrmScorer:
 
     def __init__(self, prm_run: str, step, questions: Sequence[str], task: str, how: str):
         prm.aggregate([1.0], how)  # a bad aggregate fails before the model loads
-        self.model, self.tok, config, self.desc = rerank.load_reward_model(prm_run, step, "prm")
-        self.template, self.seq_len = config.data.template, int(config.data.seq_len)
-        self.rule = config.data.get("labels_split", "lines")
+        self.model, self.tok, self.config, self.desc = rerank.load_reward_model(prm_run, step, "prm")
         self.questions, self.task, self.how = questions, task, how
 
     def __call__(self, items):
-        examples, reads, keep = [], [], []
-        for i, (p, text) in enumerate(items):
-            if not text.strip():
-                continue
-            ends = prm.score_ends(text, self.task, self.rule, where=f"problem {p}")
-            ex, pos = tokenize.reward_example(self.questions[p], text, ends, [None] * len(ends),
-                                              self.tok, self.template)
-            examples.append(ex)
-            reads.append(pos)
-            keep.append(i)
-        got = rerank.score_examples(self.model, examples, reads, self.seq_len)
-        out = [0.0] * len(items)
-        for i, s in zip(keep, got, strict=True):
-            out[i] = prm.aggregate([float(v) for v in s], self.how)
-        return out
+        got = rerank.score_texts(self.model, self.tok, self.config, [
+            (self.questions[p], text, f"problem {p}") for p, text in items], self.task)
+        return [0.0 if s is None else prm.aggregate([float(v) for v in s], self.how) for s in got]
 
 
 def run_search(config, workdir: str | None, step=None, *, model: str | None = None,

@@ -27,9 +27,10 @@ def _assert_machine(m, probes):
 
 @pytest.mark.slow
 def test_train_throughput_on_random_weights_matches_pytorch():
-    r = _json_lines(["benchmarks/train_throughput.py", "--random_init", "--seq_len", "256",
-                     "--batch", "2", "--steps", "1", "--rounds", "1", "--threads", "2"])[-1]
-    assert r["weights"] == "random" and r["dtype"] == "float32"
+    r = _json_lines(["benchmarks/train_throughput.py", "--random_init", "--layers", "4",
+                     "--seq_len", "256", "--batch", "2", "--steps", "1", "--rounds", "1",
+                     "--threads", "2"])[-1]
+    assert r["weights"] == "random" and r["dtype"] == "float32" and r["layers"] == 4
     assert r["cotjax_tokens_per_s"] > 0 and r["torch_tokens_per_s"] > 0
     assert r["ratio"] == pytest.approx(r["cotjax_tokens_per_s"] / r["torch_tokens_per_s"], rel=1e-2)
     assert 0 < r["mfu"] < 1 and 0 < r["mfu_causal"] < r["mfu"]

@@ -44,6 +44,14 @@ def test_does_not_fire_elsewhere(text):
     assert claim_value(text) is None
 
 
+def test_a_model_trained_with_annotations_gets_values_only_inside_them():
+    """`data.strip_calculator=false` runs write `48/2 = <<48/2=24>>24`: the plain `=` is where
+    such a model opens its own annotation, so with `annotations_only` only `<<48/2=` fires."""
+    assert claim_value("Natalia sold 48/2 =", annotations_only=True) is None
+    assert claim_value("Natalia sold 48/2 = <<48/2=", annotations_only=True).insert == "24"
+    assert claim_value("Natalia sold 48/2 =").insert == " 24"  # the default: both kinds
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.text(alphabet="0123456789+-*/^()=.,:$ x\n<>", max_size=60))
 def test_never_fires_inside_a_number_and_always_writes_a_valid_claim(text):

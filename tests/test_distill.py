@@ -8,7 +8,7 @@ import pytest
 
 from cotjax import distill, records as records_lib
 from cotjax.cli import main as cli_main
-from cotjax.report import read_samples
+from cotjax.report import read_sample_dirs, read_samples
 from cotjax.scoring import chain_before_answer, score_prediction
 
 Q1 = "Tom has 3 bags of 4 apples and eats 2. How many are left?"
@@ -132,10 +132,10 @@ def test_train_path_drops_validation_questions(tmp_path, capsys):
 
 def test_bad_sample_directories_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no samples-\\*.jsonl shards"):
-        distill.read_sample_dirs([str(tmp_path)])
+        read_sample_dirs([str(tmp_path)])
     (tmp_path / "samples-00000-of-00001.jsonl").write_text('{"problem": 0, "sample": 0}\n{oops\n')
     with pytest.raises(ValueError, match="samples-00000-of-00001.jsonl:2"):
-        distill.read_sample_dirs([str(tmp_path)])
+        read_sample_dirs([str(tmp_path)])
     assert read_samples(tmp_path / "missing.jsonl") == []
 
 

@@ -85,6 +85,27 @@ def test_samples_do_not_depend_on_batch_size_order_or_resume_point(tiny):
     assert resumed == {k: v for k, v in full.items() if sum(k) % 2}
 
 
+def test_fixed_prompt_slots_compile_once_for_growing_prompts(tiny):
+    """`prompt_slots_min` (beam search's calls, one per depth): calls with longer prompts and
+    other numbers of requests reuse the first call's programs, and draw the same samples."""
+    kw = dict(max_new_tokens=7, sampling=SAMPLED, seed=5, batch_size=6, prompt_slots_min=40)
+    calls = [_prompts([3]), _prompts([9, 14], seed=1), _prompts([21, 5, 30], seed=2)]
+    before = dict(decode.TRACE_COUNTS)
+    for prompts in calls:
+        got = {k: s.tokens for k, s in _engine(tiny, prompts, 2, **kw).items()}
+        free = {k: s.tokens for k, s in _engine(tiny, prompts, 2, **{
+            **kw, "prompt_slots_min": 0, "batch_size": 4}).items()}
+        assert got == free
+    traced = {k: decode.TRACE_COUNTS[k] - before.get(k, 0)
+              for k in ("engine_prefill", "engine_refill", "engine_extend")}
+    # one program each at 48 slots (the fixed calls), and each free call's own shapes besides
+    fixed = dict(decode.TRACE_COUNTS)
+    for prompts in calls:
+        list(engine.sample(tiny, [Request(0, prompts[0], range(2))], **kw))
+    assert {k: decode.TRACE_COUNTS[k] - fixed[k] for k in traced} == dict.fromkeys(traced, 0)
+    assert all(n >= 2 for n in traced.values()), traced
+
+
 def test_rows_shard_over_eight_devices(tiny):
     mesh = jax.make_mesh((8,), ("data",))
     prompts = _prompts([3, 7, 2, 9, 4, 11])

@@ -213,5 +213,5 @@ def test_paired_sample_directories_compare_pass_at_k(tmp_path):
     got = report.paired_from_files(tmp_path / "a", tmp_path / "b")
     assert (got["n"], got["correct_a"], got["correct_b"], got["both"]) == (3, 2, 2, 1)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RecordError, match="no samples-\\*.jsonl shards"):
+    with pytest.raises(FileNotFoundError, match="no samples-\\*.jsonl shards"):
         report.read_correct(tmp_path / "empty")

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from _train_utils import tiny_config, write_byte_tokenizer
 from cotjax import checkpoint as ckpt_lib
-from cotjax import load, loss, pipeline, prm, rerank, tokenize, train, weights
+from cotjax import decode, load, loss, pipeline, prm, rerank, tokenize, train, weights
 from cotjax import model as model_lib
 
 GENERATION = ("Weng earns 12/60=$0.2 per minute.\nWorking 50 minutes, she earned "
@@ -503,8 +503,11 @@ def test_beam_search_with_a_prm_does_not_depend_on_the_batch(prm_run, tmp_path):
     runs = {}
     for bs in (3, 8):
         out = tmp_path / f"b{bs}"
+        before = dict(decode.TRACE_COUNTS)
         summary = search.run_search(_search_config(bs), None, prm_run=str(prm_run["workdir"]),
                                     data="validation", out=str(out))
+        # every depth reuses the engine's programs compiled at the first (prompt_slots_min)
+        assert decode.TRACE_COUNTS["engine_extend"] - before.get("engine_extend", 0) <= 1
         assert summary["n"] == 1 and summary["beam_width"] == 2 and summary["drawn_tokens"] > 0
         runs[bs] = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert runs[3] == runs[8]

@@ -19,8 +19,9 @@ def _jsonl(path):
     return [json.loads(line) for line in open(path)]
 
 
-def test_sample_benchmark_figures():
-    lines = _jsonl(ROOT / "results/distill/sample_throughput_cpu.jsonl")
+@pytest.mark.parametrize("name", ["cpu", "epyc_zen5"])
+def test_sample_benchmark_figures(name):
+    lines = _jsonl(ROOT / f"results/distill/sample_throughput_{name}.jsonl")
     config, last = lines[0], lines[-1]
     assert (config["problems"], config["k"], config["new_tokens"], config["rows"]) == (64, 8, 256, 64)
     systems = {line["system"]: line for line in lines if "system" in line}
@@ -177,6 +178,26 @@ def _last(path):
     return _jsonl(path)[-1]
 
 
+def test_zen5_rows_are_the_committed_runs():
+    """The Zen 5 EPYC rows of docs/train.md and README's speed table (XLA's own defaults)."""
+    d = ROOT / "results/cpu/epyc_zen5"
+    tr = _last(d / "train_throughput_batch4.jsonl")
+    dec_lines = _jsonl(d / "decode_throughput.jsonl")
+    dec, agree = dec_lines[-1], dec_lines[-2]
+    for r in (tr, dec):
+        assert r["machine"]["cpu"]["family"] == "26" and "avx512f" in r["machine"]["cpu"]["isa"]
+        assert r["machine"]["xla_flags"] == ""
+    assert (tr["seq_len"], tr["batch"], tr["steps"], tr["rounds"]) == (512, 4, 2, 3)
+    assert (f"| {tr['peak_jax_gflops']} / {tr['peak_torch_gflops']} | "
+            f"{tr['cotjax_tokens_per_s']} / {tr['torch_tokens_per_s']} tok/s, ratio "
+            f"{tr['ratio']:.2f}, MFU {tr['mfu']:.2f} (causal {tr['mfu_causal']:.2f}) | "
+            f"{dec['cotjax_tokens_per_s']:.1f} / {dec['hf_tokens_per_s']:.1f} tok/s, ratio "
+            f"{dec['ratio']:.2f} ({agree['identical_rows']} of {agree['rows']} rows identical)"
+            ) in _doc("train.md")
+    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    assert f"| {tr['ratio']:.2f}x, MFU {tr['mfu']:.2f} | {dec['ratio']:.2f}x |" in readme
+
+
 def test_cpu_kind_rows_are_the_committed_runs():
     """The EPYC row of docs/train.md and README's speed table are the committed runs' last lines,
     with the XLA flags each ran under."""
@@ -274,7 +295,7 @@ def test_cpu_rft_round_figures(name):
     root = ROOT / "results/distill" / name
     config = defaults.load_config("configs/gsm8k.py")
     config.data.max_examples = 1000
-    rows = distill.read_sample_dirs([str(root / "samples")])
+    rows = report.read_sample_dirs([str(root / "samples")])
     assert len(rows) == 1200
     records, funnel = distill.select(rows, human=distill.load_human("train", config))
     committed = json.loads((root / "round1_funnel.json").read_text())
