@@ -325,3 +325,30 @@ def test_sampling_with_the_calculator_pass_at_4():
     p = report.paired_from_files(root / "cpu_cot_1k/samples", root / "cpu_cot_1k_calc/samples")
     assert (p["n"], p["correct_a"], p["correct_b"], p["only_a"], p["only_b"]) == (300, 19, 35, 8, 24)
     assert f"McNemar p = {p['mcnemar_p']:.3f}" in _doc("sample_distill.md")
+
+
+def test_calculator_annotation_figures():
+    """results/calculator/cot_1k_annot: comparison.json is what its predictions give, the hook
+    fired only inside annotations, and docs/calculator.md quotes the figures."""
+    from cotjax import report
+
+    root = CALC / "cot_1k_annot"
+    c = json.loads((root / "comparison.json").read_text())
+    g = report.paired_from_files(root / "without/predictions.jsonl", root / "with/predictions.jsonl")
+    assert (g["correct_a"], g["correct_b"], g["only_a"], g["only_b"], g["mcnemar_p"]) == \
+        (round(c["accuracy_without"] * 500), round(c["accuracy_with"] * 500),
+         c["only_without"], c["only_with"], c["mcnemar_p"])
+    doc = _doc("calculator.md")
+    for k in ("without", "with"):
+        rows = _jsonl(root / k / "predictions.jsonl")
+        assert report.error_split(rows) == c[f"errors_{k}"]
+        total, valid = sum(r["steps_total"] for r in rows), sum(r["steps_valid"] for r in rows)
+        assert f"{valid} of {total} ({100 * valid / total:.1f}%)" in doc
+    calls = [x for r in _jsonl(root / "with/predictions.jsonl") for x in r["calculator_calls"]]
+    assert len(calls) == c["calculator_calls"] and all(x["inserted"][:1] != " " for x in calls)
+    assert f"{c['calculator_calls']} calls ({c['calculator_changed']} where" in doc
+    assert f"McNemar p = {c['mcnemar_p']:.3f}" in doc
+    vs = report.paired_from_files(CALC / "cot_1k/without/predictions.jsonl",
+                                  root / "with/predictions.jsonl")
+    assert f"({vs['only_b']} right only with it, {vs['only_a']} only the other way, " \
+           f"p = {vs['mcnemar_p']:.3f})" in doc
