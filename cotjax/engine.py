@@ -326,13 +326,12 @@ class _Scheduler:
     the tool hook's per-row state."""
 
     def __init__(self, model, requests, max_new_tokens, sampling, eos_ids, batch_size, seed,
-                 mesh, hook, trigger_ids, number_ids, max_forced, prompt_slots_min=0):
+                 mesh, hook, trigger_ids, number_ids, max_forced, prompt_slots_min):
         self.graphdef, self.weights, self.spec, B = decode._setup(
             model, eos_ids, batch_size, mesh, sampling, max_new_tokens)
         cfg = model.cfg
         self.requests, self.seed, self.B, self.F = requests, seed, B, max_forced
-        self.P = max(prompt_slots(max(len(r.prompt) for r in requests)),
-                     prompt_slots(prompt_slots_min) if prompt_slots_min else 0)
+        self.P = prompt_slots(max(prompt_slots_min, *(len(r.prompt) for r in requests)))
         widest = max(len(r.samples) for r in requests) or 1
         group = -(-B // widest)  # prompts per prefill; fewer when there are fewer requests,
         self.G = max(1, group if prompt_slots_min else min(len(requests), group))  # unless fixed
