@@ -127,13 +127,37 @@ def make_manager(workdir, *, keep: int = 3, keep_best: int = 1,
         # best_fn makes the manager write each checkpoint's metrics (restarts rank by them).
         best_fn=(lambda m: m[BEST_METRIC]) if keep_best > 0 else None, best_mode="min",
         enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
+        cleanup_tmp_directories=False,  # done here, synchronously: see remove_unfinished_saves
         read_only=read_only,
         create=not read_only,
     )
     directory = run_dir(workdir) / CKPT_DIR
+    if not read_only:
+        remove_unfinished_saves(directory)
     return ocp.CheckpointManager(directory, options=options,
                                  item_names=("params", "train", "data"))
+
+
+def remove_unfinished_saves(directory) -> int:
+    """Delete the temporary step directories (`<step>.orbax-checkpoint-tmp`) that a run killed
+    mid-save left in `directory`, before a manager is made; returns how many (printed).
+
+    Orbax 0.12 does this in a background thread at each manager's start. A restart makes two
+    managers in a row (one to find the latest step, one to restore), so two threads deleted the
+    same tree at once and the second failed on a file the first had removed
+    (FileNotFoundError 'ocdbt.process_0': the SIGKILL test saw it in CI). Done here, once, before
+    anything else touches the directory. Process 0 only, as Orbax does: the first save of any
+    process is after collective training steps, so it never meets a half-deleted directory.
+    """
+    if jax.process_index() != 0 or not directory.exists():
+        return 0
+    names = ocp.path.step.tmp_checkpoints(directory)
+    for name in names:
+        (directory / name).rmtree(missing_ok=True)
+    if names:
+        print(f"removed {len(names)} unfinished checkpoint save(s) in {directory}: "
+              f"{', '.join(sorted(names))}", flush=True)
+    return len(names)
 
 
 def _gather_json(obj) -> list:

@@ -147,3 +147,29 @@ def test_manager_keeps_last_k_and_best_by_validation_loss(tmp_path):
     abstract_train = {"step": jax.ShapeDtypeStruct((), np.int32)}
     p, t, data = checkpoint.restore(manager, 2, abstract, abstract_train)
     assert int(t["step"]) == 2 and data == {"pos": 2}
+
+
+def test_unfinished_saves_are_gone_before_the_manager_returns(tmp_path, capsys):
+    """A killed run's `<step>.orbax-checkpoint-tmp` trees are deleted before make_manager
+    returns, so the two managers of a restart never delete the same tree at once (the race
+    that failed the SIGKILL test in CI); finished steps stay."""
+    manager = checkpoint.make_manager(tmp_path, keep=3, async_save=False)
+    checkpoint.save(manager, 3, {"w": np.ones(3, np.float32)}, {"step": np.int32(3)}, {"pos": 3})
+    manager.close()
+    root = tmp_path / checkpoint.CKPT_DIR
+    for step in (6, 9):  # an Orbax-shaped unfinished save: many small files in nested dirs
+        for d in range(40):
+            leaf = root / f"{step}.orbax-checkpoint-tmp" / "params" / "ocdbt.process_0" / f"d{d}"
+            leaf.mkdir(parents=True)
+            for f in range(25):
+                (leaf / f"f{f}").write_bytes(b"x" * 64)
+    for attempt in range(2):  # as train._start_or_resume: a manager, closed, then another
+        manager = checkpoint.make_manager(tmp_path, keep=3)
+        assert sorted(p.name for p in root.iterdir()) == ["3"], attempt
+        assert manager.latest_step() == 3
+        manager.close()
+    assert "removed 2 unfinished checkpoint save(s)" in capsys.readouterr().out
+    # read-only managers (evaluation beside a running training) never delete anything
+    (root / "12.orbax-checkpoint-tmp").mkdir()
+    checkpoint.make_manager(tmp_path, read_only=True).close()
+    assert (root / "12.orbax-checkpoint-tmp").exists()
