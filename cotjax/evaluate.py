@@ -35,14 +35,34 @@ def _eval_settings(config) -> dict:
 
 def resolve_config(config, workdir: str | None, model: str | None):
     """The config a command runs with: the given one, else the run's own (with --workdir), else
-    the defaults; references resolved and `model` (when given) as config.model."""
+    the defaults; references resolved and `model` (when given) as config.model. A run's model
+    writes chains as its training data had them, so with --workdir `data.strip_calculator`
+    (where the calculator may fire, see decode_settings) is the run's, whatever the given
+    config says (printed when they differ)."""
     if config is None:
         config = read_run_config(workdir)[0] if workdir else defaults.get_config()
+    elif workdir and not model:
+        config = _with_run_calculator_format(config, workdir)
     if hasattr(config, "copy_and_resolve_references"):
         config = config.copy_and_resolve_references()
     if model:
         with config.unlocked():
             config.model = model
+    return config
+
+
+def _with_run_calculator_format(config, workdir):
+    """`config` with the run's `data.strip_calculator` (the annotations its model writes)."""
+    run = read_run_config(workdir)[0].data.get("strip_calculator", True)
+    given = config.data.get("strip_calculator", True)
+    if run == given:
+        return config
+    print(f"data.strip_calculator={str(run).lower()} as {workdir} was trained (the given config "
+          f"said {str(given).lower()}): its chains {'drop' if run else 'keep'} GSM8K's "
+          "<<a*b=c>> annotations", flush=True)
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.strip_calculator = bool(run)
     return config
 
 

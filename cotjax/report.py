@@ -270,8 +270,11 @@ def summary_path_for(predictions: str | pathlib.Path) -> pathlib.Path:
                      "NAME_predictions.jsonl)")
 
 
-def prediction_files(paths: Iterable[str | pathlib.Path]) -> list[pathlib.Path]:
-    """Predictions files named, or found under named directories (recursively), in order."""
+def prediction_files(paths: Iterable[str | pathlib.Path],
+                     skipped: list | None = None) -> list[pathlib.Path]:
+    """Predictions files named, or found under named directories (recursively), in order.
+    With a `skipped` list, files found under a directory without a summary beside them (a
+    reranking's predictions.jsonl, not an eval's) go there instead; named files always count."""
     out: list[pathlib.Path] = []
     for given in paths:
         path = pathlib.Path(given)
@@ -281,6 +284,9 @@ def prediction_files(paths: Iterable[str | pathlib.Path]) -> list[pathlib.Path]:
             if not found:
                 raise FileNotFoundError(f"{path}: no predictions.jsonl or *_predictions.jsonl "
                                         "under it")
+            if skipped is not None:
+                skipped += [p for p in found if not summary_path_for(p).is_file()]
+                found = [p for p in found if summary_path_for(p).is_file()]
             out += found
         elif path.is_file():
             summary_path_for(path)  # names it a predictions file, or raises
@@ -428,11 +434,14 @@ def rescore(paths: Iterable[str | pathlib.Path], write: bool = True,
             out=print) -> list[Rescored]:
     """`cotjax report rescore`: every predictions file under `paths` scored again, rewritten
     (unless `write` is False), and described old -> new through `out`."""
-    results = []
-    for path in prediction_files(paths):
+    results, skipped = [], []
+    for path in prediction_files(paths, skipped):
         result = rescore_file(path, write=write)
         out(result.describe())
         results.append(result)
+    if skipped:
+        out(f"skipped {len(skipped)} predictions file(s) with no summary beside them (not "
+            f"eval predictions): {', '.join(map(str, skipped))}")
     return results
 
 

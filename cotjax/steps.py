@@ -12,7 +12,9 @@ Rounding: a written number holds when it is the exact value, or the exact value 
 decimals it shows, half up (in magnitude) or half even: 10/3 = 3.33, 25/2 = 13 and 25/2 = 12.
 The floor or ceiling at that precision, when not the nearest (2.5 * 3 = 7, 2/3 = 0.66,
 1/100 = 1), is a truncation: counted apart, not valid. Only floating-point values (fractional
-powers) get a relative tolerance, so 1000000 + 1 = 1000000 is false.
+powers) get a relative tolerance, so 1000000 + 1 = 1000000 is false. A percent claimed for a side
+without one holds as a fraction (1/5 = 20%) or as percentage points (100 - 20 = 80%): GSM8K's
+chains write both.
 
 Units between the numbers are skipped (`3 hours * 60 minutes = 180 minutes`, `$5 x 3 = $15`,
 `25 cents per pound * 10 pounds`, `2 euros/pound`, `20% of 50`, `2 times 10`): up to four words
@@ -594,6 +596,18 @@ def _judge(left: _Side, right: _Side, source: str, offset: int) -> StepDetail:
 
 
 def _verdict(a: _Side, b: _Side) -> int:
+    verdict = _value_verdict(a, b)
+    # GSM8K writes percentage points as `100 - 20 = 80%` as often as fractions as `1/5 = 20%`
+    # (15 and 4 of its training chains): a percent claimed for a side without one holds either
+    # way (so 1/5 = 0.2% holds too: the checker reads the arithmetic, not the units).
+    if verdict < _VALID and b.value is not None and b.text.endswith("%") and "%" not in a.text:
+        points = dataclasses.replace(b, value=b.value * 100,
+                                     places=None if b.places is None else b.places - 2)
+        verdict = max(verdict, _value_verdict(a, points))
+    return verdict
+
+
+def _value_verdict(a: _Side, b: _Side) -> int:
     if a.value is None or b.value is None:
         return _INVALID
     # Floating point (`2^0.5 * 2^0.5`) is off in the last bits; exact arithmetic never is.

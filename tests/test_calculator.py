@@ -115,3 +115,24 @@ def test_eval_with_the_calculator_writes_valid_claims(tmp_path):
         written = [s for s in r["steps"] if any(
             s["expression"].strip() == c["expression"] for c in r["calculator_calls"])]
         assert all(s["ok"] for s in written), written
+
+
+def test_the_calculator_format_follows_the_runs_training_data(tmp_path, capsys):
+    """Evaluating a run trained with the annotations kept under a config that strips them (as
+    `--config=configs/gsm8k.py --workdir=run` does) still fires only inside annotations."""
+    from cotjax import checkpoint, defaults, evaluate
+
+    run = defaults.get_config()
+    run.data.strip_calculator = False
+    (tmp_path / "config.json").write_text(run.to_json_best_effort())
+    given = defaults.get_config()
+    got = evaluate.resolve_config(given, str(tmp_path), None)
+    assert got.data.strip_calculator is False and given.data.strip_calculator is True
+    assert "data.strip_calculator=false as" in capsys.readouterr().out
+    assert checkpoint.read_run_config(tmp_path)[0].data.strip_calculator is False
+    # a model spec instead of the run: the given config decides, silently
+    assert evaluate.resolve_config(given, str(tmp_path), "base").data.strip_calculator is True
+    run.data.strip_calculator = True
+    (tmp_path / "config.json").write_text(run.to_json_best_effort())
+    assert evaluate.resolve_config(given, str(tmp_path), None).data.strip_calculator is True
+    assert capsys.readouterr().out == ""

@@ -91,10 +91,17 @@ def test_rescore_rewrites_scores_and_keeps_the_run_fields(tmp_path, capsys):
     summary_path = tmp_path / "cot_summary.json"
     old_summary = json.loads(summary_path.read_text())
     old_lines = predictions.read_text().splitlines()
+    rerank = tmp_path / "rerank" / "predictions.jsonl"  # a reranking's file: no summary beside it
+    rerank.parent.mkdir()
+    rerank.write_text(json.dumps({"problem": 0, "selected": {}}) + "\n")
 
     report.main(["rescore", str(tmp_path)])
     out = capsys.readouterr().out
     assert str(predictions) in out and "1 of 1 predictions files rewritten" in out
+    assert f"skipped 1 predictions file(s) with no summary beside them (not eval predictions): " \
+           f"{rerank}" in out
+    with pytest.raises(FileNotFoundError, match="no summary.json beside it"):
+        report.main(["rescore", str(rerank)])  # named, it is an error
     assert "accuracy                   0.0000 -> 0.5000" in out  # strict: Answer:, final answer
     assert "maj_accuracy_flexible" in out and "(moved)" in out
 

@@ -88,6 +88,17 @@ def test_check_steps_claims(text, claims):
         ("5 + 3 = 8.5", "invalid"),  # an exact result admits no rounding
         ("1000000 + 1 = 1000000", "invalid"),  # nor a tolerance
         ("3/15 = 1/3", "invalid"),  # a fraction is exact: 1/3 is not 0.2 rounded
+        # a percent claimed for a side without one: a fraction or percentage points, as GSM8K
+        # writes both (`1/5 = 20%`, `100 - 20 = 80%`), each rounded at the places it shows
+        ("1/5 = 20%", "valid"),
+        ("100 - 20 = 80%", "valid"),
+        ("(75/100)*100 = 75%", "valid"),
+        ("200/3 = 66.7%", "valid"),
+        ("2/3 = 66.7%", "valid"),
+        ("200/3 = 66.6%", "truncated"),
+        ("100 - 20 = 70%", "invalid"),
+        ("1/5 = 25%", "invalid"),
+        ("40% + 5 = 5.4%", "invalid"),  # a percent on the left: only the fraction reading
     ],
 )
 def test_rounding(text, verdict):
