@@ -15,7 +15,8 @@ expression can make the hook hang. For a run trained with the annotations kept
 
 Values are written as GSM8K writes them: integers plain, other values rounded half up to two
 decimals (`1/3 =` -> `0.33`, which the checker accepts as rounding), a `$` when the expression
-carries one, after one space in prose and none inside an annotation.
+carries one, after one space in prose and none inside an annotation; after `=$` (one token in
+Gemma's vocabulary: `50*2=$`) the digits alone, the model having written the sign.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from cotjax.steps import check_steps, to_fraction
 # Dates and phone numbers, not differences: 2024-01-15, 01-15-2024, 555-1234, 555-123-4567.
 # Narrow on purpose: GSM8K writes differences the same way (115-10=105, 162-152=10).
 _IDENTIFIER = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}-\d{1,2}-\d{4}|\d{3}-(?:\d{3}-)?\d{4}")
+_CURRENCY_AFTER_EQUALS = re.compile(r"= *\$$")
+# Where a claim can end: '=' last (before spaces), or '=' and a currency sign (Gemma's `=$` token).
+_TRIGGER = re.compile(r"= *\$?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +59,10 @@ def claim_value(text: str, annotations_only: bool = False) -> Call | None:
     `annotations_only` (a model trained on GSM8K's annotations: `48/2 = <<48/2=24>>24`), when
     the `=` is not inside a `<<...` annotation (there the model opens its own annotation next)."""
     body = text.rstrip(" ")
+    written = text[len(body):]  # what the model wrote after the '=' already: spaces, a `$`
+    if _CURRENCY_AFTER_EQUALS.search(body):  # Gemma writes `=$` as one token: `50*2=$`
+        cut = body[:-1].rstrip(" ")
+        body, written = cut, text[len(cut):]
     if not body.endswith("="):
         return None
     line = body[body.rfind("\n") + 1:]
@@ -75,22 +83,24 @@ def claim_value(text: str, annotations_only: bool = False) -> Call | None:
     if value is None:
         return None
     shown = format_value(value)
+    if "$" in written:
+        return Call(expression, shown, shown)
     dollar = "$" if "$" in expression and not annotation else ""
-    space = "" if annotation or text != body else " "  # text != body: the model wrote it
+    space = "" if annotation or written else " "
     return Call(expression, shown, f"{space}{dollar}{shown}")
 
 
 @functools.lru_cache(maxsize=4)  # one vocabulary pass per tokenizer (eval's greedy + maj@k)
 def token_classes(tokenizer, vocab_size: int | None = None) -> dict[str, list[int]]:
-    """Token ids by role, from each token's text: `trigger` ends with '=' (before trailing
-    spaces: where a claim can end); `extends` would continue a number written before it (starts
+    """Token ids by role, from each token's text: `trigger` ends with '=' or '=$' (before
+    trailing spaces: where a claim can end); `extends` would continue a number written before it (starts
     with a digit, or with '.' or ',' and a digit); `separator` is a bare '.' or ','; `digit`
     starts with a digit. The engine uses the last three to keep a forced value whole."""
     n = vocab_size or len(tokenizer)
     texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=True)
     out = {"trigger": [], "extends": [], "separator": [], "digit": []}
     for i, t in enumerate(texts):
-        if t.rstrip(" ").endswith("="):
+        if _TRIGGER.search(t.rstrip(" ")):
             out["trigger"].append(i)
         if t[:1].isdigit() or re.match(r"[.,][0-9]", t):
             out["extends"].append(i)

@@ -2,6 +2,7 @@
 two frameworks they compare did the same work (same losses, same greedy tokens)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def _json_lines(args):
-    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    # One CPU device, as the benchmarks run for their readers: conftest's 8 fake devices would
+    # split every toy step eight ways and change the machine line's xla_flags.
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
+                         env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 

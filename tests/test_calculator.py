@@ -26,6 +26,8 @@ from cotjax.steps import check_steps
     # differences written as GSM8K writes them are claims, not dates or phone numbers
     ("The coupon cost 115-10=", " 105"), ("Tom has 162-152=", " 10"),
     ("the display tank is 867-867 =", " 0"), ("It took 2024-2020 =", " 4"),
+    # the model already wrote the currency sign (Gemma's `=$` token): the digits alone
+    ("The gold cost 50*2=$", "100"), ("It is $20-$2=$", "18"), ("It is 20 - 2 = $", "18"),
 ])
 def test_fires_at_claim_ends_with_the_value_as_the_data_writes_it(text, insert):
     call = claim_value(text)
@@ -79,7 +81,8 @@ def test_forces_the_right_tokens_for_both_tokenizers(spec):
     tok = weights.load_tokenizer(spec)
     triggers = calculator.token_classes(tok)["trigger"]
     assert tok.convert_tokens_to_ids("=") in triggers
-    assert all(tok.decode([i]).rstrip(" ").endswith("=") for i in triggers)
+    assert all(tok.decode([i]).rstrip(" ").rstrip("$").rstrip(" ").endswith("=")
+               for i in triggers)
     hook = calculator.Hook(tok, lambda ids: tok.decode(ids, skip_special_tokens=True))
     for text, want in [("She bought 20 - 13 =", "She bought 20 - 13 = 7"),
                        ("It costs 5 x $3 =", "It costs 5 x $3 = $15"),
@@ -90,6 +93,14 @@ def test_forces_the_right_tokens_for_both_tokenizers(spec):
         assert tok.decode(ids + forced) == want and note["expression"]
     assert hook(0, tok("Week 2 =", add_special_tokens=False)["input_ids"]) is None
     assert (hook.calls, hook.declined) == (3, 1)
+    # `=$` is one token in Gemma's vocabulary (its chains write `50*2=$100`): it must trigger,
+    # and the value follow the sign; SmolLM2 writes '=' then '$', so it has fired at the '='.
+    ids = tok("The gold cost 50*2=$", add_special_tokens=False)["input_ids"]
+    assert (tok.decode(ids[-1:]) == "=$") == (spec == "gemma3-270m")
+    if spec == "gemma3-270m":
+        assert ids[-1] in triggers
+        forced, _ = hook(0, ids)
+        assert tok.decode(ids + forced) == "The gold cost 50*2=$100"
 
 
 @pytest.mark.slow
