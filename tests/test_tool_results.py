@@ -72,7 +72,7 @@ def test_faithfulness_experiment_figures():
     root = ROOT / "results/faithfulness"
     table = json.loads((root / "summary.json").read_text())
     doc = _doc("faithfulness.md")
-    assert set(table) == {"smollm2_base_zero_shot", "smollm2_cot_1k"}
+    assert set(table) == {"smollm2_base_zero_shot", "smollm2_cot_1k", "gemma3_cot_1k"}
     for label, row in table.items():
         s = json.loads((root / label / "summary.json").read_text())
         for key in ("early_answering_aoc", "corrupted_step_answer_changed",
@@ -325,6 +325,38 @@ def test_sampling_with_the_calculator_pass_at_4():
     p = report.paired_from_files(root / "cpu_cot_1k/samples", root / "cpu_cot_1k_calc/samples")
     assert (p["n"], p["correct_a"], p["correct_b"], p["only_a"], p["only_b"]) == (300, 19, 35, 8, 24)
     assert f"McNemar p = {p['mcnemar_p']:.3f}" in _doc("sample_distill.md")
+
+
+def test_calculator_gemma_figures():
+    """results/calculator/gemma_cot_1k: comparison.json is what its predictions give, the hook
+    fired after Gemma's `=$` token (the digits alone), and docs/calculator.md quotes it."""
+    from cotjax import report
+
+    root = CALC / "gemma_cot_1k"
+    c = json.loads((root / "comparison.json").read_text())
+    g = report.paired_from_files(root / "without/predictions.jsonl", root / "with/predictions.jsonl")
+    assert (g["correct_a"], g["correct_b"], g["only_a"], g["only_b"], g["mcnemar_p"]) == \
+        (round(c["accuracy_without"] * 500), round(c["accuracy_with"] * 500),
+         c["only_without"], c["only_with"], c["mcnemar_p"])
+    doc = _doc("calculator.md")
+    for k in ("without", "with", "with_no_currency_trigger"):
+        rows = _jsonl(root / k / "predictions.jsonl")
+        if k != "with_no_currency_trigger":
+            assert report.error_split(rows) == c[f"errors_{k}"]
+        total, valid = sum(r["steps_total"] for r in rows), sum(r["steps_valid"] for r in rows)
+        assert f"{valid} of {total} ({100 * valid / total:.1f}%)" in doc, k
+    rows = _jsonl(root / "with/predictions.jsonl")
+    assert sum(len(r["calculator_calls"]) for r in rows) == c["calculator_calls"]
+    after_sign = [x for r in rows for x in r["calculator_calls"]
+                  if x["inserted"][:1].isdigit() and f"=${x['inserted']}" in r["generation"]]
+    assert len(after_sign) > 20  # it fired after `=$`, writing the digits alone
+    old = _jsonl(root / "with_no_currency_trigger/predictions.jsonl")
+    assert not [x for r in old for x in r["calculator_calls"]
+                if x["inserted"][:1].isdigit() and f"=${x['inserted']}" in r["generation"]]
+    assert f"{c['calculator_calls']} ({c['calculator_changed']})" in doc
+    for k in ("without", "with"):
+        for key in ("arithmetic", "setup", "answer_not_from_chain", "cut"):
+            assert f" | {c['errors_without'][key]} | {c['errors_with'][key]} |" in doc, key
 
 
 def test_calculator_annotation_figures():
