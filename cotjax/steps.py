@@ -8,13 +8,11 @@ text costs linear time and never raises; a text over MAX_TEXT_CHARS (a 256-token
 1-2k characters) is not parsed: its report is not applicable. Each claim carries its character
 span, which the faithfulness interventions use to cut or corrupt a chain at a step.
 
-Rounding: a written number holds when it is the exact value, or the exact value rounded at the
-decimals it shows, half up (in magnitude) or half even: 10/3 = 3.33, 25/2 = 13 and 25/2 = 12.
-The floor or ceiling at that precision, when not the nearest (2.5 * 3 = 7, 2/3 = 0.66,
-1/100 = 1), is a truncation: counted apart, not valid. Only floating-point values (fractional
-powers) get a relative tolerance, so 1000000 + 1 = 1000000 is false. A percent claimed for a side
-without one holds as a fraction (1/5 = 20%) or as percentage points (100 - 20 = 80%): GSM8K's
-chains write both.
+Rounding: a written number holds when it is the exact value or its rounding at the decimals it
+shows, half up (in magnitude) or half even: 10/3 = 3.33, 25/2 = 13 or 12. The floor or ceiling at
+that precision, when not the nearest (2.5 * 3 = 7, 2/3 = 0.66), is a truncation: counted apart, not
+valid. Only floating-point values (fractional powers) get a tolerance: 1000000 + 1 = 1000000 fails.
+A percent for a side without one is a fraction or points: 1/5 = 20% and 100 - 20 = 80% both hold.
 
 Units between the numbers are skipped (`3 hours * 60 minutes = 180 minutes`, `$5 x 3 = $15`,
 `25 cents per pound * 10 pounds`, `2 euros/pound`, `20% of 50`, `2 times 10`): up to four words
@@ -76,10 +74,8 @@ def normalise_number(sign: str | None, digits: str) -> str:
 
 def to_fraction(text: str) -> Fraction | None:
     text = text.replace(",", "").replace("$", "").strip()
-    if len(text) > _MAX_LITERAL_DIGITS + 2:
-        return None
     try:
-        return Fraction(text)
+        return Fraction(text) if len(text) <= _MAX_LITERAL_DIGITS + 2 else None
     except (ValueError, ZeroDivisionError):
         return None
 
@@ -596,25 +592,18 @@ def _judge(left: _Side, right: _Side, source: str, offset: int) -> StepDetail:
 
 
 def _verdict(a: _Side, b: _Side) -> int:
-    verdict = _value_verdict(a, b)
-    # GSM8K writes percentage points as `100 - 20 = 80%` as often as fractions as `1/5 = 20%`
-    # (15 and 4 of its training chains): a percent claimed for a side without one holds either
-    # way (so 1/5 = 0.2% holds too: the checker reads the arithmetic, not the units).
-    if verdict < _VALID and b.value is not None and b.text.endswith("%") and "%" not in a.text:
-        points = dataclasses.replace(b, value=b.value * 100,
-                                     places=None if b.places is None else b.places - 2)
-        verdict = max(verdict, _value_verdict(a, points))
-    return verdict
-
-
-def _value_verdict(a: _Side, b: _Side) -> int:
     if a.value is None or b.value is None:
         return _INVALID
     # Floating point (`2^0.5 * 2^0.5`) is off in the last bits; exact arithmetic never is.
     close = abs(a.value - b.value) <= _REL_TOL * max(abs(a.value), abs(b.value))
     if a.value == b.value or ((a.inexact or b.inexact) and close):
         return _VALID
-    return max(_rounding(a.value, b), _rounding(b.value, a))
+    verdict = max(_rounding(a.value, b), _rounding(b.value, a))
+    if verdict < _VALID and b.text.endswith("%") and "%" not in a.text:  # percentage points
+        points = dataclasses.replace(b, text=b.text[:-1], value=b.value * 100,
+                                     places=b.places and b.places - 2)
+        verdict = max(verdict, _verdict(a, points))
+    return verdict
 
 
 def _rounding(exact: Fraction, written: _Side) -> int:
