@@ -327,6 +327,22 @@ def test_sampling_with_the_calculator_pass_at_4():
     assert f"McNemar p = {p['mcnemar_p']:.3f}" in _doc("sample_distill.md")
 
 
+def _assert_paired_as_compared(root, c):
+    """comparison.json's accuracies and McNemar test are the paired test of its two evals."""
+    from cotjax import report
+
+    g = report.paired_from_files(root / "without/predictions.jsonl", root / "with/predictions.jsonl")
+    assert (g["correct_a"], g["correct_b"], g["only_a"], g["only_b"], g["mcnemar_p"]) == \
+        (round(c["accuracy_without"] * 500), round(c["accuracy_with"] * 500),
+         c["only_without"], c["only_with"], c["mcnemar_p"])
+
+
+def _calls_after_the_sign(rows):
+    """Calculator calls that wrote the digits alone after a `=$` the model wrote."""
+    return [x for r in rows for x in r["calculator_calls"]
+            if x["inserted"][:1].isdigit() and f"=${x['inserted']}" in r["generation"]]
+
+
 def test_calculator_gemma_figures():
     """results/calculator/gemma_cot_1k: comparison.json is what its predictions give, the hook
     fired after Gemma's `=$` token (the digits alone), and docs/calculator.md quotes it."""
@@ -334,10 +350,7 @@ def test_calculator_gemma_figures():
 
     root = CALC / "gemma_cot_1k"
     c = json.loads((root / "comparison.json").read_text())
-    g = report.paired_from_files(root / "without/predictions.jsonl", root / "with/predictions.jsonl")
-    assert (g["correct_a"], g["correct_b"], g["only_a"], g["only_b"], g["mcnemar_p"]) == \
-        (round(c["accuracy_without"] * 500), round(c["accuracy_with"] * 500),
-         c["only_without"], c["only_with"], c["mcnemar_p"])
+    _assert_paired_as_compared(root, c)
     doc = _doc("calculator.md")
     for k in ("without", "with", "with_no_currency_trigger"):
         rows = _jsonl(root / k / "predictions.jsonl")
@@ -347,16 +360,11 @@ def test_calculator_gemma_figures():
         assert f"{valid} of {total} ({100 * valid / total:.1f}%)" in doc, k
     rows = _jsonl(root / "with/predictions.jsonl")
     assert sum(len(r["calculator_calls"]) for r in rows) == c["calculator_calls"]
-    after_sign = [x for r in rows for x in r["calculator_calls"]
-                  if x["inserted"][:1].isdigit() and f"=${x['inserted']}" in r["generation"]]
-    assert len(after_sign) > 20  # it fired after `=$`, writing the digits alone
-    old = _jsonl(root / "with_no_currency_trigger/predictions.jsonl")
-    assert not [x for r in old for x in r["calculator_calls"]
-                if x["inserted"][:1].isdigit() and f"=${x['inserted']}" in r["generation"]]
+    assert len(_calls_after_the_sign(rows)) > 20  # it fired after `=$`, writing the digits alone
+    assert not _calls_after_the_sign(_jsonl(root / "with_no_currency_trigger/predictions.jsonl"))
     assert f"{c['calculator_calls']} ({c['calculator_changed']})" in doc
-    for k in ("without", "with"):
-        for key in ("arithmetic", "setup", "answer_not_from_chain", "cut"):
-            assert f" | {c['errors_without'][key]} | {c['errors_with'][key]} |" in doc, key
+    for key in ("arithmetic", "setup", "answer_not_from_chain", "cut"):
+        assert f" | {c['errors_without'][key]} | {c['errors_with'][key]} |" in doc, key
 
 
 def test_calculator_annotation_figures():
@@ -366,10 +374,7 @@ def test_calculator_annotation_figures():
 
     root = CALC / "cot_1k_annot"
     c = json.loads((root / "comparison.json").read_text())
-    g = report.paired_from_files(root / "without/predictions.jsonl", root / "with/predictions.jsonl")
-    assert (g["correct_a"], g["correct_b"], g["only_a"], g["only_b"], g["mcnemar_p"]) == \
-        (round(c["accuracy_without"] * 500), round(c["accuracy_with"] * 500),
-         c["only_without"], c["only_with"], c["mcnemar_p"])
+    _assert_paired_as_compared(root, c)
     doc = _doc("calculator.md")
     for k in ("without", "with"):
         rows = _jsonl(root / k / "predictions.jsonl")
