@@ -5,8 +5,14 @@ PY := .venv/bin/python
 setup:
 	bash setup.sh
 
+# Two pytest processes: 8 fake devices for most tests, one device for those marked one_device
+# (see tests/conftest.py); both always run, and either failing fails the target.
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not one_device"; a=$$?; \
+	COTJAX_TEST_DEVICES=1 $(PY) -m pytest -q -m one_device; b=$$?; \
+	[ $$a -eq 0 ] && [ $$b -eq 0 ]
 
 test-fast:
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not one_device"; a=$$?; \
+	COTJAX_TEST_DEVICES=1 $(PY) -m pytest -q -m "one_device and not slow"; b=$$?; \
+	[ $$a -eq 0 ] && [ $$b -eq 0 ]

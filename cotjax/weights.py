@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
+import json
 
 import numpy as np
 from pathlib import Path
 
+from cotjax.gguf_file import (cache_dir, cache_entry, gguf_hf_config, gguf_reader, read_gguf,
+                              through_cache)
+
 PRESETS = ("smollm2-135m-instruct", "gemma3-270m")
-
-
-def cache_dir() -> Path:
-    """Where cotjax keeps files it builds once (the assembled Gemma GGUF)."""
-    if os.environ.get("COTJAX_CACHE"):
-        return Path(os.environ["COTJAX_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cotjax"
 
 
 def preset_path(name: str) -> Path:
@@ -85,9 +80,13 @@ def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
     src = resolve_source(spec)
-    if src.kind == "gguf":
+    if src.kind == "gguf":  # converting a GGUF vocabulary takes seconds (Gemma's: 18 s): cached
         p = Path(src.path)
-        return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+        return through_cache(
+            src.path, "tokenizer",
+            lambda: AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name),
+            lambda tok, d: tok.save_pretrained(str(d)),
+            lambda d: AutoTokenizer.from_pretrained(str(d), trust_remote_code=False))
     return AutoTokenizer.from_pretrained(src.path, trust_remote_code=False)
 
 
@@ -240,121 +239,10 @@ def _take(tensors, name, source, convert, shape):
 
 
 # ----------------------------------------------------------------------------------------------
-# GGUF: llama.cpp names and metadata -> HF names and config.json keys.
-
-_GGUF_LAYER_NAMES = {
-    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-    "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm",
-}
-_GGUF_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
-                      "output": "lm_head"}
-_GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
-
-
-def _gguf_reader(path: str):
-    import gguf
-
-    size = os.path.getsize(path)
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:  # the reader fails in many ways on a damaged file
-        raise ValueError(f"GGUF file {path} cannot be read (truncated or corrupt?): {e}") from e
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise ValueError(f"GGUF file {path} is truncated: tensor {t.name!r} runs past the end")
-    return reader
-
-
-def _gguf_field(reader, key, default=None):
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
-
-
-def gguf_hf_config(reader, path: str) -> dict:
-    """The HF config.json dict described by a GGUF file's metadata."""
-    arch = _gguf_field(reader, "general.architecture")
-    if arch not in _GGUF_ARCHS:
-        raise ValueError(f"GGUF file {path}: unsupported architecture {arch!r}; "
-                         f"supported: {sorted(_GGUF_ARCHS)}")
-    g = lambda k, d=None: _gguf_field(reader, f"{arch}.{k}", d)  # noqa: E731
-    names = {t.name for t in reader.tensors}
-    if "rope_freqs.weight" in names:
-        raise ValueError(f"GGUF file {path}: rope frequency tensors (llama3 rope scaling) are not "
-                         "supported; load the HF safetensors checkpoint instead")
-    n_heads = g("attention.head_count")
-    hf = {
-        "model_type": _GGUF_ARCHS[arch],
-        "num_hidden_layers": g("block_count"),
-        "hidden_size": g("embedding_length"),
-        "intermediate_size": g("feed_forward_length"),
-        "num_attention_heads": n_heads,
-        "num_key_value_heads": g("attention.head_count_kv", n_heads),
-        "head_dim": g("attention.key_length", g("embedding_length") // n_heads),
-        "rms_norm_eps": g("attention.layer_norm_rms_epsilon"),
-        "rope_theta": g("rope.freq_base", 10000.0),
-        "max_position_embeddings": g("context_length"),
-        "vocab_size": g("vocab_size") or len(_gguf_field(reader, "tokenizer.ggml.tokens")),
-        "tie_word_embeddings": "output.weight" not in names,
-        "bos_token_id": _gguf_field(reader, "tokenizer.ggml.bos_token_id"),
-        "eos_token_id": _gguf_field(reader, "tokenizer.ggml.eos_token_id"),
-        "pad_token_id": _gguf_field(reader, "tokenizer.ggml.padding_token_id"),
-    }
-    if arch == "qwen2":
-        hf["attention_bias"] = True
-    if arch == "gemma3":  # llama.cpp keeps only the window; the rest are Gemma 3's fixed values
-        hf.update(sliding_window=g("attention.sliding_window"), sliding_window_pattern=6,
-                  rope_local_base_freq=10000.0, query_pre_attn_scalar=256)
-    return hf
-
-
-def _unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo llama.cpp's reordering of q/k projection rows (interleaved rope -> HF halves)."""
-    rows = w.shape[0]
-    return (w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
-
-
-def read_gguf(path: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """(HF config dict, HF-named float32 tensors) from a GGUF file, dequantised with numpy."""
-    import gguf
-
-    reader = _gguf_reader(path)
-    hf = gguf_hf_config(reader, path)
-    tensors = {}
-    for t in reader.tensors:
-        base, _, kind = t.name.rpartition(".")
-        parts = base.split(".")
-        if parts[0] == "blk":
-            if parts[2] not in _GGUF_LAYER_NAMES:
-                raise ValueError(f"GGUF file {path}: unknown tensor {t.name!r}")
-            name = f"model.layers.{parts[1]}.{_GGUF_LAYER_NAMES[parts[2]]}.{kind}"
-            if hf["model_type"] == "gemma3_text" and parts[2] == "ffn_norm":
-                name = f"model.layers.{parts[1]}.pre_feedforward_layernorm.{kind}"
-        elif base in _GGUF_GLOBAL_NAMES:
-            name = f"{_GGUF_GLOBAL_NAMES[base]}.{kind}"
-        else:
-            raise ValueError(f"GGUF file {path}: unknown tensor {t.name!r}")
-        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
-        w = w.reshape(tuple(int(d) for d in reversed(t.shape)))
-        if hf["model_type"] == "llama" and parts[-1] in ("attn_q", "attn_k"):
-            heads = hf["num_attention_heads"] if parts[-1] == "attn_q" else hf["num_key_value_heads"]
-            w = _unpermute_rope_rows(w, heads)
-        if hf["model_type"] == "gemma3_text" and base.endswith("norm"):
-            w = w - 1.0  # llama.cpp stores Gemma's (1 + w) norm scales with the 1 added
-        tensors[name] = w
-    return hf, tensors
-
-
-# ----------------------------------------------------------------------------------------------
 # HF directories (config.json + safetensors, single file or sharded with an index).
 
 
 def _hf_dir_config(d: Path) -> dict:
-    import json
 
     cfg_file = d / "config.json"
     if not cfg_file.is_file():
@@ -363,7 +251,6 @@ def _hf_dir_config(d: Path) -> dict:
 
 
 def read_hf_dir(path: str) -> tuple[dict, dict[str, np.ndarray]]:
-    import json
 
 
     d = Path(path)
@@ -444,7 +331,10 @@ def read_config(spec: str) -> dict:
     """The HF config dict of a local model spec, without reading its weights."""
     src = resolve_source(spec)
     if src.kind == "gguf":
-        return gguf_hf_config(_gguf_reader(src.path), src.path)
+        entry = cache_entry(src.path, "weights")
+        if entry is not None and (entry / "config.json").is_file():
+            return json.loads((entry / "config.json").read_text())
+        return gguf_hf_config(gguf_reader(src.path), src.path)
     if src.kind == "hf_dir":
         return _hf_dir_config(Path(src.path))
     raise ValueError(f"model {spec!r}: read_config takes a preset, a .gguf file or a HF directory")
@@ -510,7 +400,6 @@ def load_model(spec: str, *, param_dtype: str = "float32", compute_dtype: str = 
 def export_hf(model, out_dir: str, tokenizer=None, generation: dict | None = None) -> Path:
     """Write a Decoder as a HF directory (config.json, model.safetensors, tokenizer files); a
     LoRA model with its adapters merged into the (dequantised) base."""
-    import json
 
     from safetensors.numpy import save_file
 
@@ -534,7 +423,6 @@ def export_peft(model, out_dir: str, base_model: str = "", layers: str = "model.
     model of its base. HF's Linear weight is [out, in] = ours.reshape(in, out).T (the key
     table), so an adapter's A [*in, r] becomes lora_A [r, in] and B [r, *out] lora_B [out, r].
     `layers`: where the base's transformers model keeps its decoder layers (`peft_layers_prefix`)."""
-    import json
 
     from safetensors.numpy import save_file
 

@@ -1,5 +1,10 @@
 """Test set-up: 8 fake CPU devices for sharding tests (must precede the first jax import), and
-one XLA compilation cache for the whole session."""
+one XLA compilation cache for the whole session.
+
+Tests marked `one_device` (real checkpoints that shard nothing) run faster on one device: 8 fake
+devices split their batches 8 ways on 2 cores (the beam search test: 136 s with 8, 66 s with 1).
+XLA fixes the device count per process, so `make test` runs them in a second pytest process with
+COTJAX_TEST_DEVICES=1; a plain `pytest` runs everything on 8 devices."""
 
 import os
 import shutil
@@ -7,7 +12,8 @@ import tempfile
 
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+DEVICES = int(os.environ.get("COTJAX_TEST_DEVICES", "8"))
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={DEVICES}")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # A persistent compilation cache for this session, inherited by the processes tests launch
@@ -19,11 +25,28 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 else:
     _CACHE = None
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# cotjax's own cache (the assembled Gemma GGUF, GGUF conversions) is fresh per session too, so no
+# entry left by an older version can stand in for a conversion under test.
+if "COTJAX_CACHE" not in os.environ:
+    _OWN_CACHE = os.environ["COTJAX_CACHE"] = tempfile.mkdtemp(prefix="cotjax-cache-")
+else:
+    _OWN_CACHE = None
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected
+def pytest_collection_modifyitems(config, items):
+    """Fewer devices than 8 only for `one_device` tests: the others' sharded meshes need 8."""
+    if DEVICES < 8:
+        wide = [i.nodeid for i in items if "one_device" not in i.keywords]
+        if wide:
+            raise pytest.UsageError(f"COTJAX_TEST_DEVICES={DEVICES} runs only tests marked "
+                                    f"one_device (add -m one_device); {wide[0]} needs 8 devices")
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _CACHE:
-        shutil.rmtree(_CACHE, ignore_errors=True)
+    for cache in (_CACHE, _OWN_CACHE):
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -61,7 +61,7 @@ def test_the_cycle_finder_finds_one():
 
 @pytest.mark.parametrize("module", ["steps", "scoring", "records", "formatting", "synthetic",
                                     "defaults", "report", "distill",
-                                    "faithfulness", "prm", "host"])
+                                    "faithfulness", "prm", "host", "gguf_file"])
 def test_pure_python_modules_import_no_jax_even_indirectly(module):
     graph, seen, todo = _graph(), set(), [module]
     while todo:

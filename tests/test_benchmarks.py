@@ -45,6 +45,17 @@ def test_train_throughput_on_random_weights_matches_pytorch():
 
 
 @pytest.mark.slow
+def test_model_load_reads_the_conversion_back_faster_than_it_converts():
+    lines = _json_lines(["benchmarks/model_load.py", "--presets", "smollm2-135m-instruct"])
+    row, last = lines[0], lines[-1]
+    assert row["preset"] == "smollm2-135m-instruct" and row["hf_s"] > 0
+    assert 0 < row["cotjax_cached_s"] < row["cotjax_cold_s"]
+    assert last["cached_vs_cold"] == {"smollm2-135m-instruct": pytest.approx(
+        row["cotjax_cold_s"] / row["cotjax_cached_s"], rel=0.05)}
+    _assert_machine(last["machine"], probes=False)
+
+
+@pytest.mark.slow
 def test_decode_throughput_rows_match_transformers():
     lines = _json_lines(["benchmarks/decode_throughput.py", "--prompts", "3", "--new_tokens", "6",
                          "--batch_size", "3"])

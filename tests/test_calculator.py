@@ -103,6 +103,7 @@ def test_forces_the_right_tokens_for_both_tokenizers(spec):
         assert tok.decode(ids + forced) == "The gold cost 50*2=$100"
 
 
+@pytest.mark.one_device
 @pytest.mark.slow
 def test_eval_with_the_calculator_writes_valid_claims(tmp_path):
     """SmolLM2-135M-Instruct (base) on 6 GSM8K validation questions, greedy, calculator on:

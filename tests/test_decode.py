@@ -246,6 +246,7 @@ def _hf_greedy(hf, prompt_ids, n, eos):
     return g[0, len(prompt_ids):].tolist()
 
 
+@pytest.mark.one_device
 @pytest.mark.slow
 def test_greedy_matches_transformers_generate_on_smollm2(smollm2):
     """cotjax decodes 8 GSM8K prompts in batches of 4 (left padding, two length buckets);
@@ -261,6 +262,7 @@ def test_greedy_matches_transformers_generate_on_smollm2(smollm2):
         assert o == _hf_greedy(hf, p, n, list(cfg.eos_token_ids))
 
 
+@pytest.mark.one_device
 @pytest.mark.slow
 def test_generate_cli_prints_the_transformers_continuation(smollm2):
     """`cotjax generate` prints only the continuation of the raw prompt: transformers' greedy

@@ -58,6 +58,7 @@ def smollm2():
 # The model with adapters
 
 
+@pytest.mark.one_device
 def test_zero_initialised_adapters_give_the_base_logits_exactly(smollm2):
     base, _, ids = smollm2
     model, cfg = load.load_base_model(_lora_config(rank=8))
@@ -67,6 +68,7 @@ def test_zero_initialised_adapters_give_the_base_logits_exactly(smollm2):
     np.testing.assert_array_equal(_logits(model, ids), _logits(base, ids))
 
 
+@pytest.mark.one_device
 @pytest.mark.parametrize("quant", ["int8", "nf4"])
 def test_qlora_base_is_the_float_base_within_the_quantisers_error(smollm2, quant):
     base, _, ids = smollm2
@@ -106,6 +108,7 @@ def test_quantise_round_trip_error_is_bounded(rows, block, quant, scale, seed):
                   == pytest.approx(blocks, rel=1e-6))  # the block's absmax is exact
 
 
+@pytest.mark.one_device
 def test_merged_export_equals_the_lora_model_and_loads_in_transformers(smollm2, tmp_path):
     _, _, ids = smollm2
     model, cfg = load.load_base_model(_lora_config(rank=8, targets=r"layers/(wq|wv|w_down)$"))
@@ -121,6 +124,7 @@ def test_merged_export_equals_the_lora_model_and_loads_in_transformers(smollm2, 
     assert np.abs(ref - want).max() / np.abs(want).max() <= 1e-4
 
 
+@pytest.mark.one_device
 def test_peft_loads_the_adapter_directory_with_the_same_logits(smollm2, tmp_path):
     import peft
 

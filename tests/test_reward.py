@@ -72,6 +72,7 @@ def reward_config(tok_dir, labels, objective="prm", **train_kw):
 # ---------------------------------------------------------------------------------------------
 # Where scores are read.
 
+@pytest.mark.one_device
 @pytest.mark.parametrize("spec", ["smollm2-135m-instruct", "gemma3-270m"])
 @pytest.mark.parametrize("template", ["plain", "chat"])
 def test_scores_are_read_at_the_last_token_of_each_step(spec, template):
@@ -492,6 +493,7 @@ def _search_config(batch_size):
     return c
 
 
+@pytest.mark.one_device
 @pytest.mark.slow
 def test_beam_search_with_a_prm_does_not_depend_on_the_batch(prm_run, tmp_path):
     """`cotjax search` with SmolLM2 as the policy and the tiny PRM (it reads text, whatever

@@ -1,6 +1,7 @@
 """Real checkpoints: GGUF presets against transformers, HF export round trip, and bad input."""
 
 import json
+import os
 import shutil
 
 import jax.numpy as jnp
@@ -10,6 +11,8 @@ import torch
 import transformers
 
 from cotjax import weights
+
+pytestmark = pytest.mark.one_device  # parity and file errors on one device: nothing is sharded
 
 GSM8K = "data/gsm8k/train.jsonl"
 
@@ -72,6 +75,68 @@ def test_export_round_trip_loads_in_transformers(smollm2, tmp_path):
     assert cfg2 == cfg
     for k, v in weights.model_params(model).items():
         np.testing.assert_array_equal(weights.model_params(again)[k], v)
+
+
+# ---------------------------------------------------------------------------------------------
+# The GGUF conversion cache (gguf-py reads slowly: each file is converted once).
+
+
+def test_a_gguf_conversion_is_read_back_from_the_cache(tmp_path, monkeypatch, capsys):
+    """The second read takes the stored entry (the converter is not called) and gives the same
+    config and bitwise the same tensors; a damaged entry is converted again, with a line that
+    says so; a replaced file (new mtime) gets a new entry; COTJAX_GGUF_CACHE=0 keeps nothing."""
+    from cotjax import gguf_file
+
+    monkeypatch.setenv("COTJAX_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "m.gguf"
+    shutil.copy(weights.preset_path("smollm2-135m-instruct"), src)
+    hf, tensors = gguf_file.read_gguf(str(src))
+    entry = gguf_file.cache_entry(str(src), "weights")
+    assert (entry / "model.safetensors").is_file() and hf["num_hidden_layers"] == 30
+    calls, convert = [], gguf_file._convert_gguf
+    monkeypatch.setattr(gguf_file, "_convert_gguf", lambda p: calls.append(p) or convert(p))
+
+    def same(got):
+        assert got[0] == hf and got[1].keys() == tensors.keys()
+        for k, v in tensors.items():
+            np.testing.assert_array_equal(got[1][k], v, err_msg=k)
+
+    same(gguf_file.read_gguf(str(src)))
+    assert calls == [] and weights.read_config(str(src)) == hf
+    (entry / "model.safetensors").write_bytes(b"not a safetensors file")
+    same(gguf_file.read_gguf(str(src)))
+    assert calls == [str(src)] and "unreadable" in capsys.readouterr().err
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert gguf_file.cache_entry(str(src), "weights") not in (None, entry)
+    monkeypatch.setenv("COTJAX_GGUF_CACHE", "0")
+    assert gguf_file.cache_entry(str(src), "weights") is None
+
+
+@pytest.mark.parametrize("spec", ["smollm2-135m-instruct",
+                                  pytest.param("gemma3-270m", marks=pytest.mark.slow)])
+def test_the_cached_tokenizer_is_the_converted_one(spec, monkeypatch):
+    monkeypatch.setenv("COTJAX_GGUF_CACHE", "0")
+    fresh = weights.load_tokenizer(spec)
+    monkeypatch.delenv("COTJAX_GGUF_CACHE")
+    cached = weights.load_tokenizer(spec)  # read back from the session's cache
+    from cotjax import gguf_file
+
+    assert gguf_file.cache_entry(str(weights.preset_path(spec)), "tokenizer").is_dir()
+    texts = _questions(3) + [" 50*2=$100 <<48/2=24>>", "\n\nThe answer is 72.", "é 🤖 ∑ x²"]
+    for text in texts:
+        for special in (True, False):
+            ids = fresh(text, add_special_tokens=special).input_ids
+            assert cached(text, add_special_tokens=special).input_ids == ids, (text, special)
+            assert cached.decode(ids) == fresh.decode(ids)
+    if fresh.chat_template:
+        chat = [{"role": "user", "content": texts[0]}]
+        assert (cached.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+                == fresh.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "padding_side",
+                 "all_special_ids", "chat_template"):
+        assert getattr(cached, attr) == getattr(fresh, attr), attr
+    assert cached.get_vocab() == fresh.get_vocab()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,196 @@
+"""GGUF files: llama.cpp metadata -> a HF config dict, dequantised HF-named tensors, and the
+cache that keeps each file's conversion (and its tokenizer, for weights.load_tokenizer), since
+gguf-py reads slowly. No JAX."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def cache_dir() -> Path:
+    """Where cotjax keeps files it builds once (the assembled Gemma GGUF, GGUF conversions)."""
+    if os.environ.get("COTJAX_CACHE"):
+        return Path(os.environ["COTJAX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cotjax"
+
+
+# ----------------------------------------------------------------------------------------------
+# GGUF: llama.cpp names and metadata -> HF names and config.json keys.
+
+_GGUF_LAYER_NAMES = {
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm",
+}
+_GGUF_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
+                      "output": "lm_head"}
+_GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
+
+
+def gguf_reader(path: str):
+    import gguf
+
+    size = os.path.getsize(path)
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:  # the reader fails in many ways on a damaged file
+        raise ValueError(f"GGUF file {path} cannot be read (truncated or corrupt?): {e}") from e
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size:
+            raise ValueError(f"GGUF file {path} is truncated: tensor {t.name!r} runs past the end")
+    return reader
+
+
+def _gguf_field(reader, key, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def gguf_hf_config(reader, path: str) -> dict:
+    """The HF config.json dict described by a GGUF file's metadata."""
+    arch = _gguf_field(reader, "general.architecture")
+    if arch not in _GGUF_ARCHS:
+        raise ValueError(f"GGUF file {path}: unsupported architecture {arch!r}; "
+                         f"supported: {sorted(_GGUF_ARCHS)}")
+    g = lambda k, d=None: _gguf_field(reader, f"{arch}.{k}", d)  # noqa: E731
+    names = {t.name for t in reader.tensors}
+    if "rope_freqs.weight" in names:
+        raise ValueError(f"GGUF file {path}: rope frequency tensors (llama3 rope scaling) are not "
+                         "supported; load the HF safetensors checkpoint instead")
+    n_heads = g("attention.head_count")
+    hf = {
+        "model_type": _GGUF_ARCHS[arch],
+        "num_hidden_layers": g("block_count"),
+        "hidden_size": g("embedding_length"),
+        "intermediate_size": g("feed_forward_length"),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": g("attention.head_count_kv", n_heads),
+        "head_dim": g("attention.key_length", g("embedding_length") // n_heads),
+        "rms_norm_eps": g("attention.layer_norm_rms_epsilon"),
+        "rope_theta": g("rope.freq_base", 10000.0),
+        "max_position_embeddings": g("context_length"),
+        "vocab_size": g("vocab_size") or len(_gguf_field(reader, "tokenizer.ggml.tokens")),
+        "tie_word_embeddings": "output.weight" not in names,
+        "bos_token_id": _gguf_field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _gguf_field(reader, "tokenizer.ggml.eos_token_id"),
+        "pad_token_id": _gguf_field(reader, "tokenizer.ggml.padding_token_id"),
+    }
+    if arch == "qwen2":
+        hf["attention_bias"] = True
+    if arch == "gemma3":  # llama.cpp keeps only the window; the rest are Gemma 3's fixed values
+        hf.update(sliding_window=g("attention.sliding_window"), sliding_window_pattern=6,
+                  rope_local_base_freq=10000.0, query_pre_attn_scalar=256)
+    return hf
+
+
+def _unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's reordering of q/k projection rows (interleaved rope -> HF halves)."""
+    rows = w.shape[0]
+    return (w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+# Reading a GGUF file is slow in gguf-py (Gemma 3 270M: 11-19 s to parse 262k vocabulary strings,
+# 11 s to dequantise), so each file's conversion is kept in the cache and read back in a second.
+GGUF_CACHE_FORMAT = 1  # bump when the conversion changes: older entries are then never read
+
+
+def cache_entry(path: str, kind: str) -> Path | None:
+    """The cache directory of a GGUF file's converted `kind`, keyed by the file's real path, size
+    and mtime (a replaced file gets a new entry); None when COTJAX_GGUF_CACHE=0."""
+    if os.environ.get("COTJAX_GGUF_CACHE", "1") == "0":
+        return None
+    st = os.stat(path)
+    key = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{GGUF_CACHE_FORMAT}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_dir() / "gguf" / f"{Path(path).stem}-{digest}" / kind
+
+
+def through_cache(path: str, kind: str, convert, save, load):
+    """load(entry) if the entry exists, else convert(), save(value, dir) and rename the dir into
+    place (a killed save leaves only a temporary dir; a racing process's entry wins). A damaged
+    entry is converted again; a cache that cannot be written costs speed, not the run."""
+    entry = cache_entry(path, kind)
+    if entry is not None and entry.is_dir():
+        try:
+            return load(entry)
+        except Exception as e:  # noqa: BLE001 (truncated file, stale format, ...)
+            print(f"cached {kind} of {path} in {entry} is unreadable ({e}); converting again",
+                  file=sys.stderr)
+            shutil.rmtree(entry, ignore_errors=True)
+    value = convert()
+    if entry is None:
+        return value
+    tmp = entry.with_name(f"{kind}.tmp-{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        save(value, tmp)
+        os.rename(tmp, entry)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not entry.is_dir():
+            print(f"could not cache the {kind} of {path} in {entry}: {e}", file=sys.stderr)
+            return value
+    del value  # read back below, as a later run gets it (one copy in memory, not two)
+    return load(entry)
+
+
+def _save_converted(value, d: Path) -> None:
+    from safetensors.numpy import save_file
+
+    (d / "config.json").write_text(json.dumps(value[0]))
+    save_file(value[1], str(d / "model.safetensors"))
+
+
+def _load_converted(d: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    from safetensors.numpy import load_file
+
+    return json.loads((d / "config.json").read_text()), load_file(str(d / "model.safetensors"))
+
+
+def read_gguf(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(HF config dict, HF-named float32 tensors) from a GGUF file, dequantised with numpy
+    (through the cache: `through_cache`)."""
+    return through_cache(path, "weights", lambda: _convert_gguf(path), _save_converted,
+                          _load_converted)
+
+
+def _convert_gguf(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+    import gguf
+
+    reader = gguf_reader(path)
+    hf = gguf_hf_config(reader, path)
+    tensors = {}
+    for t in reader.tensors:
+        base, _, kind = t.name.rpartition(".")
+        parts = base.split(".")
+        if parts[0] == "blk":
+            if parts[2] not in _GGUF_LAYER_NAMES:
+                raise ValueError(f"GGUF file {path}: unknown tensor {t.name!r}")
+            name = f"model.layers.{parts[1]}.{_GGUF_LAYER_NAMES[parts[2]]}.{kind}"
+            if hf["model_type"] == "gemma3_text" and parts[2] == "ffn_norm":
+                name = f"model.layers.{parts[1]}.pre_feedforward_layernorm.{kind}"
+        elif base in _GGUF_GLOBAL_NAMES:
+            name = f"{_GGUF_GLOBAL_NAMES[base]}.{kind}"
+        else:
+            raise ValueError(f"GGUF file {path}: unknown tensor {t.name!r}")
+        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        w = w.reshape(tuple(int(d) for d in reversed(t.shape)))
+        if hf["model_type"] == "llama" and parts[-1] in ("attn_q", "attn_k"):
+            heads = hf["num_attention_heads"] if parts[-1] == "attn_q" else hf["num_key_value_heads"]
+            w = _unpermute_rope_rows(w, heads)
+        if hf["model_type"] == "gemma3_text" and base.endswith("norm"):
+            w = w - 1.0  # llama.cpp stores Gemma's (1 + w) norm scales with the 1 added
+        tensors[name] = w
+    return hf, tensors
