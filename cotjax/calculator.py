@@ -93,9 +93,9 @@ def claim_value(text: str, annotations_only: bool = False) -> Call | None:
 @functools.lru_cache(maxsize=4)  # one vocabulary pass per tokenizer (eval's greedy + maj@k)
 def token_classes(tokenizer, vocab_size: int | None = None) -> dict[str, list[int]]:
     """Token ids by role, from each token's text: `trigger` ends with '=' or '=$' (before
-    trailing spaces: where a claim can end); `extends` would continue a number written before it (starts
-    with a digit, or with '.' or ',' and a digit); `separator` is a bare '.' or ','; `digit`
-    starts with a digit. The engine uses the last three to keep a forced value whole."""
+    trailing spaces: where a claim can end); `extends` would continue a number written before it
+    (starts with a digit, or with '.' or ',' and a digit); `separator` is a bare '.' or ',';
+    `digit` starts with a digit. The engine uses the last three to keep a forced value whole."""
     n = vocab_size or len(tokenizer)
     texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=True)
     out = {"trigger": [], "extends": [], "separator": [], "digit": []}

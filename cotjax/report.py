@@ -285,8 +285,9 @@ def prediction_files(paths: Iterable[str | pathlib.Path],
                 raise FileNotFoundError(f"{path}: no predictions.jsonl or *_predictions.jsonl "
                                         "under it")
             if skipped is not None:
-                skipped += [p for p in found if not summary_path_for(p).is_file()]
-                found = [p for p in found if summary_path_for(p).is_file()]
+                has = {p: summary_path_for(p).is_file() for p in found}
+                skipped += [p for p in found if not has[p]]
+                found = [p for p in found if has[p]]
             out += found
         elif path.is_file():
             summary_path_for(path)  # names it a predictions file, or raises

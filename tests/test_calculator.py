@@ -76,6 +76,7 @@ def test_hostile_expressions_return_quickly():
 
 
 @pytest.mark.slow
+@pytest.mark.one_device  # beside the other Gemma tests, which share its cached tokenizer
 @pytest.mark.parametrize("spec", ["smollm2-135m-instruct", "gemma3-270m"])
 def test_forces_the_right_tokens_for_both_tokenizers(spec):
     tok = weights.load_tokenizer(spec)

@@ -38,9 +38,10 @@ def _assert_parity(model, hf, ids):
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits.numpy()
     logits, _ = model(jnp.asarray([ids]), jnp.arange(len(ids))[None])
-    logits = np.asarray(logits)
-    assert np.array_equal(logits.argmax(-1), ref.argmax(-1)), "top-1 token differs"
-    assert np.abs(logits - ref).max() / np.abs(ref).max() <= 1e-4
+    # compared in torch, which uses both cores: numpy took 13 s over Gemma's 600 x 262k logits
+    ours, ref = torch.from_numpy(np.asarray(logits)), torch.from_numpy(ref)
+    assert torch.equal(ours.argmax(-1), ref.argmax(-1)), "top-1 token differs"
+    assert ((ours - ref).abs().max() / ref.abs().max()).item() <= 1e-4
 
 
 def test_smollm2_preset_matches_transformers_on_gsm8k(smollm2):
