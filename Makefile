@@ -6,13 +6,14 @@ setup:
 	bash setup.sh
 
 # Two pytest processes: 8 fake devices for most tests, one device for those marked one_device
-# (see tests/conftest.py); both always run, and either failing fails the target.
+# (see tests/conftest.py); both run (unless the first was interrupted: exit 2), and either
+# failing fails the target.
 test:
-	$(PY) -m pytest -q -m "not one_device"; a=$$?; \
+	$(PY) -m pytest -q -m "not one_device"; a=$$?; [ $$a -ne 2 ] || exit 2; \
 	COTJAX_TEST_DEVICES=1 $(PY) -m pytest -q -m one_device; b=$$?; \
 	[ $$a -eq 0 ] && [ $$b -eq 0 ]
 
 test-fast:
-	$(PY) -m pytest -q -m "not slow and not one_device"; a=$$?; \
+	$(PY) -m pytest -q -m "not slow and not one_device"; a=$$?; [ $$a -ne 2 ] || exit 2; \
 	COTJAX_TEST_DEVICES=1 $(PY) -m pytest -q -m "one_device and not slow"; b=$$?; \
 	[ $$a -eq 0 ] && [ $$b -eq 0 ]

@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,8 @@ _GGUF_LAYER_NAMES = {
     "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
     "ffn_norm": "post_attention_layernorm",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-    "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
 }
 _GGUF_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
                       "output": "lm_head"}
@@ -103,52 +106,88 @@ def _unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 # Reading a GGUF file is slow in gguf-py (Gemma 3 270M: 11-19 s to parse 262k vocabulary strings,
 # 11 s to dequantise), so each file's conversion is kept in the cache and read back in a second.
-GGUF_CACHE_FORMAT = 1  # bump when the conversion changes: older entries are then never read
+MAX_CACHED_GB = 4.0  # float32 weights above this (COTJAX_GGUF_CACHE_MAX_GB) are not kept
+
+
+def _versions() -> str:
+    """What a conversion depends on besides the file: this module's source (any edit makes new
+    entries), and the gguf and transformers releases that read and tokenize."""
+    from importlib.metadata import version
+
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return f"{code}|gguf {version('gguf')}|transformers {version('transformers')}"
 
 
 def cache_entry(path: str, kind: str) -> Path | None:
-    """The cache directory of a GGUF file's converted `kind`, keyed by the file's real path, size
-    and mtime (a replaced file gets a new entry); None when COTJAX_GGUF_CACHE=0."""
+    """The cache directory of a GGUF file's converted `kind`, keyed by the file's real path,
+    inode, size and mtime (a replaced file gets a new entry) and `_versions()`; None when
+    COTJAX_GGUF_CACHE=0."""
     if os.environ.get("COTJAX_GGUF_CACHE", "1") == "0":
         return None
     st = os.stat(path)
-    key = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{GGUF_CACHE_FORMAT}"
+    key = f"{os.path.realpath(path)}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{_versions()}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir() / "gguf" / f"{Path(path).stem}-{digest}" / kind
 
 
 def through_cache(path: str, kind: str, convert, save, load):
-    """load(entry) if the entry exists, else convert(), save(value, dir) and rename the dir into
-    place (a killed save leaves only a temporary dir; a racing process's entry wins). A damaged
-    entry is converted again; a cache that cannot be written costs speed, not the run."""
+    """load(entry) if the entry exists, else convert(), save(value, dir) into a fresh temporary
+    dir and rename it into place: a killed save leaves only that dir, a racing process's entry
+    wins. A damaged entry is moved aside and converted again; a cache that cannot be written or
+    read back costs speed, not the run (one line on stderr says why)."""
     entry = cache_entry(path, kind)
     if entry is not None and entry.is_dir():
         try:
             return load(entry)
+        except MemoryError:
+            raise
         except Exception as e:  # noqa: BLE001 (truncated file, stale format, ...)
             print(f"cached {kind} of {path} in {entry} is unreadable ({e}); converting again",
                   file=sys.stderr)
-            shutil.rmtree(entry, ignore_errors=True)
+            _discard(entry)
     value = convert()
     if entry is None:
         return value
-    tmp = entry.with_name(f"{kind}.tmp-{os.getpid()}")
+    tmp = None
     try:
-        tmp.mkdir(parents=True, exist_ok=True)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        for old in entry.parent.glob(f"{kind}.tmp-*"):  # left by killed saves over an hour ago
+            if time.time() - old.stat().st_mtime > 3600:
+                shutil.rmtree(old, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f"{kind}.tmp-"))
         save(value, tmp)
         os.rename(tmp, entry)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except Exception as e:  # noqa: BLE001 (lost the race to another process, or cannot write)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if not entry.is_dir():
-            print(f"could not cache the {kind} of {path} in {entry}: {e}", file=sys.stderr)
+            print(f"{kind} of {path} not cached in {entry}: {e}", file=sys.stderr)
             return value
-    del value  # read back below, as a later run gets it (one copy in memory, not two)
-    return load(entry)
+    try:  # read back, as a later run gets it
+        return load(entry)
+    except Exception as e:  # noqa: BLE001 (a format that does not read back: never keep it)
+        print(f"cached {kind} of {path} does not read back ({e}); not cached", file=sys.stderr)
+        _discard(entry)
+        return value
+
+
+def _discard(entry: Path) -> None:
+    """Move an entry aside before deleting it, so a process reading it never sees half of it."""
+    aside = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f"{entry.name}.tmp-"))
+    try:
+        os.rename(entry, aside / "old")
+    except OSError:
+        pass  # gone already
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _save_converted(value, d: Path) -> None:
     from safetensors.numpy import save_file
 
+    gb = sum(t.nbytes for t in value[1].values()) / 2**30
+    limit = float(os.environ.get("COTJAX_GGUF_CACHE_MAX_GB", MAX_CACHED_GB))
+    if gb > limit:
+        raise ValueError(f"{gb:.1f} GB of float32 weights is over COTJAX_GGUF_CACHE_MAX_GB={limit}")
     (d / "config.json").write_text(json.dumps(value[0]))
     save_file(value[1], str(d / "model.safetensors"))
 
@@ -157,6 +196,18 @@ def _load_converted(d: Path) -> tuple[dict, dict[str, np.ndarray]]:
     from safetensors.numpy import load_file
 
     return json.loads((d / "config.json").read_text()), load_file(str(d / "model.safetensors"))
+
+
+def read_gguf_config(path: str) -> dict:
+    """The HF config dict of a GGUF file: its cached conversion's when there is one (a second
+    where parsing the metadata takes 11-19 s for Gemma), else from the metadata."""
+    entry = cache_entry(path, "weights")
+    if entry is not None:
+        try:
+            return json.loads((entry / "config.json").read_text())
+        except (OSError, ValueError):  # no entry yet, or a damaged one
+            pass
+    return gguf_hf_config(gguf_reader(path), path)
 
 
 def read_gguf(path: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -188,7 +239,7 @@ def _convert_gguf(path: str) -> tuple[dict, dict[str, np.ndarray]]:
         w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         w = w.reshape(tuple(int(d) for d in reversed(t.shape)))
         if hf["model_type"] == "llama" and parts[-1] in ("attn_q", "attn_k"):
-            heads = hf["num_attention_heads"] if parts[-1] == "attn_q" else hf["num_key_value_heads"]
+            heads = hf["num_attention_heads" if parts[-1] == "attn_q" else "num_key_value_heads"]
             w = _unpermute_rope_rows(w, heads)
         if hf["model_type"] == "gemma3_text" and base.endswith("norm"):
             w = w - 1.0  # llama.cpp stores Gemma's (1 + w) norm scales with the 1 added

@@ -9,8 +9,7 @@ import json
 import numpy as np
 from pathlib import Path
 
-from cotjax.gguf_file import (cache_dir, cache_entry, gguf_hf_config, gguf_reader, read_gguf,
-                              through_cache)
+from cotjax.gguf_file import cache_dir, read_gguf, read_gguf_config, through_cache
 
 PRESETS = ("smollm2-135m-instruct", "gemma3-270m")
 
@@ -251,8 +250,6 @@ def _hf_dir_config(d: Path) -> dict:
 
 
 def read_hf_dir(path: str) -> tuple[dict, dict[str, np.ndarray]]:
-
-
     d = Path(path)
     hf = _hf_dir_config(d)
     index = d / "model.safetensors.index.json"
@@ -331,10 +328,7 @@ def read_config(spec: str) -> dict:
     """The HF config dict of a local model spec, without reading its weights."""
     src = resolve_source(spec)
     if src.kind == "gguf":
-        entry = cache_entry(src.path, "weights")
-        if entry is not None and (entry / "config.json").is_file():
-            return json.loads((entry / "config.json").read_text())
-        return gguf_hf_config(gguf_reader(src.path), src.path)
+        return read_gguf_config(src.path)
     if src.kind == "hf_dir":
         return _hf_dir_config(Path(src.path))
     raise ValueError(f"model {spec!r}: read_config takes a preset, a .gguf file or a HF directory")

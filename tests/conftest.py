@@ -13,7 +13,9 @@ import tempfile
 import pytest
 
 DEVICES = int(os.environ.get("COTJAX_TEST_DEVICES", "8"))
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={DEVICES}")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={DEVICES}").strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # A persistent compilation cache for this session, inherited by the processes tests launch
@@ -37,7 +39,7 @@ else:
 def pytest_collection_modifyitems(config, items):
     """Fewer devices than 8 only for `one_device` tests: the others' sharded meshes need 8."""
     if DEVICES < 8:
-        wide = [i.nodeid for i in items if "one_device" not in i.keywords]
+        wide = [i.nodeid for i in items if i.get_closest_marker("one_device") is None]
         if wide:
             raise pytest.UsageError(f"COTJAX_TEST_DEVICES={DEVICES} runs only tests marked "
                                     f"one_device (add -m one_device); {wide[0]} needs 8 devices")

@@ -198,6 +198,20 @@ def test_zen5_rows_are_the_committed_runs():
     assert f"| {tr['ratio']:.2f}x, MFU {tr['mfu']:.2f} | {dec['ratio']:.2f}x |" in readme
 
 
+def test_model_load_figures_are_the_committed_run():
+    """docs/train.md's GGUF loading times (cold, cached, transformers) are the Zen 5 run's rows."""
+    rows = _jsonl(ROOT / "results/cpu/epyc_zen5/model_load.jsonl")
+    small, gemma, last = rows
+    assert last["machine"]["cpu"]["family"] == "26" and last["machine"]["xla_flags"] == ""
+    assert (small["preset"], gemma["preset"]) == ("smollm2-135m-instruct", "gemma3-270m")
+    doc = re.sub(r"\s+", " ", _doc("train.md"))
+    assert (f"weights and tokenizer in {small['cotjax_cold_s']:.1f} s cold, "
+            f"{small['cotjax_cached_s']:.1f} s cached for SmolLM2 (transformers' GGUF loading: "
+            f"{small['hf_s']:.1f} s) and {gemma['cotjax_cold_s']:.1f} s / "
+            f"{gemma['cotjax_cached_s']:.1f} s for Gemma 3 270M (transformers: "
+            f"{gemma['hf_s']:.1f} s)") in doc
+
+
 def test_cpu_kind_rows_are_the_committed_runs():
     """The EPYC row of docs/train.md and README's speed table are the committed runs' last lines,
     with the XLA flags each ran under."""

@@ -83,19 +83,19 @@ def test_export_round_trip_loads_in_transformers(smollm2, tmp_path):
 
 
 def test_a_gguf_conversion_is_read_back_from_the_cache(tmp_path, monkeypatch, capsys):
-    """The second read takes the stored entry (the converter is not called) and gives the same
-    config and bitwise the same tensors; a damaged entry is converted again, with a line that
-    says so; a replaced file (new mtime) gets a new entry; COTJAX_GGUF_CACHE=0 keeps nothing."""
+    """A read through the cache gives the fresh conversion's config and bitwise its tensors; the
+    second read (and read_config) take the entry without converting or parsing; a damaged entry
+    is converted again; an unwritable cache, weights over COTJAX_GGUF_CACHE_MAX_GB and
+    COTJAX_GGUF_CACHE=0 keep nothing, each with the run going on; a replaced file gets a new
+    entry."""
     from cotjax import gguf_file
 
+    monkeypatch.delenv("COTJAX_GGUF_CACHE", raising=False)
     monkeypatch.setenv("COTJAX_CACHE", str(tmp_path / "cache"))
     src = tmp_path / "m.gguf"
     shutil.copy(weights.preset_path("smollm2-135m-instruct"), src)
-    hf, tensors = gguf_file.read_gguf(str(src))
-    entry = gguf_file.cache_entry(str(src), "weights")
-    assert (entry / "model.safetensors").is_file() and hf["num_hidden_layers"] == 30
-    calls, convert = [], gguf_file._convert_gguf
-    monkeypatch.setattr(gguf_file, "_convert_gguf", lambda p: calls.append(p) or convert(p))
+    hf, tensors = gguf_file._convert_gguf(str(src))
+    assert weights.read_config(str(src)) == hf  # from the metadata: no entry yet
 
     def same(got):
         assert got[0] == hf and got[1].keys() == tensors.keys()
@@ -103,15 +103,42 @@ def test_a_gguf_conversion_is_read_back_from_the_cache(tmp_path, monkeypatch, ca
             np.testing.assert_array_equal(got[1][k], v, err_msg=k)
 
     same(gguf_file.read_gguf(str(src)))
-    assert calls == [] and weights.read_config(str(src)) == hf
+    entry = gguf_file.cache_entry(str(src), "weights")
+    assert (entry / "model.safetensors").is_file()
+    assert not list(entry.parent.glob("*.tmp-*"))  # the temporary dir became the entry
+    calls, convert = [], gguf_file._convert_gguf
+    monkeypatch.setattr(gguf_file, "_convert_gguf", lambda p: calls.append(p) or convert(p))
+    same(gguf_file.read_gguf(str(src)))
+
+    def no_parsing(path):
+        raise AssertionError("parsed the GGUF metadata")
+
+    with monkeypatch.context() as m:
+        m.setattr(gguf_file, "gguf_reader", no_parsing)
+        assert calls == [] and weights.read_config(str(src)) == hf
     (entry / "model.safetensors").write_bytes(b"not a safetensors file")
     same(gguf_file.read_gguf(str(src)))
     assert calls == [str(src)] and "unreadable" in capsys.readouterr().err
+    same(gguf_file.read_gguf(str(src)))
+    assert calls == [str(src)]  # the entry written again reads back
+    # The cases that keep nothing: the converter (tested above) stands in for speed.
+    monkeypatch.setattr(gguf_file, "_convert_gguf", lambda p: calls.append(p) or (hf, tensors))
+    (tmp_path / "a_file").write_text("")
+    for env, value, message in [("COTJAX_CACHE", str(tmp_path / "a_file" / "c"), "not cached"),
+                                ("COTJAX_GGUF_CACHE_MAX_GB", "0.1", "over COTJAX_GGUF_CACHE_MAX"),
+                                ("COTJAX_GGUF_CACHE", "0", "")]:
+        with monkeypatch.context() as m:
+            m.setenv(env, value)
+            if env == "COTJAX_GGUF_CACHE_MAX_GB":
+                m.setenv("COTJAX_CACHE", str(tmp_path / "cache2"))
+            same(gguf_file.read_gguf(str(src)))
+            assert message in capsys.readouterr().err
+            e = gguf_file.cache_entry(str(src), "weights")
+            assert e is None or not e.exists(), env
+    assert len(calls) == 4
     st = src.stat()
     os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert gguf_file.cache_entry(str(src), "weights") not in (None, entry)
-    monkeypatch.setenv("COTJAX_GGUF_CACHE", "0")
-    assert gguf_file.cache_entry(str(src), "weights") is None
 
 
 @pytest.mark.parametrize("spec", ["smollm2-135m-instruct",
