@@ -39,7 +39,7 @@ def _assert_parity(model, hf, ids):
         ref = hf(torch.tensor([ids])).logits.numpy()
     logits, _ = model(jnp.asarray([ids]), jnp.arange(len(ids))[None])
     # compared in torch, which uses both cores: numpy took 13 s over Gemma's 600 x 262k logits
-    ours, ref = torch.from_numpy(np.asarray(logits)), torch.from_numpy(ref)
+    ours, ref = torch.from_numpy(np.array(logits)), torch.from_numpy(ref)  # a writable copy
     assert torch.equal(ours.argmax(-1), ref.argmax(-1)), "top-1 token differs"
     assert ((ours - ref).abs().max() / ref.abs().max()).item() <= 1e-4
 
