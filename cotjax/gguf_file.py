@@ -4,6 +4,7 @@ gguf-py reads slowly. No JAX."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -109,6 +110,7 @@ def _unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
 MAX_CACHED_GB = 4.0  # float32 weights above this (COTJAX_GGUF_CACHE_MAX_GB) are not kept
 
 
+@functools.cache  # read and hashed once per process, not at every load
 def _versions() -> str:
     """What a conversion depends on besides the file: this module's source (any edit makes new
     entries), and the gguf and transformers releases that read and tokenize."""
