@@ -108,6 +108,7 @@ def _unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
 # Reading a GGUF file is slow in gguf-py (Gemma 3 270M: 11-19 s to parse 262k vocabulary strings,
 # 11 s to dequantise), so each file's conversion is kept in the cache and read back in a second.
 MAX_CACHED_GB = 4.0  # float32 weights above this (COTJAX_GGUF_CACHE_MAX_GB) are not kept
+UNUSED_DAYS = 14.0  # entries not read for this long (COTJAX_GGUF_CACHE_DAYS) go at the next save
 
 
 @functools.cache  # read and hashed once per process, not at every load
@@ -140,7 +141,9 @@ def through_cache(path: str, kind: str, convert, save, load):
     entry = cache_entry(path, kind)
     if entry is not None and entry.is_dir():
         try:
-            return load(entry)
+            value = load(entry)
+            _mark_used(entry.parent)
+            return value
         except MemoryError:
             raise
         except Exception as e:  # noqa: BLE001 (truncated file, stale format, ...)
@@ -159,6 +162,7 @@ def through_cache(path: str, kind: str, convert, save, load):
         tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f"{kind}.tmp-"))
         save(value, tmp)
         os.rename(tmp, entry)
+        _prune_unused(keep=entry.parent)
     except Exception as e:  # noqa: BLE001 (lost the race to another process, or cannot write)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -171,6 +175,34 @@ def through_cache(path: str, kind: str, convert, save, load):
         print(f"cached {kind} of {path} does not read back ({e}); not cached", file=sys.stderr)
         _discard(entry)
         return value
+
+
+def _mark_used(file_dir: Path) -> None:
+    """A file's entries dir's mtime is its last use, which `_prune_unused` reads."""
+    try:
+        os.utime(file_dir)
+    except OSError:
+        pass  # a read-only cache is still a cache
+
+
+def _prune_unused(keep: Path) -> None:
+    """Remove the entries of files not read for COTJAX_GGUF_CACHE_DAYS: a new release or a
+    replaced GGUF file leaves its old conversion behind (0.5-1.1 GB each), and this runs only
+    when a new entry is written, so a cache read costs nothing more. One line says what went."""
+    days = float(os.environ.get("COTJAX_GGUF_CACHE_DAYS", UNUSED_DAYS))
+    gone, size = 0, 0
+    for d in keep.parent.iterdir():  # also the dirs that killed deletions left
+        try:
+            if d == keep or not d.is_dir() or time.time() - d.stat().st_mtime <= days * 86400:
+                continue
+            size += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+        except OSError:
+            continue  # another process removed it first
+        _discard(d)
+        gone += 1
+    if gone:
+        print(f"removed {gone} cached GGUF conversion(s) unread for over {days:g} days "
+              f"({size / 2**30:.1f} GB) from {keep.parent}", file=sys.stderr)
 
 
 def _discard(entry: Path) -> None:

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -139,6 +140,43 @@ def test_a_gguf_conversion_is_read_back_from_the_cache(tmp_path, monkeypatch, ca
     st = src.stat()
     os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert gguf_file.cache_entry(str(src), "weights") not in (None, entry)
+
+
+def test_entries_unread_for_days_go_when_a_new_one_is_written(tmp_path, monkeypatch, capsys):
+    """A read marks its file's entries used; writing a new entry removes those of other files
+    unread for over COTJAX_GGUF_CACHE_DAYS (and the dirs killed deletions left), keeps recent
+    ones, and says so in one line; a cache read alone removes nothing."""
+    from cotjax import gguf_file
+
+    monkeypatch.delenv("COTJAX_GGUF_CACHE", raising=False)
+    monkeypatch.setenv("COTJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COTJAX_GGUF_CACHE_DAYS", "3")
+
+    def save(value, d):
+        (d / "v").write_text(value)
+
+    def read(name, value="x"):
+        if not (tmp_path / name).exists():  # rewriting it would make a new entry
+            (tmp_path / name).write_text(name)
+        return gguf_file.through_cache(str(tmp_path / name), "k", lambda: value, save,
+                                       lambda d: (d / "v").read_text())
+
+    assert read("old.gguf") == "x" and read("recent.gguf") == "x"
+    root = tmp_path / "cache" / "gguf"
+    old, recent = (gguf_file.cache_entry(str(tmp_path / n), "k").parent
+                   for n in ("old.gguf", "recent.gguf"))
+    left = root / "gone-0123.tmp-x"  # a deletion killed before its rmtree
+    (left / "old").mkdir(parents=True)
+    day = 86400
+    for d, age in [(old, 4 * day), (recent, 2 * day), (left, 4 * day)]:
+        os.utime(d, (time.time() - age, time.time() - age))
+    capsys.readouterr()
+    assert read("recent.gguf") == "x"  # a read: marks recent used, removes nothing
+    assert time.time() - recent.stat().st_mtime < 60 and old.is_dir() and left.is_dir()
+    assert read("new.gguf", "y") == "y"  # a write: prunes
+    assert sorted(d.name for d in root.iterdir()) == sorted(
+        [recent.name, gguf_file.cache_entry(str(tmp_path / "new.gguf"), "k").parent.name])
+    assert "removed 2 cached GGUF conversion(s) unread for over 3 days" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("spec", ["smollm2-135m-instruct",
