@@ -7,13 +7,15 @@ setup:
 
 # Two pytest processes: 8 fake devices for most tests, one device for those marked one_device
 # (see tests/conftest.py); both run (unless the first was interrupted: exit 2), and either
-# failing fails the target.
+# failing fails the target. $(1): more of the -m expression, for both.
+define pytest_twice
+$(PY) -m pytest -q -m "not one_device$(1)"; a=$$?; [ $$a -ne 2 ] || exit 2; \
+COTJAX_TEST_DEVICES=1 $(PY) -m pytest -q -m "one_device$(1)"; b=$$?; \
+[ $$a -eq 0 ] && [ $$b -eq 0 ]
+endef
+
 test:
-	$(PY) -m pytest -q -m "not one_device"; a=$$?; [ $$a -ne 2 ] || exit 2; \
-	COTJAX_TEST_DEVICES=1 $(PY) -m pytest -q -m one_device; b=$$?; \
-	[ $$a -eq 0 ] && [ $$b -eq 0 ]
+	$(call pytest_twice,)
 
 test-fast:
-	$(PY) -m pytest -q -m "not slow and not one_device"; a=$$?; [ $$a -ne 2 ] || exit 2; \
-	COTJAX_TEST_DEVICES=1 $(PY) -m pytest -q -m "one_device and not slow"; b=$$?; \
-	[ $$a -eq 0 ] && [ $$b -eq 0 ]
+	$(call pytest_twice, and not slow)

@@ -18,21 +18,25 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                                f" --xla_force_host_platform_device_count={DEVICES}").strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _fresh_dir(var: str, prefix: str) -> str | None:
+    """A new temporary dir in $var unless the caller set it; the dir is removed at the end."""
+    if var in os.environ:
+        return None
+    os.environ[var] = tempfile.mkdtemp(prefix=prefix)
+    return os.environ[var]
+
+
 # A persistent compilation cache for this session, inherited by the processes tests launch
 # (training CLIs, kill-and-resume runs, benchmarks): the same small programs are compiled in many
 # tests and processes, and on 2 cores compiling is most of a tiny run's time. Fresh per session,
 # so a run never reads another's entries.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cotjax-xla-")
-else:
-    _CACHE = None
+_CACHE = _fresh_dir("JAX_COMPILATION_CACHE_DIR", "cotjax-xla-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # cotjax's own cache (the assembled Gemma GGUF, GGUF conversions) is fresh per session too, so no
 # entry left by an older version can stand in for a conversion under test.
-if "COTJAX_CACHE" not in os.environ:
-    _OWN_CACHE = os.environ["COTJAX_CACHE"] = tempfile.mkdtemp(prefix="cotjax-cache-")
-else:
-    _OWN_CACHE = None
+_OWN_CACHE = _fresh_dir("COTJAX_CACHE", "cotjax-cache-")
 
 
 @pytest.hookimpl(trylast=True)  # after -m has deselected
