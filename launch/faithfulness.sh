@@ -26,16 +26,16 @@ for spec in "$@"; do
   label=${spec%%=*}
   model=${spec#*=}
   [ "$label" != "$spec" ] && [ -n "$label" ] || { echo "$usage (got '$spec')" >&2; exit 2; }
+  specs+=("$label=$out/$label")
+  if [ -f "$out/$label/summary.json" ]; then  # its run directory may be gone: not needed
+    echo "$label: done ($out/$label/summary.json)"
+    continue
+  fi
   case $model in
     base:*) source=(--config="${model#base:}" --config.eval.prompting=zero_shot_cot) ;;
     *) [ -d "$model" ] || { echo "$label: no run directory $model" >&2; exit 2; }
        source=(--workdir="$model") ;;
   esac
-  specs+=("$label=$out/$label")
-  if [ -f "$out/$label/summary.json" ]; then
-    echo "$label: done ($out/$label/summary.json)"
-    continue
-  fi
   mkdir -p "$out/$label"
   start=$SECONDS
   $cotjax eval "${source[@]}" --data=validation --out="$out/$label" "${flags[@]}" ${EXTRA:-} \

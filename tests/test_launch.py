@@ -224,6 +224,9 @@ for a in "$@"; do case $a in --out=*) mkdir -p "${{a#--out=}}"; echo {{}} > "${{
         assert "--config.eval.max_examples=7" in line and "--config.eval.faithfulness=all" in line
     assert lines[2] == lines[3] == (f"report faithfulness {tmp_path}/out/summary "
                                     f"base={tmp_path}/out/base cot={tmp_path}/out/cot")
+    run.rmdir()  # a finished label's run directory is not needed again (runs/ may be gone)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0 and "cot: done" in out.stdout, out.stderr
     bad = subprocess.run(["bash", "launch/faithfulness.sh", str(tmp_path), "7", "x=/no/run"],
                          capture_output=True, text=True, timeout=30, env=env)
     assert bad.returncode == 2 and "x: no run directory /no/run" in bad.stderr
