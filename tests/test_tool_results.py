@@ -403,3 +403,20 @@ def test_calculator_annotation_figures():
                                   root / "with/predictions.jsonl")
     assert f"({vs['only_b']} right only with it, {vs['only_a']} only the other way, " \
            f"p = {vs['mcnemar_p']:.3f})" in doc
+
+
+def test_the_retrained_smollm2_teacher_is_the_committed_sweep_run():
+    """results/teachers/smollm2_cot: the chosen CoT model trained again (resumed from a
+    checkpoint, on another machine) evaluated bitwise the validation losses of the committed
+    sweep run at every evaluation, so the committed sweep predictions are its greedy answers.
+    (The logged training losses are means over the steps since the last log line, and a resume
+    starts a new window, so they agree only where both runs' windows do.)"""
+    keys = ("val/loss", "val/chain_loss", "val/answer_loss")
+
+    def val(path):
+        return {(r["step"], k): r[k] for r in _jsonl(ROOT / path) for k in keys if k in r}
+
+    mine = val("results/teachers/smollm2_cot/metrics.jsonl")
+    committed = val("results/gsm8k/sweep/cot_lr2e-4_ep2_metrics.jsonl")
+    assert sorted({s for s, _ in committed}) == [100, 200, 300, 400, 500, 600, 688]
+    assert mine == committed
