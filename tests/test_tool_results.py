@@ -420,3 +420,27 @@ def test_the_retrained_smollm2_teacher_is_the_committed_sweep_run():
     committed = val("results/gsm8k/sweep/cot_lr2e-4_ep2_metrics.jsonl")
     assert sorted({s for s, _ in committed}) == [100, 200, 300, 400, 500, 600, 688]
     assert mine == committed
+
+
+def test_chosen_smollm2_model_with_the_calculator_figures():
+    """results/calculator/smollm2_cot/with against the same model's committed greedy answers
+    (results/gsm8k/sweep, bitwise the same checkpoint: the test above), as docs/calculator.md
+    and the README quote it."""
+    from cotjax import report
+
+    root = CALC / "smollm2_cot/with"
+    p = report.paired_from_files(ROOT / "results/gsm8k/sweep/cot_lr2e-4_ep2_predictions.jsonl",
+                                 root / "predictions.jsonl")
+    s = json.loads((root / "summary.json").read_text())
+    assert (p["n"], p["correct_b"]) == (s["n"], s["correct"]) == (500, 60)
+    doc = re.sub(r"\s+", " ", _doc("calculator.md"))
+    assert (f"Accuracy {s['accuracy']:.3f} ({p['correct_b']}) with the calculator against "
+            f"{p['correct_a'] / p['n']:.3f} ({p['correct_a']}), the same model's committed greedy "
+            f"answers without it: {p['only_b']} right only with it, {p['only_a']} only without, "
+            f"McNemar p = {p['mcnemar_p']:.3f}") in doc
+    assert (f"greedy accuracy: {s['accuracy']:.3f} ({p['correct_b']} of 500), {p['only_b']} "
+            f"problems right only with it against {p['only_a']}, p = {p['mcnemar_p']:.3f}"
+            ) in re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    assert (f"Claims valid: {s['steps_valid']} of {s['steps_total']} "
+            f"({100 * s['steps_valid'] / s['steps_total']:.1f}%); {s['calculator_calls']} "
+            f"calculator calls, {s['calculator_changed']} of them") in doc
