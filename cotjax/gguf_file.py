@@ -190,10 +190,10 @@ def _prune_unused(keep: Path) -> None:
     replaced GGUF file leaves its old conversion behind (0.5-1.1 GB each), and this runs only
     when a new entry is written, so a cache read costs nothing more. One line says what went."""
     days = float(os.environ.get("COTJAX_GGUF_CACHE_DAYS", UNUSED_DAYS))
-    gone, size = 0, 0
+    gone, size, cutoff = 0, 0, time.time() - days * 86400
     for d in keep.parent.iterdir():  # also the dirs that killed deletions left
         try:
-            if d == keep or not d.is_dir() or time.time() - d.stat().st_mtime <= days * 86400:
+            if d == keep or not d.is_dir() or d.stat().st_mtime >= cutoff:
                 continue
             size += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
         except OSError:
