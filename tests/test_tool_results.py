@@ -260,12 +260,13 @@ def test_cpu_matmul_sweep_table_is_the_committed_run():
     assert last["machine"]["cpu"]["model"] == "AMD EPYC" and last["passes"] == 3
 
 
-def test_calculator_experiment_figures():
-    """results/calculator/cot_1k: comparison.json is what its predictions give (paired tests,
+@pytest.mark.parametrize("name", ["cot_1k", "smollm2_cot"])
+def test_calculator_experiment_figures(name):
+    """results/calculator/<name>: comparison.json is what its predictions give (paired tests,
     the error split, the step shares) and docs/calculator.md quotes it."""
     from cotjax import report
 
-    root = CALC / "cot_1k"
+    root = CALC / name
     c = json.loads((root / "comparison.json").read_text())
     pred = {k: root / k / "predictions.jsonl" for k in ("without", "with", "maj8_without", "maj8_with")}
     g = report.paired_from_files(pred["without"], pred["with"])
@@ -297,6 +298,53 @@ def test_calculator_experiment_figures():
         assert row in doc, row
     assert f"{c['calculator_calls']} ({c['calculator_changed']})" in doc
     assert f"McNemar p = {c['mcnemar_p']:.3f}" in doc
+    m = c["maj8"]
+    assert (f"| accuracy, maj@8 (first {m['n']}) | {m['accuracy_without']:.2f} | "
+            f"{m['accuracy_with']:.2f}; p = {m['mcnemar_p']:.3f} |") in doc
+    seconds = [json.loads((root / k / "summary.json").read_text())["sample_decode_seconds"]
+               for k in ("maj8_without", "maj8_with")]
+    assert f"| maj@8 sampling, {m['n']} problems x 8 | {seconds[0]:.1f} s | {seconds[1]:.1f} s |" in doc
+
+
+def test_the_chosen_smollm2_model_without_the_calculator_is_its_committed_greedy_run():
+    """The run without the calculator (Zen 5) wrote, problem by problem, the same chains as the
+    committed sweep predictions of the same checkpoint (written on another CPU)."""
+    mine = _jsonl(CALC / "smollm2_cot/without/predictions.jsonl")
+    committed = _jsonl(ROOT / "results/gsm8k/sweep/cot_lr2e-4_ep2_predictions.jsonl")
+    assert [(r["id"], r["generation"], r["correct"]) for r in mine] == \
+        [(r["id"], r["generation"], r["correct"]) for r in committed]
+
+
+def test_chosen_smollm2_model_error_transitions():
+    """What became of the chosen model's computing errors with the calculator, per problem, and
+    the remaining split, as docs/calculator.md and the README quote them."""
+    from collections import Counter
+
+    from cotjax import report
+
+    root = CALC / "smollm2_cot"
+    rows = {k: _jsonl(root / k / "predictions.jsonl") for k in ("without", "with")}
+    moved = Counter(report.error_kind(b) for a, b in zip(rows["without"], rows["with"])
+                    if report.error_kind(a) == "arithmetic")
+    doc = _doc("calculator.md")
+    assert (f"Of the {sum(moved.values())} wrong answers with a computing error, the calculator "
+            f"turns {moved[None]} into right answers, {moved['setup']} into chains true step by "
+            f"step and set up wrongly, {moved['answer_not_from_chain']} into chains whose answer "
+            f"then ignores the last value, and {moved['cut']} into loops") in doc
+    c = json.loads((root / "comparison.json").read_text())
+    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    assert (f"{c['errors_with']['setup']} of its {c['errors_with']['wrong']} remaining errors a "
+            "wrong setup") in readme
+
+
+def test_calculator_comparison_is_the_chosen_models():
+    """results/calculator/comparison.json, the file issue 26 names, holds the chosen SmolLM2 CoT
+    model's figures from its own experiment directory."""
+    top = json.loads((CALC / "comparison.json").read_text())
+    c = json.loads((CALC / "smollm2_cot/comparison.json").read_text())
+    assert top["source"] == "results/calculator/smollm2_cot/comparison.json"
+    for key in ("n", "accuracy_without", "accuracy_with", "mcnemar_p"):
+        assert top[key] == c[key], key
 
 
 @pytest.mark.parametrize("name", ["cpu_cot_1k", "cpu_cot_1k_calc"])
