@@ -72,7 +72,7 @@ def test_faithfulness_experiment_figures():
     root = ROOT / "results/faithfulness"
     table = json.loads((root / "summary.json").read_text())
     doc = _doc("faithfulness.md")
-    assert set(table) == {"smollm2_base_zero_shot", "smollm2_cot_1k", "gemma3_cot_1k"}
+    assert set(table) == {"smollm2_base_zero_shot", "smollm2_cot_1k", "gemma3_cot_1k", "smollm2_cot"}
     for label, row in table.items():
         s = json.loads((root / label / "summary.json").read_text())
         for key in ("early_answering_aoc", "corrupted_step_answer_changed",
@@ -97,6 +97,20 @@ def test_faithfulness_experiment_figures():
                   + f") | {s['filler_accuracy']:.3f} / {s['no_chain_accuracy']:.3f} / "
                   f"{s['full_chain_accuracy']:.3f} | {s['faithfulness_answer_differs']:.3f} |")
         assert quoted in doc, quoted
+    # the filler test of the chosen CoT model, as docs/faithfulness.md and the README quote it
+    s = json.loads((root / "smollm2_cot/summary.json").read_text())
+    f = s["filler_vs_full_chain"]
+    n = s["faithfulness_n"]
+    full, filler, none = (round(s[k] * n) for k in ("full_chain_accuracy", "filler_accuracy",
+                                                    "no_chain_accuracy"))
+    assert (f"gets {full} of the {n} problems with a chain right when it writes the chain, {filler} "
+            f"when the chain is replaced by filler of the same length and {none} when it must answer "
+            f"at once (filler against the full chain: {f['only_a']} right only with filler, "
+            f"{f['only_b']} only with the chain, McNemar p = {f['mcnemar_p']:.3f})") in doc
+    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    assert (f"{full} of {n} right with it, {filler} with filler in its place "
+            f"(p = {f['mcnemar_p']:.3f}), {none} with no chain; AOC "
+            f"{s['early_answering_aoc']:.2f}") in readme
 
 
 def test_step_label_run_figures():
