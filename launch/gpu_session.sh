@@ -17,7 +17,8 @@
 #     teacher       MODES=cot LRS=2e-4 EPOCHS=2 launch/sweep_gsm8k.sh: train + greedy eval
 #                   (results/gsm8k/sweep_gpu/cot_lr2e-4_ep2_*)
 #     calculator    launch/calculator_experiment.sh on the teacher, 500 problems greedy, and
-#                   maj@MAJ [8] on MAJ_PROBLEMS [500] (results/calculator/smollm2_cot/)
+#                   maj@MAJ [8] on MAJ_PROBLEMS [500] (results/calculator/gpu/smollm2_cot/: the
+#                   CPU's 100-problem maj@8 in results/calculator/smollm2_cot/ would be skipped)
 #     faithfulness  launch/faithfulness.sh on the teacher, FAITH_N [500] problems
 #                   (results/faithfulness/gpu/smollm2_cot/; merge the table here afterwards)
 #     rft           launch/rft_rounds.sh one round from the teacher, K [4] samples of every
@@ -103,8 +104,8 @@ run_stages() {
       calculator)
         MAJ=${MAJ:-8} MAJ_PROBLEMS=${MAJ_PROBLEMS:-500} \
           EXTRA="--config.eval.batch_size=${EVAL_BATCH:-256} ${EXTRA:-}" \
-          launch/calculator_experiment.sh "$teacher" "$res/calculator/smollm2_cot" 500
-        paths=("$res/calculator/smollm2_cot") ;;
+          launch/calculator_experiment.sh "$teacher" "$res/calculator/gpu/smollm2_cot" 500
+        paths=("$res/calculator/gpu/smollm2_cot") ;;
       faithfulness)
         BATCH=${EVAL_BATCH:-256} launch/faithfulness.sh "$res/faithfulness/gpu" "${FAITH_N:-500}" \
           "smollm2_cot=$teacher"
