@@ -15,6 +15,10 @@ def _doc(name):
     return re.sub(r"\s+", " ", (ROOT / "docs" / name).read_text().replace("**", ""))
 
 
+def _readme():
+    return re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+
+
 def _jsonl(path):
     return [json.loads(line) for line in open(path)]
 
@@ -107,7 +111,7 @@ def test_faithfulness_experiment_figures():
             f"when the chain is replaced by filler of the same length and {none} when it must answer "
             f"at once (filler against the full chain: {f['only_a']} right only with filler, "
             f"{f['only_b']} only with the chain, McNemar p = {f['mcnemar_p']:.3f})") in doc
-    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    readme = _readme()
     assert (f"{full} of {n} right with it, {filler} with filler in its place "
             f"(p = {f['mcnemar_p']:.3f}), {none} with no chain; AOC "
             f"{s['early_answering_aoc']:.2f}") in readme
@@ -208,7 +212,7 @@ def test_zen5_rows_are_the_committed_runs():
             f"{dec['cotjax_tokens_per_s']:.1f} / {dec['hf_tokens_per_s']:.1f} tok/s, ratio "
             f"{dec['ratio']:.2f} ({agree['identical_rows']} of {agree['rows']} rows identical)"
             ) in _doc("train.md")
-    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    readme = _readme()
     assert f"| {tr['ratio']:.2f}x, MFU {tr['mfu']:.2f} | {dec['ratio']:.2f}x |" in readme
 
 
@@ -252,7 +256,7 @@ def test_cpu_kind_rows_are_the_committed_runs():
     wide, plain = sorted(ab.pop("--xla_cpu_prefer_vector_width=512")), sorted(ab.pop(""))
     assert not ab and len(wide) == len(plain) == 2
     assert f"{wide[0]} and {wide[1]} tok/s with it, {plain[0]} and {plain[1]} without" in doc
-    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    readme = _readme()
     lo, hi = sorted([now, before], key=lambda r: r["ratio"])
     assert (f"| {lo['ratio']:.2f}-{hi['ratio']:.2f}x, MFU {now['mfu']:.2f}-{before['mfu']:.2f} | "
             f"{dec['ratio']:.2f}x |") in readme
@@ -356,7 +360,7 @@ def test_chosen_smollm2_model_error_transitions():
             f"the last value is not an integer and the model writes an integer anyway, a nearby "
             f"one in {len(nearby)} and the digits without the point in {len(dropped)}") in doc
     c = json.loads((root / "comparison.json").read_text())
-    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    readme = _readme()
     assert (f"{c['errors_with']['setup']} of its {c['errors_with']['wrong']} remaining errors a "
             "wrong setup") in readme
 
@@ -505,14 +509,14 @@ def test_chosen_smollm2_model_with_the_calculator_figures():
                                  root / "predictions.jsonl")
     s = json.loads((root / "summary.json").read_text())
     assert (p["n"], p["correct_b"]) == (s["n"], s["correct"]) == (500, 60)
-    doc = re.sub(r"\s+", " ", _doc("calculator.md"))
+    doc = _doc("calculator.md")
     assert (f"Accuracy {s['accuracy']:.3f} ({p['correct_b']}) with the calculator against "
             f"{p['correct_a'] / p['n']:.3f} ({p['correct_a']}), the same model's committed greedy "
             f"answers without it: {p['only_b']} right only with it, {p['only_a']} only without, "
             f"McNemar p = {p['mcnemar_p']:.3f}") in doc
     assert (f"greedy accuracy: {s['accuracy']:.3f} ({p['correct_b']} of 500), {p['only_b']} "
             f"problems right only with it against {p['only_a']}, p = {p['mcnemar_p']:.3f}"
-            ) in re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+            ) in _readme()
     assert (f"Claims valid: {s['steps_valid']} of {s['steps_total']} "
             f"({100 * s['steps_valid'] / s['steps_total']:.1f}%); {s['calculator_calls']} "
             f"calculator calls, {s['calculator_changed']} of them") in doc
