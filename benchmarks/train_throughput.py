@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py [--seq_len 512] [--batch 4] [--steps 4] [--rounds 2]
         [--random_init | --arch NAME] [--layers N] [--torch_compile] [--attention fused]
+        [--template plain]
 
 Both train the SmolLM2-135M architecture from the same (dequantised) weights with AdamW, the same
 dtype (fp32 on CPU; bf16 compute on GPU, PyTorch with SDPA), the same token-weighted loss and the
@@ -18,7 +19,9 @@ spec peak (`metrics.PEAK_FLOPS`), with an 8192^3 bf16 product measured in the ru
 trains random weights of the same architecture (throughput is the same; the losses then say
 nothing); `--arch llama3.2-1b` (any architecture of configs/large.py) random weights of that
 shape, for the 1B-class GPU goal; `--torch_compile` puts the PyTorch model through
-`torch.compile` (its compilation happens in the warm-up step, which is not timed). The last line
+`torch.compile` (its compilation happens in the warm-up step, which is not timed);
+`--template plain` builds the batches as configs/gsm8k.py does for Gemma 3 (`--model
+gemma3-270m`), whose tokenizer has no chat template. The last line
 is one JSON object, with the machine (benchmarks/machine.py).
 
     python benchmarks/train_throughput.py --arch llama3.2-1b --seq_len 1024 --batch 8 \
@@ -41,6 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def _args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--template", default="chat", choices=("chat", "plain"),
+                   help="the prompt template of the batches (plain for Gemma 3, as "
+                        "configs/gsm8k.py trains it)")
     p.add_argument("--seq_len", type=int, default=512)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
@@ -200,7 +206,7 @@ def main():
     config.data.seq_len = args.seq_len
     config.data.batch_size = args.batch
     config.data.num_epochs = -1
-    config.data.template = "chat"
+    config.data.template = args.template
     config.data.max_skipped_fraction = 1.0  # any rows will do: short --seq_len drops examples
     tokenizer = weights.load_tokenizer(args.model)
     batches = _batches(config, tokenizer, args.steps + 1)
@@ -277,7 +283,7 @@ def main():
         "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
         "weights": "random" if args.random_init or args.arch else "pretrained",
         "arch": args.arch or args.model, "layers": cfg.num_layers, "attention": cfg.attention,
-        "torch_compile": args.torch_compile,
+        "torch_compile": args.torch_compile, "template": args.template,
         "threads": args.threads, "losses": {k: round(v, 5) for k, v in losses.items()},
         "nonpad_frac": round(float(np.mean([b["segment_ids"].astype(bool).mean()
                                             for b in batches])), 4),

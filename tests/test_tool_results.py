@@ -23,7 +23,7 @@ def _jsonl(path):
     return [json.loads(line) for line in open(path)]
 
 
-@pytest.mark.parametrize("name", ["cpu", "epyc_zen5"])
+@pytest.mark.parametrize("name", ["cpu", "epyc_zen5", "epyc_zen3"])
 def test_sample_benchmark_figures(name):
     lines = _jsonl(ROOT / f"results/distill/sample_throughput_{name}.jsonl")
     config, last = lines[0], lines[-1]
@@ -43,6 +43,7 @@ def test_sample_benchmark_figures(name):
            f"{last['ratio_vs_static']:.2f}× | {last['ratio_vs_hf']:.2f}×")
     assert row in doc
     assert f"{agreement['identical_samples']} of the {agreement['samples']} samples" in doc
+    assert f"{last['ratio_vs_hf']:.2f}x" in _readme()  # the README's sentence under Speed
 
 
 def test_calculator_check_figures():
