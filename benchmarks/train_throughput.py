@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py [--seq_len 512] [--batch 4] [--steps 4] [--rounds 2]
         [--random_init | --arch NAME] [--layers N] [--torch_compile] [--attention fused]
-        [--template plain]
+        [--template plain] [--target_logits_only]
 
 Both train the SmolLM2-135M architecture from the same (dequantised) weights with AdamW, the same
 dtype (fp32 on CPU; bf16 compute on GPU, PyTorch with SDPA), the same token-weighted loss and the
@@ -21,7 +21,9 @@ nothing); `--arch llama3.2-1b` (any architecture of configs/large.py) random wei
 shape, for the 1B-class GPU goal; `--torch_compile` puts the PyTorch model through
 `torch.compile` (its compilation happens in the warm-up step, which is not timed);
 `--template plain` builds the batches as configs/gsm8k.py does for Gemma 3 (`--model
-gemma3-270m`), whose tokenizer has no chat template. The last line
+gemma3-270m`), whose tokenizer has no chat template; `--target_logits_only` makes cotjax's
+logits only at the chain and answer positions (`train.target_logits_only`; PyTorch still makes
+them everywhere, and MFU still counts the LM head at every token). The last line
 is one JSON object, with the machine (benchmarks/machine.py).
 
     python benchmarks/train_throughput.py --arch llama3.2-1b --seq_len 1024 --batch 8 \
@@ -66,6 +68,9 @@ def _args():
                         "GPUs)")
     p.add_argument("--layers", type=int, default=0,
                    help="with --arch or --random_init: keep only the first N layers (smoke tests)")
+    p.add_argument("--target_logits_only", action="store_true",
+                   help="cotjax's train.target_logits_only: logits only at the chain and answer "
+                        "positions (PyTorch still makes them everywhere)")
     p.add_argument("--torch_compile", action="store_true",
                    help="the PyTorch baseline's model through torch.compile (default mode)")
     return p.parse_args()
@@ -80,13 +85,14 @@ def _batches(config, tokenizer, n):
 
 
 class CotjaxRunner:
-    def __init__(self, cfg, params_np, lr, mesh):
+    def __init__(self, cfg, params_np, lr, mesh, target_logits_only=False):
         import jax
 
         from cotjax import train
 
         self.spec = train.TrainSpec(steps=1000, lr=lr, warmup_steps=0, schedule="constant",
-                                    weight_decay=0.0, grad_clip=1.0, b1=0.9, b2=0.95)
+                                    weight_decay=0.0, grad_clip=1.0, b1=0.9, b2=0.95,
+                                    target_logits_only=target_logits_only)
         self.trainer = train.Trainer(cfg, self.spec, mesh, 1000)
         from flax import nnx
 
@@ -257,7 +263,8 @@ def main():
     # cotjax's steps ran 8-20% slower on this CPU (measured; not from sleeping between rounds),
     # and at batch 8 the two no longer fit in 24 GB together.
     best["cotjax"], losses["cotjax"] = _timed_rounds(
-        "cotjax", lambda: CotjaxRunner(cfg, params_np, args.lr, mesh), batches, args)
+        "cotjax", lambda: CotjaxRunner(cfg, params_np, args.lr, mesh, args.target_logits_only),
+        batches, args)
     torch_device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
     if not args.skip_torch and (not gpu or torch_device == "cuda"):
         best["torch"], losses["torch"] = _timed_rounds(
@@ -284,6 +291,7 @@ def main():
         "weights": "random" if args.random_init or args.arch else "pretrained",
         "arch": args.arch or args.model, "layers": cfg.num_layers, "attention": cfg.attention,
         "torch_compile": args.torch_compile, "template": args.template,
+        "target_logits_only": args.target_logits_only,
         "threads": args.threads, "losses": {k: round(v, 5) for k, v in losses.items()},
         "nonpad_frac": round(float(np.mean([b["segment_ids"].astype(bool).mean()
                                             for b in batches])), 4),

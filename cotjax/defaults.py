@@ -47,6 +47,9 @@ class TrainSpec:
     # > 0: the CoT loss makes logits this many positions at a time (must divide data.seq_len),
     # never the whole [batch, seq_len, vocab] array: for large vocabularies (Gemma's 262k)
     loss_chunk: int = 0
+    # the CoT loss makes logits only at the positions with a loss (chain, answer), not at the
+    # prompt and padding: faster, the same loss up to float rounding (cotjax.loss)
+    target_logits_only: bool = False
     microbatches: int = 1  # gradient accumulation: the global batch in this many pieces
     remat: bool = False  # recompute each layer's activations in the backward pass
     on_nonfinite: str = "stop"  # stop | skip (skip the update and count it)

@@ -35,8 +35,9 @@ from cotjax import metrics as metrics_lib
 from cotjax import model as model_lib
 from cotjax import paths, pipeline
 from cotjax import sharding as sharding_lib
+from cotjax import loss as loss_lib
 from cotjax.defaults import REWARD_OBJECTIVES, TrainSpec
-from cotjax.loss import CoTLoss, Objective, make_objective
+from cotjax.loss import Objective, make_objective
 from cotjax.tokenize import EncodeSpec
 
 # ----------------------------------------------------------------------------------------------
@@ -220,7 +221,8 @@ class Trainer:
     def __init__(self, cfg, spec: TrainSpec, mesh, total_steps: int,
                  objective: Objective | None = None, abstract_model: nnx.Module | None = None):
         self.cfg, self.spec, self.mesh = cfg, spec, mesh
-        self.objective = objective if objective is not None else CoTLoss()
+        self.objective = objective if objective is not None else make_objective(
+            spec.objective, spec.loss_chunk, spec.target_logits_only)
         self.total_steps = total_steps
         module = abstract_model if abstract_model is not None else model_lib.abstract(cfg)
         self.graphdef = nnx.graphdef(module)
@@ -323,7 +325,17 @@ class Trainer:
                 "skipped": put(np.int32(0)), "first_bad": put(np.int32(-1))}
 
     def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        if getattr(self.objective, "targets_only", False):  # train.target_logits_only
+            batch = {**batch, "target_index": self._target_index(batch)}
         return sharding_lib.shard_batch(batch, self.mesh)
+
+    def _target_index(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        need = None
+        if jax.process_count() > 1:  # every process must cut its rows to the same length
+            from jax.experimental import multihost_utils
+            loss = (batch["weights"] > 0) | (batch["kinds"] != 0)
+            need = int(np.max(multihost_utils.process_allgather(np.int32(loss.sum(1).max()))))
+        return loss_lib.target_index(batch, self.objective.chunk, need)
 
     def step(self, params, train, batch):
         """One optimizer step; donates params and train."""
@@ -444,7 +456,7 @@ def train(config, workdir, *, mesh=None, objective: Objective | None = None) -> 
     workdir = ckpt_lib.run_dir(workdir)
     spec = TrainSpec.from_config(config)
     if objective is None:
-        objective = make_objective(spec.objective, spec.loss_chunk)
+        objective = make_objective(spec.objective, spec.loss_chunk, spec.target_logits_only)
     if mesh is None:
         mesh = sharding_lib.make_mesh(config.mesh)
     dp = sharding_lib.data_parallel_size(mesh)

@@ -20,7 +20,8 @@ ADDED = {("train", "wandb_project"): "", ("data", "max_skipped_fraction"): 0.05,
          ("train", "reward_labels"): "hard", ("data", "labels"): "",
          ("data", "labels_validation"): 0.1, ("data", "labels_split"): "lines", ("eval", "prm"): "", ("eval", "orm"): "",
          ("eval", "prm_aggregate"): "min", ("train", "profile_steps"): 0,
-         ("train", "loss_chunk"): 0, ("eval", "beam_width"): 4, ("eval", "beam_expand"): 4,
+         ("train", "loss_chunk"): 0, ("train", "target_logits_only"): False,
+         ("eval", "beam_width"): 4, ("eval", "beam_expand"): 4,
          ("eval", "beam_steps"): 12, ("eval", "beam_step_tokens"): 96}
 # Sections added after the snapshot, whole.
 ADDED_SECTIONS = {"attention": "reference", "lora": {"rank": 0, "alpha": 16.0, "dropout": 0.0, "block": 64,

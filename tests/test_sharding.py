@@ -51,7 +51,9 @@ def test_rules_table_specs():
 
 def test_mesh_222_matches_one_device():
     """Loss and gradients on a (data=2, fsdp=2, tensor=2) mesh equal one device's:
-    loss to rtol 1e-6, gradients to rtol 1e-4 / atol 1e-6 (float32, reduction order differs)."""
+    loss to rtol 1e-6, gradients to rtol 1e-4 / atol 1e-6 (float32, reduction order differs);
+    with `train.target_logits_only` (logits at the loss positions only, gathered per row) too,
+    the loss to rtol 1e-5."""
     import tempfile
 
     from transformers import AutoTokenizer
@@ -63,10 +65,11 @@ def test_mesh_222_matches_one_device():
     data = train.RunData(config)
     batch = next(data.train_iterator(AutoTokenizer.from_pretrained(tok_dir)))
     results = []
-    for shape in ((1, 1, 1), (2, 2, 2)):
+    for shape, targets_only in (((1, 1, 1), False), ((2, 2, 2), False), ((2, 2, 2), True)):
         mesh = sh.make_mesh(_mesh_cfg(*shape), jax.devices()[:int(np.prod(shape))])
         params = load.init_random_params(cfg, 0, mesh)
-        trainer = train.Trainer(cfg, train.TrainSpec(steps=2), mesh, 2)
+        trainer = train.Trainer(cfg, train.TrainSpec(steps=2, target_logits_only=targets_only),
+                                mesh, 2)
         sums, grads = trainer.grads(params, batch)
         if shape == (2, 2, 2):
             assert grads["layers"]["w_up"].sharding.spec == P(None, "fsdp", "tensor")
@@ -74,8 +77,11 @@ def test_mesh_222_matches_one_device():
             assert params["embed"].sharding.spec == P(None, "fsdp")
         results.append((CoTLoss().summarize(jax.device_get(sums)), jax.device_get(grads),
                         jax.device_get(params)))
-    (s1, g1, p1), (s8, g8, p8) = results
+    (s1, g1, p1), (s8, g8, p8), (st, gt, _) = results
     jax.tree.map(np.testing.assert_array_equal, p1, p8)  # same init, whatever the mesh
     np.testing.assert_allclose(s8["loss"], s1["loss"], rtol=1e-6)
     np.testing.assert_allclose(s8["answer_acc"], s1["answer_acc"])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g8, g1)
+    for k in s1:
+        np.testing.assert_allclose(st[k], s1[k], rtol=1e-5, err_msg=k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), gt, g1)

@@ -521,3 +521,18 @@ def test_chosen_smollm2_model_with_the_calculator_figures():
     assert (f"Claims valid: {s['steps_valid']} of {s['steps_total']} "
             f"({100 * s['steps_valid'] / s['steps_total']:.1f}%); {s['calculator_calls']} "
             f"calculator calls, {s['calculator_changed']} of them") in doc
+
+
+def test_target_logits_only_figures():
+    """docs/train.md's speeds of train.target_logits_only are the committed benchmark lines."""
+    d = ROOT / "results/cpu/epyc_zen3"
+    last = [r for r in _jsonl(d / "train_target_logits_only.jsonl") if "cotjax_tokens_per_s" in r]
+    by = {(r["arch"], r["target_logits_only"]): r["cotjax_tokens_per_s"] for r in last}
+    doc = _doc("train.md")
+    for arch in ("gemma3-270m", "smollm2-135m-instruct"):
+        assert f"{by[arch, False]} -> {by[arch, True]}" in doc
+    gemma = [r for r in last if r["arch"] == "gemma3-270m"]
+    assert gemma[0]["losses"] == gemma[1]["losses"]  # the same loss either way
+    switch = [r["cotjax_tokens_per_s"] for r in
+              _jsonl(d / "train_target_logits_switch_version.jsonl") if "cotjax_tokens_per_s" in r]
+    assert f"{switch[1]} against {switch[0]} and {switch[2]}" in doc

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings, strategies as st
 
 from cotjax import model as model_lib
 from cotjax import sharding as sharding_lib
@@ -269,6 +270,90 @@ def test_lora_flops_count_no_weight_gradients_for_the_frozen_base():
     assert metrics.dense_flops(cfg) == 4 * 184 + 6 * 40
     assert metrics.causal_flops(cfg, real_tokens=9, pairs=19) == (4 * 184 + 6 * 40) * 9 \
         + 12 * 2 * 2 * 19
+
+
+@pytest.mark.parametrize("T, chunk, caps", [
+    (128, 0, (16, 32, 48, 64, 80, 96, 112, 128)),
+    (128, 32, (32, 64, 96, 128)),  # whole chunks
+    (512, 8, tuple(range(64, 513, 64))),  # T/8 is a multiple of the chunk
+    (100, 0, (100,)),  # no T/8 steps: the whole row
+])
+def test_target_capacities_end_at_the_row_and_hold_whole_chunks(T, chunk, caps):
+    from cotjax.loss import target_capacities
+    assert target_capacities(T, chunk) == caps
+
+
+def test_target_index_puts_each_rows_loss_positions_first_and_cuts_to_the_fullest_row():
+    from cotjax.loss import target_index
+    kinds = np.array([[0, 0, 1, 1, 2, 0, 0, 0], [0, 1, 0, 2, 0, 0, 0, 0]])
+    batch = {"kinds": kinds, "weights": (kinds > 0).astype(np.float32)}
+    np.testing.assert_array_equal(target_index(batch),  # T / 8 = 1: capacity 3, the fullest row
+                                  [[2, 3, 4], [1, 3, 0]])
+    assert target_index(batch, chunk=4).shape == (2, 4)  # whole chunks
+    assert target_index(batch, need=7).shape == (2, 7)  # another process's fuller row
+    none = {"kinds": np.zeros((1, 8), int), "weights": np.zeros((1, 8), np.float32)}
+    assert target_index(none).shape == (1, 1)
+    with pytest.raises(ValueError, match="no target_index"):
+        cfg = load._random_model_config(tiny_config("unused"))
+        CoTLoss(0, targets_only=True).sums(model_lib.create(cfg, 0), {
+            "inputs": np.zeros((1, 8), int), "positions": np.tile(np.arange(8), (1, 1)),
+            "segment_ids": np.ones((1, 8), int), **none, "targets": np.zeros((1, 8), int)})
+
+
+@pytest.fixture(scope="module")
+def target_loss_fns():
+    """jitted (sums, gradients) of the CoT loss on a tiny random model, per (targets_only,
+    chunk): compiled once, fed many batches."""
+    cfg = load._random_model_config(tiny_config("unused")).replace(vocab_size=1024)
+    graphdef, params = nnx.split(model_lib.create(cfg, 0))
+
+    def fn(targets_only, chunk):
+        def f(p, batch):
+            s = CoTLoss(chunk, targets_only).sums(nnx.merge(graphdef, p), batch)
+            return s["num"], s
+        return jax.jit(jax.grad(f, has_aux=True))
+
+    return params, {key: fn(*key) for key in ((False, 0), (True, 0), (True, 16))}
+
+
+def _prompt_answer_batch(seed: int, B: int = 3, T: int = 64) -> dict:
+    """Rows of packed examples: each a prompt (kind 0, weight 0) then a chain and answer (kinds
+    1-2, weights > 0), then padding; some rows all loss, some none."""
+    rng = np.random.default_rng(seed)
+    kinds = np.zeros((B, T), np.int32)
+    seg = np.zeros((B, T), np.int32)
+    for b in range(B):
+        t, s = 0, 1
+        while t < T:
+            prompt, target = rng.integers(0, 12), rng.integers(0, 20)
+            if rng.random() < 0.15:
+                break  # padding to the end
+            end = min(T, t + prompt + target)
+            kinds[b, min(T, t + prompt):end] = rng.integers(1, 3, max(0, end - t - prompt))
+            seg[b, t:end] = s
+            t, s = end, s + 1
+    if seed % 5 == 0:
+        kinds[0], seg[0] = 1, 1  # a row that is all chain: the capacity must be T
+    weights = np.where(kinds > 0, rng.uniform(0.5, 1.5, (B, T)), 0).astype(np.float32)
+    return {"inputs": rng.integers(0, 1024, (B, T)), "targets": rng.integers(0, 1024, (B, T)),
+            "positions": np.tile(np.arange(T), (B, 1)), "segment_ids": seg,
+            "weights": weights, "kinds": kinds}
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_target_logits_only_gives_the_same_sums_and_gradients(target_loss_fns, seed):
+    from cotjax.loss import target_index
+    params, fns = target_loss_fns
+    host = _prompt_answer_batch(seed)
+    batch = {k: jnp.asarray(v) for k, v in host.items()}
+    g_all, s_all = fns[False, 0](params, batch)
+    for key in ((True, 0), (True, 16)):
+        g, s = fns[key](params, {**batch, "target_index": jnp.asarray(target_index(host, key[1]))})
+        for k in s_all:
+            np.testing.assert_allclose(s[k], s_all[k], rtol=2e-5, atol=1e-6, err_msg=f"{key} {k}")
+        for a, b in zip(jax.tree.leaves(g_all), jax.tree.leaves(g)):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
 def test_profile_steps_write_a_trace_of_the_steps_after_the_first(tok_dir, tmp_path, capsys):
