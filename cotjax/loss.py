@@ -104,7 +104,11 @@ def target_index(batch: dict[str, np.ndarray], chunk: int = 0, need: int | None 
     `target_capacities` that holds `need` (default: this batch's fullest row; a multi-process
     run passes the maximum over processes, so that every process compiles the same shape)."""
     loss = (np.asarray(batch["weights"]) > 0) | (np.asarray(batch["kinds"]) != 0)
-    need = int(loss.sum(1).max()) if need is None else need
+    if need is None:
+        need = int(loss.sum(1).max())
+        if jax.process_count() > 1:  # every process must cut its rows to the same length
+            from jax.experimental import multihost_utils
+            need = int(np.max(multihost_utils.process_allgather(np.int32(need))))
     C = next(c for c in target_capacities(loss.shape[1], chunk) if c >= need)
     return np.argsort(~loss, axis=1, kind="stable")[:, :C].astype(np.int32)
 

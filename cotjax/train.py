@@ -35,9 +35,8 @@ from cotjax import metrics as metrics_lib
 from cotjax import model as model_lib
 from cotjax import paths, pipeline
 from cotjax import sharding as sharding_lib
-from cotjax import loss as loss_lib
 from cotjax.defaults import REWARD_OBJECTIVES, TrainSpec
-from cotjax.loss import Objective, make_objective
+from cotjax.loss import Objective, make_objective, target_index
 from cotjax.tokenize import EncodeSpec
 
 # ----------------------------------------------------------------------------------------------
@@ -326,16 +325,8 @@ class Trainer:
 
     def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         if getattr(self.objective, "targets_only", False):  # train.target_logits_only
-            batch = {**batch, "target_index": self._target_index(batch)}
+            batch = {**batch, "target_index": target_index(batch, self.objective.chunk)}
         return sharding_lib.shard_batch(batch, self.mesh)
-
-    def _target_index(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        need = None
-        if jax.process_count() > 1:  # every process must cut its rows to the same length
-            from jax.experimental import multihost_utils
-            loss = (batch["weights"] > 0) | (batch["kinds"] != 0)
-            need = int(np.max(multihost_utils.process_allgather(np.int32(loss.sum(1).max()))))
-        return loss_lib.target_index(batch, self.objective.chunk, need)
 
     def step(self, params, train, batch):
         """One optimizer step; donates params and train."""
