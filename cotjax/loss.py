@@ -101,8 +101,8 @@ def target_index(batch: dict[str, np.ndarray], chunk: int = 0, need: int | None 
                  ) -> np.ndarray:
     """[B, C] positions of each row for `target_token_sums`, on the host: the row's loss
     positions (chain, answer) first, in order, then the rest; C the smallest of
-    `target_capacities` that holds `need` (default: this batch's fullest row; a multi-process
-    run passes the maximum over processes, so that every process compiles the same shape)."""
+    `target_capacities` that holds `need` (default: the fullest row of this batch, and in a
+    multi-process run of every process's, so that all compile the same shape)."""
     loss = (np.asarray(batch["weights"]) > 0) | (np.asarray(batch["kinds"]) != 0)
     if need is None:
         need = int(loss.sum(1).max())
@@ -118,8 +118,8 @@ def target_token_sums(model, x_BTD, batch, chunk: int = 0) -> dict:
     `train.target_logits_only`): the prompt and padding, 44-52% of GSM8K's packed tokens, never
     reach the LM head. The positions past a row's own loss count are prompt or padding, weight 0
     and kind 0: they add nothing. One compiled step per capacity the batches need (the shape of
-    the index), not a device-side switch: under the gradient, a `lax.switch` over capacities
-    made every branch's logits residuals and ran slower than the full logits (measured)."""
+    the index), not a device-side `lax.switch` over capacities: that ran slower than the full
+    logits (measured; under the gradient a switch probably keeps every branch's residuals)."""
     B, T, _ = x_BTD.shape
     keys = ("targets", "weights", "kinds", "segment_ids")
     idx = batch["target_index"]
@@ -234,8 +234,8 @@ class RewardLoss:
 def make_objective(name: str, loss_chunk: int = 0, target_logits_only: bool = False
                    ) -> Objective:
     """The objective of `train.objective`: cot (the CoT loss, its logits `loss_chunk` positions
-    at a time, only at loss positions with `target_logits_only`), prm or orm (RewardLoss; the two differ in where the data puts labels, not in
-    the loss)."""
+    at a time, only at loss positions with `target_logits_only`), prm or orm (RewardLoss; the
+    two differ in where the data puts labels, not in the loss)."""
     if name == "cot":
         return CoTLoss(loss_chunk, target_logits_only)
     if name in REWARD_OBJECTIVES:
