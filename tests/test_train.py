@@ -303,7 +303,7 @@ def test_target_index_puts_each_rows_loss_positions_first_and_cuts_to_the_fulles
 @pytest.fixture(scope="module")
 def target_loss_fns():
     """jitted (sums, gradients) of the CoT loss on a tiny random model, per (targets_only,
-    chunk): compiled once, fed many batches."""
+    chunk): the full path compiled once; the gathered one once per cut length it meets."""
     cfg = load._random_model_config(tiny_config("unused")).replace(vocab_size=1024)
     graphdef, params = nnx.split(model_lib.create(cfg, 0))
 
