@@ -4,6 +4,7 @@ docs/sample_distill.md and docs/calculator.md quote from them."""
 import json
 import pathlib
 import re
+import statistics
 
 import pytest
 
@@ -536,3 +537,26 @@ def test_target_logits_only_figures():
     switch = [r["cotjax_tokens_per_s"] for r in
               _jsonl(d / "train_target_logits_switch_version.jsonl") if "cotjax_tokens_per_s" in r]
     assert f"{switch[1]} against {switch[0]} and {switch[2]}" in doc
+
+
+def test_target_logits_only_in_the_gemma_retrain():
+    """docs/train.md's figures for the Gemma 3 CoT retrain resumed at step 12 with
+    train.target_logits_only: its speed, and its losses against the committed run's."""
+    rows = _jsonl(ROOT / "results/gsm8k/gemma3_cot_retrain_zen3_metrics.jsonl")
+    ref = _jsonl(ROOT / "results/gsm8k/gemma3_cot_metrics.jsonl")
+    train = [r for r in rows if "loss" in r]
+    committed = {r["step"]: r["loss"] for r in ref if "loss" in r}
+    doc = _doc("train.md")
+    before = [f"{r['tokens_per_s']:.1f}" for r in train if r["step"] <= 12 and "tokens_per_s" in r]
+    assert f"{before[0]} and {before[1]} tokens/s" in doc
+    speed = statistics.median(r["tokens_per_s"] for r in train if r["step"] >= 60)
+    assert f"a median {speed:.1f} tokens/s" in doc
+    gaps = {r["step"]: abs(r["loss"] - committed[r["step"]]) for r in train
+            if r["step"] in committed}
+    assert len(gaps) >= 20 and max(v for k, v in gaps.items() if k != 15) < 1e-4
+    assert gaps[15] > 1e-3  # the interval across the resume averages other steps
+    val = {r["step"]: r["val/loss"] for r in rows if "val/loss" in r}
+    ref_val = {r["step"]: r["val/loss"] for r in ref if "val/loss" in r}
+    for step in (50, 100):
+        assert f"{val[step]:.6f}" in doc and f"{ref_val[step]:.6f}" in doc
+        assert abs(val[step] - ref_val[step]) < 1e-5
