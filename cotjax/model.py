@@ -576,6 +576,16 @@ def _attention_masks(cfg: ModelConfig, positions_BT, segment_ids_BT, cache):
     return full, full & near
 
 
+def _fused_implementation(dtype, head_dim: int) -> str | None:
+    """cuDNN's flash attention on a GPU for the 16-bit dtypes and head sizes it takes, else
+    XLA's (jax's default, also on GPUs). The mask already holds causality: is_causal only lets
+    cuDNN skip the blocks above the diagonal."""
+    if (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+            and head_dim % 8 == 0 and head_dim <= 256):
+        return "cudnn"
+    return None
+
+
 def _attention(cfg: ModelConfig, p, x_BTD, mask_BTS, cos, sin, kv_cache, cache_index):
     cdt = x_BTD.dtype
     B, T, _ = x_BTD.shape
@@ -598,10 +608,12 @@ def _attention(cfg: ModelConfig, p, x_BTD, mask_BTS, cos, sin, kv_cache, cache_i
     q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
     k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
     if kv_cache is None and cfg.attention == "fused":
-        # XLA's fused attention (cuDNN flash attention on GPUs that have it), same masks: the
-        # packed segments and sliding windows are the boolean [B, T, S] mask.
+        # Fused attention, same masks: the packed segments and sliding windows are the boolean
+        # [B, T, S] mask (cuDNN adds it as a bias). jax picks XLA's implementation unless told.
+        impl = _fused_implementation(cdt, H)
         o_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_BTS[:, None],
-                                              scale=cfg.scale)
+                                              scale=cfg.scale, implementation=impl,
+                                              is_causal=impl == "cudnn")
         out_BTD = _project(cfg, p, "wo", o_BTNH, n_in=2)
         return (out_BTD + p["bo"].astype(cdt) if cfg.o_bias else out_BTD), None
     if kv_cache is None:

@@ -1,5 +1,6 @@
 """Parity of the NNX decoder with transformers' PyTorch models on tiny random configs (fp32)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -150,8 +151,9 @@ def test_fused_attention_equals_the_reference_on_packed_rows(name):
     tokens = jnp.asarray(np.concatenate([np.arange(3, 12), np.arange(20, 30), [0, 0, 0]])[None])
     seg = jnp.asarray([[1] * 9 + [2] * 10 + [0] * 3])
     pos = jnp.asarray([list(range(9)) + list(range(10)) + [0] * 3])
-    want, _ = ref(tokens, pos, seg)
-    got, _ = fused(tokens, pos, seg)
+    with jax.default_matmul_precision("float32"):  # no TF32 on GPUs: this compares fp32 paths
+        want, _ = ref(tokens, pos, seg)
+        got, _ = fused(tokens, pos, seg)
     real = np.asarray(seg[0]) > 0
     np.testing.assert_allclose(np.asarray(got)[0, real], np.asarray(want)[0, real], rtol=1e-5,
                                atol=1e-5)
@@ -159,6 +161,46 @@ def test_fused_attention_equals_the_reference_on_packed_rows(name):
     def loss(m):
         return jnp.mean(m(tokens, pos, seg)[0][0, real] ** 2)
 
-    g_ref, g_fused = nnx.grad(loss)(ref), nnx.grad(loss)(fused)
+    with jax.default_matmul_precision("float32"):
+        g_ref, g_fused = nnx.grad(loss)(ref), nnx.grad(loss)(fused)
     for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_fused)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+@pytest.mark.parametrize("name", ["llama", "mistral_sliding", "qwen3", "gemma3"])
+def test_cudnn_attention_equals_the_reference_in_bf16(name):
+    """On a GPU, attention='fused' in bf16 runs cuDNN's flash attention (its custom call is in
+    the compiled program) and lands as close to the fp32 reference as the bf16 reference path
+    does, logits and gradients, on three packed examples and padding."""
+    from flax import nnx
+
+    hf = _hf_model(name)
+    exact, cfg = _ours(hf)
+    params = weights.model_params(exact)
+    ref = weights.model_from_params(cfg.replace(compute_dtype="bfloat16"), params)
+    fused = weights.model_from_params(cfg.replace(compute_dtype="bfloat16", attention="fused"),
+                                      params)
+    lengths = [50, 40, 30]
+    tokens = jnp.asarray(np.random.default_rng(0).integers(1, 160, size=(1, 128)))
+    seg = jnp.asarray([sum(([i + 1] * n for i, n in enumerate(lengths)), []) + [0] * 8])
+    pos = jnp.asarray([sum((list(range(n)) for n in lengths), []) + [0] * 8])
+    real = np.asarray(seg[0]) > 0
+    graph, state = nnx.split(fused)
+    program = jax.jit(lambda st, t, p, s: nnx.merge(graph, st)(t, p, s)[0]).lower(
+        state, tokens, pos, seg).compile().as_text()
+    assert "__cudnn$fmha" in program
+
+    def logits(m):
+        return np.asarray(m(tokens, pos, seg)[0], np.float32)[0, real]
+
+    def loss(m):
+        return jnp.mean(m(tokens, pos, seg)[0][0, real].astype(jnp.float32) ** 2)
+
+    want = logits(exact)
+    assert _rel_err(logits(fused), want) <= max(2 * _rel_err(logits(ref), want), 1e-2)
+    g_want, g_fused, g_ref = (jax.tree.leaves(nnx.grad(loss)(m)) for m in (exact, fused, ref))
+    for a, b, c in zip(g_want, g_fused, g_ref):
+        a, b, c = (np.asarray(x, np.float32) for x in (a, b, c))
+        scale = np.linalg.norm(a) + 1e-12
+        assert np.linalg.norm(b - a) / scale <= max(2 * np.linalg.norm(c - a) / scale, 2e-2)

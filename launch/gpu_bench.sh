@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Issue 25's GPU checks in one call of a lent machine: cuDNN attention's parity test, then
+# benchmarks/train_throughput.py on the Llama-3.2-1B shape (random weights, bf16) against
+# transformers + PyTorch with torch.compile, each stage's output kept under $OUT as it ends.
+#
+# Here, once (no GPU needed): the wheels the device image lacks into .whl/ (grain, array-record,
+#   portpicker, ml-collections, gguf, tensorboardX, importlib_resources; flax, orbax-checkpoint and
+#   nest_asyncio at the versions tested here) and the SmolLM2 tokenizer as a small HF directory
+#   (.gpu/smollm2: the 98 MB GGUF need not travel; --arch only tokenizes with it):
+#     launch/gpu_bench.sh pack
+# There:  run(carry=[.whl, .gpu], command='bash launch/gpu_bench.sh run', timeout_s=570)
+# DEADLINE [540] seconds after the start: a stage is not begun with less than its estimate left.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+verb=${1:?usage: launch/gpu_bench.sh pack | run}
+
+pack() {
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+    grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.0 gguf==0.19.0 \
+    tensorboardX==2.6.5 flax==0.12.8 orbax-checkpoint==0.12.8 nest_asyncio==1.6.0 \
+    importlib_resources==7.1.0
+  mkdir -p .gpu/smollm2
+  .venv/bin/python - <<'EOF'
+import json
+from cotjax import weights
+weights.load_tokenizer("smollm2-135m-instruct").save_pretrained(".gpu/smollm2")
+json.dump(weights.read_config("smollm2-135m-instruct"), open(".gpu/smollm2/config.json", "w"))
+EOF
+  du -sh .whl .gpu
+}
+
+run() {
+  local out=${OUT:-/tmp/gpu_bench_out} deadline=${DEADLINE:-540}
+  mkdir -p "$out"
+  export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+  # JAX takes half the card, so PyTorch's model (built after cotjax's is freed, in the same
+  # process) finds the other half: JAX's pool is not returned to the driver.
+  export XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
+  rm -rf /tmp/site  # a warm machine keeps an earlier call's packages
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+  { nvidia-smi -L; python3 -c "import jax, flax, torch, transformers, orbax.checkpoint, cotjax.train
+print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'torch', torch.__version__,
+      'transformers', transformers.__version__)"; } 2>&1 | tee "$out/machine.txt"
+  local bench=(python3 benchmarks/train_throughput.py --model .gpu/smollm2 --arch llama3.2-1b)
+  stage cudnn_test 120 python3 -m pytest -q -p no:cacheprovider tests/test_model.py \
+    -k "cudnn or fused_attention"
+  stage llama1b_fused_s1024_b8 240 "${bench[@]}" --seq_len 1024 --batch 8 --steps 10 \
+    --rounds 3 --attention fused --torch_compile
+  stage llama1b_reference_s1024_b8 80 "${bench[@]}" --seq_len 1024 --batch 8 --steps 10 \
+    --rounds 2 --skip_torch
+  stage llama1b_fused_s2048_b8 150 "${bench[@]}" --seq_len 2048 --batch 8 --steps 10 \
+    --rounds 2 --attention fused --torch_compile
+  stage smollm2_fused_s1024_b16 90 python3 benchmarks/train_throughput.py --model .gpu/smollm2 \
+    --random_init --seq_len 1024 --batch 16 --steps 10 --rounds 2 --attention fused --torch_compile
+}
+
+# stage NAME NEED CMD...: run CMD into $out/NAME.log if NEED seconds are left, cut at the deadline
+stage() {
+  local name=$1 need=$2 left
+  shift 2
+  left=$((deadline - SECONDS))
+  if [ "$left" -lt "$need" ]; then echo "$name: not started, ${left} s left"; return; fi
+  local t0=$SECONDS
+  timeout "$left" "$@" > "$out/$name.log" 2>&1
+  echo "$name: rc $? in $((SECONDS - t0)) s; last line: $(tail -c 600 "$out/$name.log")"
+}
+
+case $verb in
+  pack) pack ;;
+  run) run ;;
+  *) echo "usage: launch/gpu_bench.sh pack | run" >&2; exit 2 ;;
+esac
