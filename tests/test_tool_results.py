@@ -560,3 +560,35 @@ def test_target_logits_only_in_the_gemma_retrain():
     for step in (50, 100):
         assert f"{val[step]:.6f}" in doc and f"{ref_val[step]:.6f}" in doc
         assert abs(val[step] - ref_val[step]) < 1e-5
+
+
+def _gpu_rows(name):
+    """The JSON lines of one launch/gpu_bench.sh stage log (other lines are the libraries')."""
+    path = ROOT / "results/gpu/h200_llama1b" / f"{name}.log"
+    return [json.loads(line) for line in open(path) if line.startswith("{")]
+
+
+def test_h200_llama1b_rows_are_the_committed_runs():
+    """docs/train.md's 1B-class H200 table and README's line are the committed logs' last lines,
+    and each figure is the best round the log printed; the cuDNN test log shows it ran there."""
+    doc, readme = _doc("train.md"), _readme()
+    last = {}
+    for name in ("llama1b_fused_s1024_b8", "llama1b_fused_s2048_b8", "llama1b_reference_s1024_b8"):
+        rows = _gpu_rows(name)
+        r = last[name] = rows[-1]
+        assert r["machine"]["device"] == "NVIDIA H200" and r["dtype"] == "bfloat16"
+        assert (r["arch"], r["layers"], r["weights"]) == ("llama3.2-1b", 16, "random")
+        for fw in ("cotjax", "torch"):
+            rounds = [x["tokens_per_s"] for x in rows if x.get("framework") == fw]
+            if r[f"{fw}_tokens_per_s"] is not None:
+                assert r[f"{fw}_tokens_per_s"] == max(rounds)
+        torch_cell = (f"{r['torch_tokens_per_s']:,.0f} | {r['ratio']:.3f}" if r["ratio"]
+                      else "- | -")
+        assert (f"| {r['cotjax_tokens_per_s']:,.0f} | {torch_cell} | "
+                f"{r['mfu']:.3f} | {r['mfu_causal']:.3f} |") in doc, name
+    short, long = last["llama1b_fused_s1024_b8"], last["llama1b_fused_s2048_b8"]
+    assert short["torch_compile"] and long["torch_compile"] and short["attention"] == "fused"
+    assert (f"cotjax {short['cotjax_tokens_per_s']:,.0f} / {long['cotjax_tokens_per_s']:,.0f} "
+            f"tok/s, MFU {short['mfu']:.3f} / {long['mfu']:.3f} of the bf16 spec peak, level with "
+            f"PyTorch + `torch.compile` (ratio {short['ratio']:.3f} / {long['ratio']:.3f})") in readme
+    assert "8 passed" in (ROOT / "results/gpu/h200_llama1b/cudnn_test.log").read_text()
