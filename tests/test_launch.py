@@ -294,8 +294,10 @@ for a in "$@"; do case $a in --out=*) mkdir -p "${{a#--out=}}"; echo {{}} > "${{
     assert not calls.exists() and not out.exists()
     short = session("run", "teacher", "faithfulness")  # 100 s left: neither stage fits
     assert short.returncode == 0, short.stderr
-    assert "teacher: not started" in short.stdout and "(needs ~480 s)" in short.stdout
+    assert "teacher: not started" in short.stdout and "(needs ~240 s)" in short.stdout
     assert "faithfulness: not started" in short.stdout and not calls.exists()
+    prm = session("run", "prm")
+    assert prm.returncode == 0 and "prm: not started" in prm.stdout and "(needs ~300 s)" in prm.stdout
     assert not list(out.iterdir())
     done = session("run", "faithfulness", deadline="1000")
     assert done.returncode == 0, done.stderr
