@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from cotjax import lora as lora_lib
+from cotjax import splash
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 HEADS = ("lm", "reward")
@@ -452,7 +453,8 @@ class Decoder(nnx.Module):
         x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(cdt)
         if cfg.gemma:
             x_BTD = x_BTD * jnp.asarray(math.sqrt(cfg.d_model), cdt)
-        masks = _attention_masks(cfg, positions_BT, segment_ids_BT, cache)
+        # (full, sliding, segment ids): the fused path's kernels take the ids themselves
+        masks = (*_attention_masks(cfg, positions_BT, segment_ids_BT, cache), segment_ids_BT)
         ropes = _rope_tables(cfg, positions_BT)
         if cache is not None:
             x_BTD, new_kv = _run_cached_layers(cfg, layers or self.layer_list(), x_BTD, masks,
@@ -586,7 +588,20 @@ def _fused_implementation(dtype, head_dim: int) -> str | None:
     return None
 
 
-def _attention(cfg: ModelConfig, p, x_BTD, mask_BTS, cos, sin, kv_cache, cache_index):
+def _splash(cfg: ModelConfig, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, sliding):
+    """Splash attention (TPU) for a full or sliding layer; `sliding` may be traced (the layer
+    scan), so the two kernels are the branches of a cond."""
+    def run(window):
+        return lambda: splash.attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, scale=cfg.scale,
+                                        window=window)
+
+    if not cfg.sliding_window:
+        return run(0)()
+    return jax.lax.cond(sliding, run(cfg.sliding_window), run(0))
+
+
+def _attention(cfg: ModelConfig, p, x_BTD, mask_BTS, cos, sin, kv_cache, cache_index,
+               segment_ids_BT=None, sliding=False):
     cdt = x_BTD.dtype
     B, T, _ = x_BTD.shape
     K, G, H = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
@@ -608,12 +623,15 @@ def _attention(cfg: ModelConfig, p, x_BTD, mask_BTS, cos, sin, kv_cache, cache_i
     q_BKGTH = q_BTNH.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
     k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
     if kv_cache is None and cfg.attention == "fused":
-        # Fused attention, same masks: the packed segments and sliding windows are the boolean
-        # [B, T, S] mask (cuDNN adds it as a bias). jax picks XLA's implementation unless told.
-        impl = _fused_implementation(cdt, H)
-        o_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_BTS[:, None],
-                                              scale=cfg.scale, implementation=impl,
-                                              is_causal=impl == "cudnn")
+        if splash.usable(T):  # TPU: Splash, which takes the segment ids itself
+            o_BTNH = _splash(cfg, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, sliding)
+        else:
+            # The same masks: the packed segments and sliding windows are the boolean [B, T, S]
+            # mask (cuDNN adds it as a bias). jax picks XLA's implementation unless told.
+            impl = _fused_implementation(cdt, H)
+            o_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_BTS[:, None],
+                                                  scale=cfg.scale, implementation=impl,
+                                                  is_causal=impl == "cudnn")
         out_BTD = _project(cfg, p, "wo", o_BTNH, n_in=2)
         return (out_BTD + p["bo"].astype(cdt) if cfg.o_bias else out_BTD), None
     if kv_cache is None:
@@ -673,7 +691,7 @@ def _block(cfg: ModelConfig, p, x_BTD, sliding, masks, ropes, kv_cache, cache_in
     cos = jnp.where(sliding, ropes[1][0], ropes[0][0])
     sin = jnp.where(sliding, ropes[1][1], ropes[0][1])
     h_BTD, new_kv = _attention(cfg, p, rms_norm(x_BTD, p["attn_norm"], cfg), mask, cos, sin,
-                               kv_cache, cache_index)
+                               kv_cache, cache_index, masks[2], sliding)
     if cfg.gemma:
         h_BTD = rms_norm(h_BTD, p["post_attn_norm"], cfg)
     x_BTD = x_BTD + h_BTD

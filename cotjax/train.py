@@ -33,7 +33,7 @@ from cotjax import load
 from cotjax import lora as lora_lib
 from cotjax import metrics as metrics_lib
 from cotjax import model as model_lib
-from cotjax import paths, pipeline
+from cotjax import paths, pipeline, splash
 from cotjax import sharding as sharding_lib
 from cotjax.defaults import REWARD_OBJECTIVES, TrainSpec
 from cotjax.loss import Objective, make_objective, target_index
@@ -240,22 +240,19 @@ class Trainer:
         self.train_shardings = {"opt_state": opt_shardings, "step": rep, "rng": rep,
                                 "skipped": rep, "first_bad": rep}
         self.abstract_params = load.placed(shapes, self.param_shardings)
-        abstract_train = {"opt_state": abstract_opt,
-                          "step": jax.ShapeDtypeStruct((), jnp.int32),
-                          "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
-                          "skipped": jax.ShapeDtypeStruct((), jnp.int32),
-                          "first_bad": jax.ShapeDtypeStruct((), jnp.int32)}
+        i32 = jax.ShapeDtypeStruct((), jnp.int32)
+        abstract_train = {"opt_state": abstract_opt, "step": i32, "skipped": i32, "first_bad": i32,
+                          "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}
         self.abstract_train = load.placed(abstract_train, self.train_shardings)
         self.batch_sharding = sharding_lib.batch_sharding(mesh)
         self.trace_count = 0
-        micro_spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+        self._micro_spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
             None, sharding_lib.RULES["batch"]))
         state_sh = (self.param_shardings, self.train_shardings)
         frozen_sh = self.frozen_shardings
         self._step = jax.jit(self._step_fn,
                              in_shardings=(*state_sh, self.batch_sharding, frozen_sh),
                              out_shardings=(*state_sh, rep), donate_argnums=(0, 1))
-        self._micro_spec = micro_spec
         self._eval = jax.jit(self._eval_fn,
                              in_shardings=(self.param_shardings, self.batch_sharding, frozen_sh),
                              out_shardings=rep)
@@ -264,6 +261,9 @@ class Trainer:
                               out_shardings=(rep, self.param_shardings))
         self._init_opt = jax.jit(self.tx.init, in_shardings=(self.param_shardings,),
                                  out_shardings=opt_shardings)
+        if cfg.attention == "fused":  # Splash's shard_map finds the mesh it is traced under
+            self._step, self._eval, self._grads = (
+                splash.under_mesh(f, mesh) for f in (self._step, self._eval, self._grads))
 
     # -- pure functions under jit --
 

@@ -126,7 +126,7 @@ run_stages() {
         paths=("$res/distill/gpu_round1") ;;
       prm)
         POLICY=$teacher POLICY_CONFIG=configs/gsm8k.py LABEL_DATA=train EVAL_DATA=validation \
-          EVAL_PROBLEMS=500 LABEL_PROBLEMS=${LABEL_PROBLEMS:-1000} N=${N:-16} \
+          EVAL_PROBLEMS=${EVAL_PROBLEMS:-500} LABEL_PROBLEMS=${LABEL_PROBLEMS:-1000} N=${N:-16} \
           EXTRA="--config.eval.batch_size=${EVAL_BATCH:-256} ${EXTRA:-}" \
           launch/prm_experiment.sh "$runs/prm_gpu" "$res/prm/gsm8k_gpu"
         paths=("$res/prm/gsm8k_gpu") ;;

@@ -121,6 +121,30 @@ def test_step_compiles_once_and_learns(tok_dir, tokenizer):
         None, "fsdp", "tensor")
 
 
+def test_splash_attention_trains_on_a_mesh_as_the_reference_does(tok_dir, tokenizer, monkeypatch):
+    """attention='fused' where Splash runs (a TPU; here its interpret mode): the Trainer makes
+    its mesh current, the kernel runs in shard_map over it, and the gradients on a (2, 2, 2)
+    mesh are the reference path's."""
+    from cotjax import splash
+
+    monkeypatch.setattr(splash, "INTERPRET", True)
+    config = tiny_config(tok_dir)
+    config.data.seq_len = 256  # two Splash blocks, several packed examples per row
+    cfg = _cfg()
+    batch = _batches(config, tokenizer, 1)[0]
+    assert batch["segment_ids"].max() > 1
+    mesh = _mesh((2, 2, 2))
+    params = load.init_random_params(cfg, 0, mesh)
+    out = []
+    for attention in ("reference", "fused"):
+        trainer = train.Trainer(cfg.replace(attention=attention), train.TrainSpec(steps=4), mesh, 4)
+        sums, grads = trainer.grads(params, batch)
+        out.append((CoTLoss().summarize(jax.device_get(sums)), jax.device_get(grads)))
+    assert out[0][0]["loss"] == pytest.approx(out[1][0]["loss"], rel=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+                 out[0][1], out[1][1])
+
+
 def test_weight_decay_mask_skips_norms_and_biases():
     cfg = _cfg().replace(qkv_bias=True, mlp_bias=True)
     shapes, _ = load.abstract_params(cfg)
