@@ -103,7 +103,8 @@ def get_config():
     c.param_dtype = "float32"
     c.compute_dtype = "float32"  # bfloat16 on accelerators
     # Attention without a KV cache (training, scoring): reference (cotjax's blocked causal
-    # attention, the numerical reference) | fused (jax.nn.dot_product_attention: cuDNN on GPUs)
+    # attention, the numerical reference) | fused (the backend's kernel: cuDNN on GPUs, Splash
+    # on TPUs, XLA's jax.nn.dot_product_attention on CPUs)
     c.attention = "reference"
 
     c.data = ml_collections.ConfigDict()

@@ -82,7 +82,8 @@ def test_large_architectures_round_trip_through_hf_configs():
         cfg = memory.model_config(defaults.load_config(str(ROOT / f"configs/large.py:model={spec}")))
         cfg = cfg.replace(lora=None, layer_types=cfg.layer_types or ("full",) * cfg.num_layers)
         assert ModelConfig.from_hf(cfg.to_hf(), param_dtype=cfg.param_dtype,
-                                   compute_dtype=cfg.compute_dtype, remat=cfg.remat) == cfg, spec
+                                   compute_dtype=cfg.compute_dtype, remat=cfg.remat,
+                                   attention=cfg.attention) == cfg, spec
 
 
 def test_the_docs_table_is_the_scripts_output():
