@@ -167,6 +167,16 @@ def test_fused_attention_equals_the_reference_on_packed_rows(name):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
 
 
+def _packed_row(lengths=(100, 90, 40), total=256, batch=1, seed=1):
+    """Packed examples of these lengths, then padding to `total` tokens (default: two Splash
+    blocks of 128); `batch` copies of the row."""
+    pad = total - sum(lengths)
+    seg = [sum(([i + 1] * n for i, n in enumerate(lengths)), []) + [0] * pad] * batch
+    pos = [sum((list(range(n)) for n in lengths), []) + [0] * pad] * batch
+    tokens = np.random.default_rng(seed).integers(1, 160, size=(batch, total))
+    return jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(seg)
+
+
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
 @pytest.mark.parametrize("name", ["llama", "mistral_sliding", "qwen3", "gemma3"])
 def test_cudnn_attention_equals_the_reference_in_bf16(name):
@@ -181,10 +191,7 @@ def test_cudnn_attention_equals_the_reference_in_bf16(name):
     ref = weights.model_from_params(cfg.replace(compute_dtype="bfloat16"), params)
     fused = weights.model_from_params(cfg.replace(compute_dtype="bfloat16", attention="fused"),
                                       params)
-    lengths = [50, 40, 30]
-    tokens = jnp.asarray(np.random.default_rng(0).integers(1, 160, size=(1, 128)))
-    seg = jnp.asarray([sum(([i + 1] * n for i, n in enumerate(lengths)), []) + [0] * 8])
-    pos = jnp.asarray([sum((list(range(n)) for n in lengths), []) + [0] * 8])
+    tokens, pos, seg = _packed_row((50, 40, 30), total=128, seed=0)
     real = np.asarray(seg[0]) > 0
     graph, state = nnx.split(fused)
     program = jax.jit(lambda st, t, p, s: nnx.merge(graph, st)(t, p, s)[0]).lower(
@@ -204,15 +211,6 @@ def test_cudnn_attention_equals_the_reference_in_bf16(name):
         a, b, c = (np.asarray(x, np.float32) for x in (a, b, c))
         scale = np.linalg.norm(a) + 1e-12
         assert np.linalg.norm(b - a) / scale <= max(2 * np.linalg.norm(c - a) / scale, 2e-2)
-
-
-def _packed_row(batch=1):
-    """Three packed examples and padding in 256 tokens (two Splash blocks of 128)."""
-    lengths = [100, 90, 40]
-    seg = [sum(([i + 1] * n for i, n in enumerate(lengths)), []) + [0] * 26] * batch
-    pos = [sum((list(range(n)) for n in lengths), []) + [0] * 26] * batch
-    tokens = np.random.default_rng(1).integers(1, 160, size=(batch, 256))
-    return jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(seg)
 
 
 @pytest.mark.parametrize("name", ["llama", "mistral_sliding", "qwen3", "gemma3"])

@@ -289,6 +289,39 @@ def test_cpu_matmul_sweep_table_is_the_committed_run():
     assert last["machine"]["cpu"]["model"] == "AMD EPYC" and last["passes"] == 3
 
 
+ERROR_ROWS = (("cut by the 256-token limit", "cut"), ("no claim to check", "no_claims"),
+              ("the answer is not the last claim's value", "answer_not_from_chain"),
+              ("a false claim (a computing error)", "arithmetic"),
+              ("every claim true, the answer the chain's result: a wrong setup (a reasoning error)",
+               "setup"))
+
+
+def _greedy_calculator_figures(root, c, text):
+    """A calculator experiment's greedy half: comparison.json `c` is what root's predictions
+    give (paired test, error split, step shares), and `text` quotes the step shares, decoding
+    speeds, error rows and calculator calls. Returns the paired test and both runs' rows."""
+    from cotjax import report
+
+    rows = {k: _jsonl(root / k / "predictions.jsonl") for k in ("without", "with")}
+    g = report.paired_from_files(root / "without/predictions.jsonl", root / "with/predictions.jsonl")
+    assert (g["n"], g["correct_a"], g["correct_b"], g["only_a"], g["only_b"]) == \
+        (c["n"], round(c["accuracy_without"] * 500), round(c["accuracy_with"] * 500),
+         c["only_without"], c["only_with"]) and g["mcnemar_p"] == c["mcnemar_p"]
+    for k in ("without", "with"):
+        assert report.error_split(rows[k]) == c[f"errors_{k}"]
+        total = sum(r["steps_total"] for r in rows[k])
+        valid = sum(r["steps_valid"] for r in rows[k])
+        assert valid / total == c[f"steps_valid_{k}"]
+        assert f"{valid} of {total} ({100 * valid / total:.1f}%)" in text
+        s = json.loads((root / k / "summary.json").read_text())
+        assert f"{s['decode_seconds']:.1f} s, {s['greedy_tokens_per_s']:.1f} tokens/s" in text
+    for label, key in ERROR_ROWS:
+        row = f"| {label} | {c['errors_without'][key]} | {c['errors_with'][key]} |"
+        assert row in text, row
+    assert f"{c['calculator_calls']} ({c['calculator_changed']})" in text
+    return g, rows
+
+
 @pytest.mark.parametrize("name", ["cot_1k", "smollm2_cot"])
 def test_calculator_experiment_figures(name):
     """results/calculator/<name>: comparison.json is what its predictions give (paired tests,
@@ -297,35 +330,13 @@ def test_calculator_experiment_figures(name):
 
     root = CALC / name
     c = json.loads((root / "comparison.json").read_text())
-    pred = {k: root / k / "predictions.jsonl" for k in ("without", "with", "maj8_without", "maj8_with")}
-    g = report.paired_from_files(pred["without"], pred["with"])
-    assert (g["n"], g["correct_a"], g["correct_b"], g["only_a"], g["only_b"]) == \
-        (c["n"], round(c["accuracy_without"] * 500), round(c["accuracy_with"] * 500),
-         c["only_without"], c["only_with"]) and g["mcnemar_p"] == c["mcnemar_p"]
-    m = report.paired_from_files(pred["maj8_without"], pred["maj8_with"], "maj_correct")
+    doc = _doc("calculator.md")
+    _greedy_calculator_figures(root, c, doc)
+    m = report.paired_from_files(root / "maj8_without/predictions.jsonl",
+                                 root / "maj8_with/predictions.jsonl", "maj_correct")
     assert (m["n"], m["correct_a"] / m["n"], m["correct_b"] / m["n"], m["mcnemar_p"]) == \
         (c["maj8"]["n"], c["maj8"]["accuracy_without"], c["maj8"]["accuracy_with"],
          c["maj8"]["mcnemar_p"])
-    doc = _doc("calculator.md")
-    for k in ("without", "with"):
-        rows = _jsonl(pred[k])
-        split = report.error_split(rows)
-        assert split == {e: v for e, v in c[f"errors_{k}"].items()}
-        total, valid = sum(r["steps_total"] for r in rows), sum(r["steps_valid"] for r in rows)
-        assert valid / total == c[f"steps_valid_{k}"]
-        assert f"{valid} of {total} ({100 * valid / total:.1f}%)" in doc
-        s = json.loads((root / k / "summary.json").read_text())
-        assert f"{s['decode_seconds']:.1f} s, {s['greedy_tokens_per_s']:.1f} tokens/s" in doc
-    rows = [f"| {label} | {c['errors_without'][key]} | {c['errors_with'][key]} |"
-            for label, key in (("cut by the 256-token limit", "cut"), ("no claim to check", "no_claims"),
-                               ("the answer is not the last claim's value", "answer_not_from_chain"))]
-    rows += [f"| {label} | {c['errors_without'][key]} | {c['errors_with'][key]} |"
-             for label, key in (("a false claim (a computing error)", "arithmetic"),
-                                ("every claim true, the answer the chain's result: a wrong setup "
-                                 "(a reasoning error)", "setup"))]
-    for row in rows:
-        assert row in doc, row
-    assert f"{c['calculator_calls']} ({c['calculator_changed']})" in doc
     assert f"McNemar p = {c['mcnemar_p']:.3f}" in doc
     m = c["maj8"]
     assert (f"| accuracy, maj@8 (first {m['n']}) | {m['accuracy_without']:.2f} | "
@@ -616,29 +627,14 @@ def test_calculator_gemma3_cot_figures():
 
     root = CALC / "gemma3_cot"
     c = json.loads((root / "comparison.json").read_text())
-    rows = {k: _jsonl(root / k / "predictions.jsonl") for k in ("without", "with")}
-    g = report.paired_from_files(root / "without/predictions.jsonl", root / "with/predictions.jsonl")
-    assert (g["n"], g["correct_a"], g["correct_b"], g["only_a"], g["only_b"], g["mcnemar_p"]) == \
-        (500, round(c["accuracy_without"] * 500), round(c["accuracy_with"] * 500),
-         c["only_without"], c["only_with"], c["mcnemar_p"])
     doc = _doc("calculator.md")
     section = doc[doc.index("## Experiment: the Gemma 3 CoT model"):
                   doc.index("## Experiment: a CPU stand-in CoT model")]
+    g, rows = _greedy_calculator_figures(root, c, section)
+    assert g["n"] == 500
     assert (f"| {c['accuracy_without']:.3f} ({g['correct_a']}) | {c['accuracy_with']:.3f} "
             f"({g['correct_b']}); {g['only_a']} right only without, {g['only_b']} only with, "
             f"McNemar p = {g['mcnemar_p']:.3f} |") in section
-    for k in ("without", "with"):
-        assert report.error_split(rows[k]) == c[f"errors_{k}"]
-        total = sum(r["steps_total"] for r in rows[k])
-        valid = sum(r["steps_valid"] for r in rows[k])
-        assert valid / total == c[f"steps_valid_{k}"]
-        assert f"{valid} of {total} ({100 * valid / total:.1f}%)" in section
-        s = json.loads((root / k / "summary.json").read_text())
-        assert f"{s['decode_seconds']:.1f} s, {s['greedy_tokens_per_s']:.1f} tokens/s" in section
-    for label, key in (("cut by the 256-token limit", "cut"), ("no claim to check", "no_claims"),
-                       ("a false claim (a computing error)", "arithmetic"),
-                       ("the answer is not the last claim's value", "answer_not_from_chain")):
-        assert f"| {label} | {c['errors_without'][key]} | {c['errors_with'][key]} |" in section
     assert f"| {c['calculator_calls']} ({c['calculator_changed']}) |" in section
     moved = Counter(report.error_kind(b) for a, b in zip(rows["without"], rows["with"])
                     if report.error_kind(a) == "arithmetic")
