@@ -17,11 +17,11 @@ cd "$(dirname "$0")/.."
 verb=${1:?usage: launch/gpu_bench.sh pack | run}
 
 pack() {
+  rm -rf .whl  # one version of each wheel: two stop the install there
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-    grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.0 gguf==0.19.0 \
-    tensorboardX==2.6.5 importlib_resources==7.1.0
+    -r launch/device_wheels.txt
   mkdir -p .gpu/smollm2
   .venv/bin/python - <<'EOF'
 import json

