@@ -430,6 +430,62 @@ def test_cpu_rft_round_figures(name):
             f"({p['correct_b']}) | {p['only_a']} / {p['only_b']} | {c['mcnemar_p']:.2f} |") in doc
 
 
+def test_h200_rft_round_figures(tmp_path):
+    """results/distill/gpu_round1, issue 22's experiment on the H200: the funnel is what `cotjax
+    distill` makes of the committed (gzipped) samples with all the human chains, the committed
+    training records are those, comparison.json is the paired test of the committed teacher and
+    student predictions, and docs/sample_distill.md and the README quote them."""
+    import gzip
+    import shutil
+
+    from cotjax import defaults, distill, report
+
+    root = ROOT / "results/distill/gpu_round1"
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    shutil.copy(root / "samples/manifest.json", samples)
+    with gzip.open(root / "samples/samples-00000-of-00001.jsonl.gz", "rb") as f, \
+            open(samples / "samples-00000-of-00001.jsonl", "wb") as g:
+        shutil.copyfileobj(f, g)
+    rows = report.read_sample_dirs([str(samples)])
+    assert len(rows) == 6973 * 4
+    records, funnel = distill.select(
+        rows, human=distill.load_human("train", defaults.load_config("configs/gsm8k.py")))
+    committed = json.loads((root / "round1_funnel.json").read_text())
+    assert funnel["funnel"] == committed["funnel"]
+    assert funnel["problems_with_kept_chain"] == committed["problems_with_kept_chain"]
+    with gzip.open(root / "round1_kept.jsonl.gz", "rt") as f:
+        trained = [json.loads(line) for line in f]
+    assert [(r["source"], r["question"], r["chain"]) for r in records] == \
+        [(r["source"], r["question"], r["chain"]) for r in trained]
+    c = json.loads((root / "comparison.json").read_text())
+    teacher = ROOT / "results/gsm8k/sweep_gpu/cot_lr2e-4_ep2_predictions.jsonl"
+    p = report.paired_from_files(teacher, root / "round1_predictions.jsonl")
+    assert (p["n"], p["correct_a"] / p["n"], p["correct_b"] / p["n"], p["mcnemar_p"]) == \
+        (c["n"], c["teacher_accuracy"], c["student_accuracy"], c["mcnemar_p"])
+    assert (c["kept_chains"], c["records_trained"]) == (funnel["funnel"]["kept"], len(records))
+    f = funnel["funnel"]
+    doc = _doc("sample_distill.md")
+    assert (f"| {f['sampled']} | {f['correct']} | {f['steps_valid']} | {f['consistent']} | "
+            f"{f['finished']} | {f['distinct']} | {f['kept']} | {funnel['problems_with_kept_chain']} |") in doc
+    student = json.loads((root / "round1_summary.json").read_text())
+    assert (f"| {c['teacher_accuracy']:.3f} ({p['correct_a']}) | {c['student_accuracy']:.3f} "
+            f"({p['correct_b']}) | {p['only_a']} / {p['only_b']} | {c['mcnemar_p']:.2f} | "
+            f"{student['maj_accuracy']:.3f} ({round(student['maj_accuracy'] * 500)}) |") in doc
+    assert (f"gives a student at {c['student_accuracy']:.3f} against its teacher's "
+            f"{c['teacher_accuracy']:.3f} (p = {c['mcnemar_p']:.2f}; maj@8 "
+            f"{student['maj_accuracy']:.3f}") in _readme()
+    t = json.loads((ROOT / "results/gsm8k/sweep_gpu/cot_lr2e-4_ep2_summary.json").read_text())
+    assert (f"| {t['chains_all_steps_valid']:.1%} → {student['chains_all_steps_valid']:.1%} | "
+            f"{t['step_validity']:.1%} → {student['step_validity']:.1%} |") in doc
+    cpu = report.paired_from_files(ROOT / "results/gsm8k/sweep/cot_lr2e-4_ep2_predictions.jsonl", teacher)
+    assert (f"{cpu['only_a']} / {cpu['only_b']} problems right only in one, McNemar p = "
+            f"{cpu['mcnemar_p']:.2f}") in doc
+    solved = {r["problem"] for r in rows if r["correct"]}
+    assert f"{len(solved):,} problems have at least one right sample" in doc
+    assert f"{f['distinct'] - f['kept']} of the {f['distinct']:,} distinct right paths" in doc
+
+
 def test_sampling_with_the_calculator_pass_at_4():
     from cotjax import report
 
