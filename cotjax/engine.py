@@ -21,7 +21,8 @@ depends on neither its row, its neighbours, its arrival time, the batch size, th
 where a run was resumed.
 
 Host round-trips. `_extend` runs until `check_every` tokens have passed or `quota` more rows have
-ended; then the host checks stop strings, emits the finished samples and refills their rows.
+ended; then the host checks the stop strings of rows with `check_every` new tokens since their
+last check, emits the finished samples and refills their rows.
 Rows are sharded over the mesh's data axes (the pool is replicated).
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
@@ -275,11 +277,16 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
            stop_fn: Callable[[int, list[int]], bool] | None = None,
            check_every: int = 32, hook: Callable | None = None,
            trigger_ids: Sequence[int] = (), number_ids: dict | None = None,
-           max_forced: int = 16, prompt_slots_min: int = 0) -> Iterator[Sample]:
+           max_forced: int = 16, prompt_slots_min: int = 0,
+           stats: collections.Counter | None = None) -> Iterator[Sample]:
     """Yield every requested (problem, sample) as soon as it ends, in order of ending.
 
-    `stop_fn(problem, tokens so far)` ends a row when True (checked every round of at most
-    `check_every` tokens; the round's tokens are kept, cut the text on the host). `eos_ids`
+    `stop_fn(problem, tokens so far)` ends a row when True (asked about a row once it has
+    `check_every` new tokens since it was last asked, at the end of a round; the round's tokens
+    are kept, cut the text on the host: a row may run up to about `check_every` tokens past its
+    stop string). Rounds end early when rows end or, with a hook, trigger, and asking every row
+    at every round would decode every row's text each time: with hundreds of rows and a tool,
+    that is a round per token. `eos_ids`
     defaults to the model's. With a mesh, rows are sharded over its non-tensor axes and
     `batch_size` is rounded up to a multiple of them.
 
@@ -294,6 +301,10 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
     right after a forced value the model may not extend it: no token that continues a number
     (a digit, or '.5'), and after a bare '.' or ',' no digit ("= 6" + ".40" would undo it).
 
+    `stats` (a Counter, optional) gains the host's account: `rounds`, `stop_checks`,
+    `hook_calls`, and the seconds spent decoding (`decode_s`: the loop and its copy to the host),
+    in the hook (`hook_s`) and in stop checks (`stop_s`).
+
     Shapes. A call compiles for its longest prompt's slots and its number of requests; a caller
     that calls repeatedly with growing prompts (beam search, once per depth) passes
     `prompt_slots_min` (at least that many prompt slots, and a full prefill group whatever the
@@ -304,20 +315,26 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
         return
     run = _Scheduler(model, requests, max_new_tokens, sampling, eos_ids, batch_size, seed, mesh,
                      hook, trigger_ids, number_ids, max_forced, prompt_slots_min)
+    stats = collections.Counter() if stats is None else stats
+    clock = time.perf_counter
     while True:
         while run.pending and None in run.owner and run.assign():
             pass
         if all(o is None for o in run.owner):
             assert not run.pending, "engine: pending samples but no row could start"
             return
+        t0 = clock()
         out, n, done = run.advance(check_every)
+        t1 = clock()
         if hook is not None:
-            run.call_hook(hook, out, n)
+            stats["hook_calls"] += run.call_hook(hook, out, n)
+        t2 = clock()
         if stop_fn is not None:
-            for r in range(run.B):
-                if run.owner[r] is not None and not done[r] and stop_fn(
-                        requests[run.owner[r][0]].problem, out[r, :n[r]].tolist()):
+            for r in run.stop_due(n, done, check_every):
+                stats["stop_checks"] += 1
+                if stop_fn(requests[run.owner[r][0]].problem, out[r, :n[r]].tolist()):
                     run.stopped[r] = True
+        stats.update(rounds=1, decode_s=t1 - t0, hook_s=t2 - t1, stop_s=clock() - t2)
         yield from run.finished(out, n, done)
 
 
@@ -350,6 +367,7 @@ class _Scheduler:
         self.owner: list[tuple[int, int] | None] = [None] * B
         self.occupancy = np.zeros(B, np.int64)
         self.stopped = np.zeros(B, bool)
+        self.asked = np.zeros(B, np.int64)  # tokens a row had when stop_fn last saw it
         self.notes: list[list[dict]] = [[] for _ in range(B)]
         self.declined = np.zeros(B, np.int64)
         self.handled = np.zeros(B, bool)  # rows whose trigger the host has handled
@@ -394,7 +412,7 @@ class _Scheduler:
             self.pending.popleft()
             self.owner[r] = (i, s)
             self.occupancy[r] += 1
-            new[r], slot[r], self.stopped[r] = True, self.in_pool[i], False
+            new[r], slot[r], self.stopped[r], self.asked[r] = True, self.in_pool[i], False, 0
             self.notes[r], self.declined[r] = [], 0
             self.handled[r] = self.forced[r] = False  # the refill resets the trigger state
             problems[r], samples[r] = self.requests[i].problem, s
@@ -423,12 +441,21 @@ class _Scheduler:
         return (np.asarray(self.rows.out_BN), np.asarray(self.rows.n_B),
                 np.asarray(self.rows.done_B))
 
-    def call_hook(self, hook, out, n) -> None:
-        """Ask the hook about every row that stopped at a trigger token."""
+    def stop_due(self, n, done, check_every: int) -> list[int]:
+        """The live rows with `check_every` new tokens since stop_fn last saw them."""
+        due = [r for r in range(self.B) if self.owner[r] is not None and not done[r]
+               and n[r] - self.asked[r] >= check_every]
+        self.asked[due] = n[due]
+        return due
+
+    def call_hook(self, hook, out, n) -> int:
+        """Ask the hook about every row that stopped at a trigger token; how many it was asked."""
+        asked = 0
         for r in np.flatnonzero(np.asarray(self.rows.hit_B)):
             self.handled[r] = True
             if self.owner[r] is None:
                 continue
+            asked += 1
             got = hook(self.requests[self.owner[r][0]].problem, out[r, :n[r]].tolist())
             if got is None:
                 self.declined[r] += 1
@@ -440,6 +467,7 @@ class _Scheduler:
             self.force[r, :len(ids)] = ids
             self.forced[r] = True
             self.notes[r].append({"at": int(n[r]), "forced": list(map(int, ids)), **note})
+        return asked
 
     def finished(self, out, n, done) -> Iterator[Sample]:
         """The samples of rows that ended this round; their rows become free."""

@@ -150,10 +150,10 @@ def answer_row(rec, ids: Sequence[int], completion, task: str) -> dict:
 
 
 def stream(net, tokenizer, requests, settings: dict, *, sampling=decode.GREEDY, seed: int = 0,
-           use_calculator: bool = False):
+           use_calculator: bool = False, stats=None):
     """(engine Sample, Completion, calculator calls) of every requested (problem, sample), as
     they finish: the engine with eval's EOS ids, stop strings and batch (`decode_settings`),
-    and the calculator hook when asked for."""
+    and the calculator hook when asked for; `stats`: engine.sample's host account."""
     texts = decode.TextRule(tokenizer, settings["eos_ids"], settings["stop"])
     hook = (calculator.Hook(tokenizer, texts.text,
                             annotations_only=settings.get("annotations_only", False))
@@ -163,7 +163,8 @@ def stream(net, tokenizer, requests, settings: dict, *, sampling=decode.GREEDY, 
                            sampling=sampling, eos_ids=settings["eos_ids"],
                            batch_size=settings["batch_size"], seed=seed, mesh=settings["mesh"],
                            stop_fn=texts.stop_fn(), hook=hook,
-                           trigger_ids=classes.get("trigger", ()), number_ids=classes):
+                           trigger_ids=classes.get("trigger", ()), number_ids=classes,
+                           stats=stats):
         yield s, texts.complete(s.tokens), (hook.describe(s) if hook else None)
 
 

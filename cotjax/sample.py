@@ -20,6 +20,7 @@ the question without it (`"hint": true`), so what is trained on never sees the h
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import time
@@ -121,8 +122,10 @@ def run_sample(config, workdir: str | None = None, step=None, *, model: str | No
                                       "top_p", "seed", "hint", "calculator")}
     tokens = correct = 0
     t0 = time.perf_counter()
+    host = collections.Counter()  # where the time went: rounds, decoding, hook, stop checks
     stream = evaluate.stream(net, tokenizer, requests, dec, sampling=sampling,
-                             seed=settings["seed"], use_calculator=settings["calculator"])
+                             seed=settings["seed"], use_calculator=settings["calculator"],
+                             stats=host)
     prompt_len = {r.problem: len(r.prompt) for r in requests}
     with shard.open("a") as f, tqdm(total=todo, unit="sample", disable=not progress) as bar:
         for s, c, calls in stream:
@@ -144,7 +147,9 @@ def run_sample(config, workdir: str | None = None, step=None, *, model: str | No
               "new_tokens": tokens, "seconds": round(seconds, 2),
               "samples_per_s": round(todo / seconds, 3) if seconds else 0.0,
               "tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0,
-              "correct_drawn": correct}
+              "correct_drawn": correct,
+              "engine": {k: round(v, 2) if isinstance(v, float) else v
+                         for k, v in sorted(host.items())}}
     print(json.dumps(totals), flush=True)
     return totals
 

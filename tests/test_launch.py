@@ -294,7 +294,7 @@ for a in "$@"; do case $a in --out=*) mkdir -p "${{a#--out=}}"; echo {{}} > "${{
     assert not calls.exists() and not out.exists()
     short = session("run", "teacher", "faithfulness")  # 100 s left: neither stage fits
     assert short.returncode == 0, short.stderr
-    assert "teacher: not started" in short.stdout and "(needs ~240 s)" in short.stdout
+    assert "teacher: not started" in short.stdout and "(needs ~150 s)" in short.stdout
     assert "faithfulness: not started" in short.stdout and not calls.exists()
     prm = session("run", "prm")
     assert prm.returncode == 0 and "prm: not started" in prm.stdout and "(needs ~300 s)" in prm.stdout
@@ -306,4 +306,12 @@ for a in "$@"; do case $a in --out=*) mkdir -p "${{a#--out=}}"; echo {{}} > "${{
     assert "--config.eval.max_examples=500" in lines[0] and lines[1].startswith("report")
     packed = subprocess.run(["tar", "tzf", str(out / "faithfulness.tgz")], capture_output=True,
                             text=True, check=True).stdout
-    assert "results/faithfulness/gpu/smollm2_cot/summary.json" in packed
+    assert "results/faithfulness/gpu/smollm2_cot/summary.json" in packed.splitlines()
+    # A stage still running at the deadline is stopped and what it wrote comes back as partial.
+    fake.write_text(fake.read_text() + "case $1 in eval) exec sleep 30;; esac\n")
+    (out / "faithfulness.tgz").unlink()
+    env.update(NEED_faithfulness="1", RESULTS=str(tmp_path / "results_cut"))
+    cut = session("run", "faithfulness", deadline="3")
+    assert cut.returncode == 0, cut.stderr
+    assert "faithfulness: stopped (exit 124)" in cut.stdout and "to resume" in cut.stdout
+    assert [p.name for p in out.iterdir()] == ["faithfulness.partial.tgz"]
