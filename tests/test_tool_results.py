@@ -486,6 +486,29 @@ def test_h200_rft_round_figures(tmp_path):
     assert f"{f['distinct'] - f['kept']} of the {f['distinct']:,} distinct right paths" in doc
 
 
+def test_host_round_figures():
+    """benchmarks/host_round.py's committed run: per-round costs are its per-call costs times
+    the calls a round makes, and docs/sample_distill.md quotes them."""
+    calls, last = _jsonl(ROOT / "results/distill/host_round_epyc_zen3.jsonl")
+    r, B = last["round_ms"], last["rows"]
+    assert r["stop_every_round"] == pytest.approx(B * calls["stop_check"], abs=1e-3)
+    assert r["stop_once_per_check_every"] == pytest.approx(
+        r["stop_every_round"] / last["check_every"], abs=1e-3)
+    assert r["hook"] == pytest.approx(B * calls["triggers_per_token"] * calls["hook"], abs=1e-3)
+    assert last["machine"]["cpu"]["model"] == "AMD EPYC" and last["machine"]["cpu"]["family"] == "25"
+    doc = _doc("sample_distill.md")
+    assert (f"stop checks {r['stop_every_round']:.1f} ms when every row is looked at, "
+            f"{r['stop_once_per_check_every']:.2f} ms now; the calculator's calls {r['hook']:.1f} ms; "
+            f"scoring the finished samples {r['scoring']:.1f} ms") in doc
+    manifest = json.loads((ROOT / "results/distill/gpu_round1/samples/manifest.json").read_text())
+    totals = next(json.loads(line) for line in
+                  open(ROOT / "results/distill/gpu_round1/session.log") if line.startswith('{"shard"'))
+    assert totals["drawn"] == manifest["problems"] * manifest["k"]
+    tokens, seconds = totals["new_tokens"], totals["seconds"]
+    assert f"about {seconds / (tokens / B) * 1e3:.0f} ms per decoding step" in doc
+    assert f"({tokens / 1e6:.2f} M tokens over {B} rows in {seconds:.0f} s" in doc
+
+
 def test_sampling_with_the_calculator_pass_at_4():
     from cotjax import report
 
