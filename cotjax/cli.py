@@ -42,6 +42,8 @@ FLAG_SPECS = {
     "filters": ("string", "correct,steps_valid,consistent,finished",
                 "distill: the filters a sample must pass, comma-separated, or 'none'"),
     "max_per_problem": ("integer", 4, "distill: distinct reasoning paths kept per problem"),
+    "first_samples": ("integer", -1, "distill: each problem's samples 0..N-1 only (-1: all): "
+                                     "what a smaller K would have kept, from one run"),
     "samples": ("string", None, "label-steps, rerank: a sample directory (cotjax sample "
                                 "--out=DIR)"),
     "rollouts": ("integer", 8, "label-steps: completions sampled from each step prefix"),
@@ -263,7 +265,8 @@ COMMANDS = {
                       _sample, ("workdir", "step", "model", "task", "data", "k", "out", "hint",
                                 "overwrite"), "optional"),
     "distill": Command("verified, distinct sampled chains as training records (with a funnel)",
-                       _distill, ("out", "filters", "max_per_problem", "human", "task"),
+                       _distill, ("out", "filters", "max_per_problem", "human", "task",
+                                  "first_samples"),
                        "optional", usage="SAMPLE_DIR ... --out=FILE.jsonl [--flag=value ...]"),
     "label-steps": Command("Monte Carlo step labels of sampled chains (and the checker's)",
                            _label_steps, ("workdir", "step", "model", "samples", "rollouts",

@@ -180,10 +180,16 @@ def load_human(data: str, config) -> list[CoTRecord]:
 
 def main(flags, dirs: Sequence[str]) -> dict:
     """`cotjax distill SAMPLE_DIR ... --out=FILE [--filters=a,b] [--max_per_problem=M]
-    [--human=train|FILE --config=C]`."""
+    [--human=train|FILE --config=C] [--first_samples=N]`."""
     if not dirs:
         raise ValueError("give one or more sample directories (cotjax sample --out)")
     rows = read_sample_dirs(dirs)
+    if flags.first_samples >= 0:
+        if flags.first_samples == 0:
+            raise ValueError("--first_samples must be >= 1 (or -1: all)")
+        n = len(rows)
+        rows = [r for r in rows if r["sample"] < flags.first_samples]
+        print(f"--first_samples={flags.first_samples}: {len(rows)} of {n} sample lines used")
     filters = [f for f in flags.filters.split(",") if f] if flags.filters != "none" else []
     human = load_human(flags.human, flags.config) if flags.human else ()
     records, summary = select(rows, filters=filters, max_per_problem=flags.max_per_problem,

@@ -105,6 +105,21 @@ def test_cli_writes_a_training_source(tmp_path, capsys):
         ("3 * 4 = 12 apples.\n12 - 2 = 10 left.", "10"), ("5 * $2 = $10.", "10")}
 
 
+def test_first_samples_keeps_what_a_smaller_k_would_have(tmp_path, capsys):
+    d = tmp_path / "samples"
+    d.mkdir()
+    (d / "samples-00000-of-00001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    out = tmp_path / "kept.jsonl"
+    cli_main(["cotjax", "distill", str(d), f"--out={out}", "--first_samples=2"])
+    printed = capsys.readouterr().out
+    assert "--first_samples=2: 4 of 9 sample lines used" in printed
+    want, _ = distill.select([r for r in ROWS if r["sample"] < 2])
+    assert [json.loads(line)["chain"] for line in open(out)] == [r["chain"] for r in want]
+    with pytest.raises(SystemExit):
+        cli_main(["cotjax", "distill", str(d), f"--out={out}", "--first_samples=0"])
+    assert "--first_samples must be >= 1" in capsys.readouterr().err
+
+
 def test_train_path_drops_validation_questions(tmp_path, capsys):
     from cotjax import defaults
 

@@ -449,8 +449,8 @@ def test_h200_rft_round_figures(tmp_path):
         shutil.copyfileobj(f, g)
     rows = report.read_sample_dirs([str(samples)])
     assert len(rows) == 6973 * 4
-    records, funnel = distill.select(
-        rows, human=distill.load_human("train", defaults.load_config("configs/gsm8k.py")))
+    human = distill.load_human("train", defaults.load_config("configs/gsm8k.py"))
+    records, funnel = distill.select(rows, human=human)
     committed = json.loads((root / "round1_funnel.json").read_text())
     assert funnel["funnel"] == committed["funnel"]
     assert funnel["problems_with_kept_chain"] == committed["problems_with_kept_chain"]
@@ -481,6 +481,11 @@ def test_h200_rft_round_figures(tmp_path):
     cpu = report.paired_from_files(ROOT / "results/gsm8k/sweep/cot_lr2e-4_ep2_predictions.jsonl", teacher)
     assert (f"{cpu['only_a']} / {cpu['only_b']} problems right only in one, McNemar p = "
             f"{cpu['mcnemar_p']:.2f}") in doc
+    _, f2 = distill.select([r for r in rows if r["sample"] < 2], human=human)  # the K table
+    g = f2["funnel"]
+    assert (f"| 2 | {g['correct']} | {g['distinct']} | {g['kept']} | "
+            f"{f2['problems_with_kept_chain']} |") in doc
+    assert f"| 4 | {f['correct']} | {f['distinct']} | {f['kept']} | {funnel['problems_with_kept_chain']} |" in doc
     solved = {r["problem"] for r in rows if r["correct"]}
     assert f"{len(solved):,} problems have at least one right sample" in doc
     assert f"{f['distinct'] - f['kept']} of the {f['distinct']:,} distinct right paths" in doc
