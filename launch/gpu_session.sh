@@ -108,10 +108,12 @@ one_stage() {
       BATCH=$EVAL_BATCH launch/faithfulness.sh "$res/faithfulness/gpu" "${FAITH_N:-500}" \
         "smollm2_cot=$teacher" ;;
     rft)
-      OUT=$res/distill/gpu_round1 ROUNDS=1 K=${K:-4} BATCH=$EVAL_BATCH \
+      # RFT_TAG (e.g. _k16, with K=16 PROBLEMS=2000 or HINT=1 in the environment, which
+      # rft_rounds.sh reads) keeps a second round's files apart from the first's
+      OUT=$res/distill/gpu_round1${RFT_TAG:-} ROUNDS=1 K=${K:-4} BATCH=$EVAL_BATCH \
         SAMPLE_EXTRA=--config.eval.calculator=true \
         TEACHER_EVAL=$res/gsm8k/sweep_gpu/cot_lr2e-4_ep2_predictions.jsonl \
-        launch/rft_rounds.sh "$teacher" "$runs/rft_gpu" ;;
+        launch/rft_rounds.sh "$teacher" "$runs/rft_gpu${RFT_TAG:-}" ;;
     prm)
       POLICY=$teacher POLICY_CONFIG=configs/gsm8k.py LABEL_DATA=train EVAL_DATA=validation \
         EVAL_PROBLEMS=${EVAL_PROBLEMS:-500} LABEL_PROBLEMS=${LABEL_PROBLEMS:-1000} N=${N:-16} \
@@ -129,7 +131,7 @@ stage_paths() {
     calculator) paths=("$RES/calculator/gpu/smollm2_cot") ;;
     faithfulness) paths=("$RES/faithfulness/gpu") ;;
     # the student's training data is a result too: the kept chains and the samples
-    rft) paths=("$RES/distill/gpu_round1" "$r/rft_gpu/round1/"{kept.jsonl,kept.jsonl.funnel.json,samples,student.train.log,eval.log}) ;;
+    rft) paths=("$RES/distill/gpu_round1${RFT_TAG:-}" "$r/rft_gpu${RFT_TAG:-}/round1/"{kept.jsonl,kept.jsonl.funnel.json,samples,samples_hint,student.train.log,eval.log}) ;;
     prm) paths=("$RES/prm/gsm8k_gpu" "$r/prm_gpu/"*.log) ;;
   esac
   for p in "${paths[@]}"; do [ -e "$p" ] && printf '%s\n' "$p"; done

@@ -89,10 +89,16 @@ def test_chain_before_answer():
     assert chain_before_answer("Costs differ.\nAnswer: (C)", "aqua") == "Costs differ."
 
 
-def test_cli_writes_a_training_source(tmp_path, capsys):
+def _sample_dir(tmp_path):
+    """ROWS as a `cotjax sample` output directory."""
     d = tmp_path / "samples"
     d.mkdir()
     (d / "samples-00000-of-00001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return d
+
+
+def test_cli_writes_a_training_source(tmp_path, capsys):
+    d = _sample_dir(tmp_path)
     out = tmp_path / "kept.jsonl"
     cli_main(["cotjax", "distill", str(d), f"--out={out}", "--max_per_problem=1"])
     printed = capsys.readouterr().out
@@ -106,9 +112,7 @@ def test_cli_writes_a_training_source(tmp_path, capsys):
 
 
 def test_first_samples_keeps_what_a_smaller_k_would_have(tmp_path, capsys):
-    d = tmp_path / "samples"
-    d.mkdir()
-    (d / "samples-00000-of-00001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    d = _sample_dir(tmp_path)
     out = tmp_path / "kept.jsonl"
     cli_main(["cotjax", "distill", str(d), f"--out={out}", "--first_samples=2"])
     printed = capsys.readouterr().out
