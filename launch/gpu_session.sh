@@ -29,6 +29,8 @@
 #                   LABEL_PROBLEMS [1000] training problems labelled with ROLLOUTS [4] completions
 #                   per step, a PRM and an ORM, N [16] samples of the 500 validation problems
 #                   reranked (results/prm/gsm8k_gpu/: selection.json; runs/prm_gpu resumes)
+#     sample_bench  benchmarks/sample_throughput.py in bf16, the base model, 64 problems x K=8
+#                   (results/distill/sample_throughput_h200_bf16.jsonl)
 #   DEADLINE [540] seconds after the command started: a stage is not begun when less than its
 #   estimate (H200, bf16; NEED_STAGE=seconds overrides one, once a lease has measured it) is
 #   left; one still running at DEADLINE gets SIGTERM (a training saves a checkpoint) and leaves
@@ -89,7 +91,8 @@ print('setup ok:', jax.devices())"
 # Seconds a stage needs before it is begun. Measured on one H200 on 2026-12-04 (EVAL_BATCH=512):
 # teacher 130 s (training 17 s of it); rft 338 s sampling + 8 s selection + about 180 s training
 # + 91 s evaluation, so it spans two calls and resumes. The others are guesses.
-declare -A need=([teacher]=150 [calculator]=150 [faithfulness]=180 [rft]=300 [prm]=300)
+declare -A need=([teacher]=150 [calculator]=150 [faithfulness]=180 [rft]=300 [prm]=300
+                 [sample_bench]=150)
 
 # one_stage STAGE: the stage's commands (run under `timeout` by run_stages, in a child, so that
 # a stage cut at the deadline still leaves the plan time to pack what it wrote).
@@ -119,6 +122,12 @@ one_stage() {
         EVAL_PROBLEMS=${EVAL_PROBLEMS:-500} LABEL_PROBLEMS=${LABEL_PROBLEMS:-1000} N=${N:-16} \
         EXTRA="--config.eval.batch_size=$EVAL_BATCH $EXTRA" \
         launch/prm_experiment.sh "$runs/prm_gpu" "$res/prm/gsm8k_gpu" ;;
+    sample_bench)
+      # issue 22's benchmark in bf16: the engine, the static path and transformers generate,
+      # 64 problems x K=8 (no teacher needed: the base model)
+      mkdir -p "$res/distill"
+      python3 benchmarks/sample_throughput.py --dtype=bfloat16 \
+        | tee "$res/distill/sample_throughput_h200_bf16.jsonl" ;;
   esac
 }
 
@@ -133,6 +142,7 @@ stage_paths() {
     # the student's training data is a result too: the kept chains and the samples
     rft) paths=("$RES/distill/gpu_round1${RFT_TAG:-}" "$r/rft_gpu${RFT_TAG:-}/round1/"{kept.jsonl,kept.jsonl.funnel.json,samples,samples_hint,student.train.log,eval.log}) ;;
     prm) paths=("$RES/prm/gsm8k_gpu" "$r/prm_gpu/"*.log) ;;
+    sample_bench) paths=("$RES/distill/sample_throughput_h200_bf16.jsonl") ;;
   esac
   for p in "${paths[@]}"; do [ -e "$p" ] && printf '%s\n' "$p"; done
   return 0
@@ -149,7 +159,7 @@ run_stages() {
   export EXTRA="--config.train.microbatches=1 ${EXTRA:-}"
   local deadline=${DEADLINE:-540} out=${OUT:-/tmp/gpu_session_out} stage
   for stage in "$@"; do  # a typo stops the plan before any stage starts, not after one
-    [ -n "${need[$stage]:-}" ] || { echo "unknown stage '$stage': teacher calculator faithfulness rft prm" >&2; exit 2; }
+    [ -n "${need[$stage]:-}" ] || { echo "unknown stage '$stage': ${!need[*]}" >&2; exit 2; }
   done
   mkdir -p "$out"
   for stage in "$@"; do
