@@ -120,13 +120,17 @@ class Hook:
         self.tokenizer, self.text_of, self.max_tokens = tokenizer, text_of, max_tokens
         self.annotations_only = annotations_only
         self.calls = self.declined = 0
+        self._ids: dict[str, tuple[int, ...]] = {}  # inserts repeat (" 24", " $10"): encode once
 
     def __call__(self, problem: int, tokens: Sequence[int]):
         call = claim_value(self.text_of(tokens), self.annotations_only)
         if call is None:
             self.declined += 1
             return None
-        ids = list(self.tokenizer(call.insert, add_special_tokens=False)["input_ids"])
+        if call.insert not in self._ids:
+            self._ids[call.insert] = tuple(
+                self.tokenizer(call.insert, add_special_tokens=False)["input_ids"])
+        ids = list(self._ids[call.insert])
         if not ids or len(ids) > self.max_tokens:
             self.declined += 1
             return None

@@ -104,6 +104,23 @@ def test_forces_the_right_tokens_for_both_tokenizers(spec):
         assert tok.decode(ids + forced) == "The gold cost 50*2=$100"
 
 
+def test_the_hook_encodes_each_insert_once_and_hands_out_copies():
+    """The insert's ids are cached per text (a sampling run writes " 24" many times): the same
+    ids every time, from one tokenizer call, and a caller changing them changes no later call."""
+    asked = []
+
+    def tokenizer(text, add_special_tokens):
+        asked.append(text)
+        return {"input_ids": [ord(c) for c in text]}
+
+    hook = calculator.Hook(tokenizer, lambda ids: "".join(map(chr, ids)))
+    first, _ = hook(0, [ord(c) for c in "It is 20 + 4 ="])
+    first.append(0)
+    again, note = hook(1, [ord(c) for c in "Then 48 / 2 ="])
+    assert again == [ord(c) for c in " 24"] and note["insert"] == " 24"
+    assert asked == [" 24"] and hook.calls == 2
+
+
 @pytest.mark.one_device
 @pytest.mark.slow
 def test_eval_with_the_calculator_writes_valid_claims(tmp_path):
