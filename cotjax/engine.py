@@ -21,8 +21,9 @@ depends on neither its row, its neighbours, its arrival time, the batch size, th
 where a run was resumed.
 
 Host round-trips. `_extend` runs until `check_every` tokens have passed or `quota` more rows have
-ended; then the host checks the stop strings of rows with `check_every` new tokens since their
-last check, emits the finished samples and refills their rows.
+ended; then the host checks stop strings (with a tool hook, only those of rows with
+`check_every` new tokens since their last check), emits the finished samples and refills their
+rows.
 Rows are sharded over the mesh's data axes (the pool is replicated).
 """
 
@@ -281,13 +282,13 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
            stats: collections.Counter | None = None) -> Iterator[Sample]:
     """Yield every requested (problem, sample) as soon as it ends, in order of ending.
 
-    `stop_fn(problem, tokens so far)` ends a row when True (asked about a row once it has
-    `check_every` new tokens since it was last asked, at the end of a round; the round's tokens
-    are kept, cut the text on the host: a row may run up to about `check_every` tokens past its
-    stop string). Rounds end early when rows end or, with a hook, trigger, and asking every row
-    at every round would decode every row's text each time: with hundreds of rows and a tool,
-    that is a round per token. `eos_ids`
-    defaults to the model's. With a mesh, rows are sharded over its non-tensor axes and
+    `stop_fn(problem, tokens so far)` ends a row when True, asked at the end of a round (at
+    most `check_every` tokens; the round's tokens are kept, cut the text on the host). With a
+    hook, rounds end at every trigger, which with hundreds of rows is about every token, and
+    asking every row each time would decode every row's text each time: there a row is asked
+    once it has `check_every` new tokens since it was last asked, so it may run up to about
+    2 x `check_every` tokens past its stop string. Without a hook every live row is asked every
+    round, as beam search's one-step expansions need. `eos_ids` defaults to the model's. With a mesh, rows are sharded over its non-tensor axes and
     `batch_size` is rounded up to a multiple of them.
 
     Tools (`hook`, e.g. cotjax.calculator.Hook): when a row emits one of `trigger_ids`, the
@@ -330,7 +331,7 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
             stats["hook_calls"] += run.call_hook(hook, out, n)
         t2 = clock()
         if stop_fn is not None:
-            for r in run.stop_due(n, done, check_every):
+            for r in run.stop_due(n, done, check_every if hook is not None else 1):
                 stats["stop_checks"] += 1
                 if stop_fn(requests[run.owner[r][0]].problem, out[r, :n[r]].tolist()):
                     run.stopped[r] = True
@@ -441,10 +442,10 @@ class _Scheduler:
         return (np.asarray(self.rows.out_BN), np.asarray(self.rows.n_B),
                 np.asarray(self.rows.done_B))
 
-    def stop_due(self, n, done, check_every: int) -> list[int]:
-        """The live rows with `check_every` new tokens since stop_fn last saw them."""
+    def stop_due(self, n, done, every: int) -> list[int]:
+        """The live rows with `every` new tokens since stop_fn last saw them."""
         due = [r for r in range(self.B) if self.owner[r] is not None and not done[r]
-               and n[r] - self.asked[r] >= check_every]
+               and n[r] - self.asked[r] >= every]
         self.asked[due] = n[due]
         return due
 

@@ -165,7 +165,17 @@ def stream(net, tokenizer, requests, settings: dict, *, sampling=decode.GREEDY, 
                            stop_fn=texts.stop_fn(), hook=hook,
                            trigger_ids=classes.get("trigger", ()), number_ids=classes,
                            stats=stats):
-        yield s, texts.complete(s.tokens), (hook.describe(s) if hook else None)
+        completion = texts.complete(s.tokens)
+        yield s, completion, (_kept_calls(hook.describe(s), s.tokens, completion, texts)
+                              if hook else None)
+
+
+def _kept_calls(calls, tokens, completion, texts) -> list[dict]:
+    """The calculator calls inside the text kept: a row cut at a stop string may have run on
+    (the engine looks for stop strings every few tokens) and called it past the cut."""
+    if completion.finish != "stop":
+        return calls
+    return [c for c in calls if len(texts.text(tokens[:c["at_token"]])) < len(completion.text)]
 
 
 def complete_all(net, tokenizer, ids, settings: dict, *, k: int = 1, progress=None,

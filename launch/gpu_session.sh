@@ -40,6 +40,7 @@
 # Environment: COTJAX [python3 -m cotjax.cli]  RUNS [runs]  RESULTS [RUNS/gpu_results: packed as
 #   results/]  EVAL_BATCH [512]  EXTRA [""] after --config.train.microbatches=1
 set -euo pipefail
+self=$(realpath "$0")  # run_stages runs each stage as a child of this script, after the cd
 cd "$(dirname "$0")/.."
 usage="usage: launch/gpu_session.sh pack | setup | run STAGE ..."
 verb=${1:?$usage}
@@ -154,7 +155,8 @@ run_stages() {
   # Results go under runs/ (ignored by git) there: the next call re-sends the working tree and
   # would remove new files under the tracked results/, so a later stage would not find the
   # teacher's predictions. The tarballs name them results/... again.
-  export RES=${RESULTS:-${RUNS:-runs}/gpu_results} EVAL_BATCH=${EVAL_BATCH:-512}
+  RES=${RESULTS:-${RUNS:-runs}/gpu_results}
+  export RES=${RES%/} EVAL_BATCH=${EVAL_BATCH:-512}
   # microbatches: the CPU's memory split (configs/gsm8k.py); one H200 holds 8 x 512 whole
   export EXTRA="--config.train.microbatches=1 ${EXTRA:-}"
   local deadline=${DEADLINE:-540} out=${OUT:-/tmp/gpu_session_out} stage
@@ -165,22 +167,28 @@ run_stages() {
   for stage in "$@"; do
     local left=$((deadline - SECONDS)) est=NEED_$stage
     est=${!est:-${need[$stage]}}
-    if [ "$left" -lt "$est" ]; then
+    if [ "$left" -lt "$est" ] || [ "$left" -lt 1 ]; then  # (timeout 0 would mean no limit)
       echo "$stage: not started, ${left} s left of DEADLINE=$deadline (needs ~$est s)"
       continue
     fi
     local start=$SECONDS rc=0 name=$stage
-    # SIGTERM at the deadline reaches the stage's whole process group: a training saves a
-    # checkpoint, samples are flushed line by line; the same `run STAGE` on the warm machine
-    # resumes it.
-    timeout -k 30 "$left" bash "$0" stage "$stage" || rc=$?
+    # SIGTERM at the deadline reaches the stage's whole process group (timeout leads it): a
+    # training saves a checkpoint, samples are flushed line by line; the same `run STAGE` on the
+    # warm machine resumes it. The shells above a training die at once and timeout returns, so
+    # wait for the group to empty (30 s at most) before packing what it wrote.
+    timeout "$left" bash "$self" stage "$stage" &
+    local group=$! waited=0
+    wait "$group" || rc=$?
+    while kill -0 -- "-$group" 2>/dev/null && [ "$waited" -lt 30 ]; do sleep 1; waited=$((waited + 1)); done
+    kill -KILL -- "-$group" 2>/dev/null || true
     if [ "$rc" -ne 0 ]; then
       name=$stage.partial
       echo "$stage: stopped (exit $rc) after $((SECONDS - start)) s; rerun 'run $stage' to resume"
     fi
     mapfile -t paths < <(stage_paths "$stage")
     [ "${#paths[@]}" -gt 0 ] || { echo "$stage: nothing to pack"; continue; }
-    tar czf "$out/$name.tgz" --transform "s|^${RES#/}|results|" "${paths[@]}" 2>/dev/null
+    tar czf "$out/$name.tgz" --transform "s|^${RES#/}|results|" "${paths[@]}" ||
+      echo "$stage: tar exited $?, packed what it could"
     echo "$stage: $((SECONDS - start)) s; $(du -h "$out/$name.tgz" | cut -f1) in $out/$name.tgz"
   done
 }

@@ -121,6 +121,26 @@ def test_the_hook_encodes_each_insert_once_and_hands_out_copies():
     assert asked == [" 24"] and hook.calls == 2
 
 
+def test_calls_past_a_stop_cut_are_not_reported():
+    """A row may run past its stop string before the engine looks; the calls it made there are
+    not part of the kept text and are not reported."""
+    from cotjax import decode, evaluate
+
+    class Chars:
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(map(chr, ids))
+
+    texts = decode.TextRule(Chars(), [0], ["\nQuestion:"])
+    text = "2 + 2 = 4\nQuestion: 3 + 3 = 6"
+    tokens = [ord(c) for c in text]
+    done = texts.complete(tokens)
+    calls = [{"at_token": text.index("= 4") + 1}, {"at_token": text.index("= 6") + 1}]
+    assert done.finish == "stop" and done.text == "2 + 2 = 4"
+    assert evaluate._kept_calls(calls, tokens, done, texts) == calls[:1]
+    whole = texts.complete(tokens[:text.index("\n")])
+    assert evaluate._kept_calls(calls[:1], tokens, whole, texts) == calls[:1]
+
+
 @pytest.mark.one_device
 @pytest.mark.slow
 def test_eval_with_the_calculator_writes_valid_claims(tmp_path):

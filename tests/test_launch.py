@@ -307,11 +307,21 @@ for a in "$@"; do case $a in --out=*) mkdir -p "${{a#--out=}}"; echo {{}} > "${{
     packed = subprocess.run(["tar", "tzf", str(out / "faithfulness.tgz")], capture_output=True,
                             text=True, check=True).stdout
     assert "results/faithfulness/gpu/smollm2_cot/summary.json" in packed.splitlines()
-    # A stage still running at the deadline is stopped and what it wrote comes back as partial.
-    fake.write_text(fake.read_text() + "case $1 in eval) exec sleep 30;; esac\n")
+    # A stage still running at the deadline is stopped and what it wrote comes back as partial,
+    # after its training has saved: the fake takes 2 s to "checkpoint" on SIGTERM, after the
+    # shells above it are gone.
+    fake.write_text(fake.read_text() + """case $1 in eval)
+  for a in "$@"; do case $a in --out=*) dir=${a#--out=};; esac; done
+  trap 'sleep 2; echo saved > "$dir/checkpoint.txt"; exit 143' TERM
+  sleep 30 & wait;;
+esac
+""")
     (out / "faithfulness.tgz").unlink()
     env.update(NEED_faithfulness="1", RESULTS=str(tmp_path / "results_cut"))
     cut = session("run", "faithfulness", deadline="3")
     assert cut.returncode == 0, cut.stderr
     assert "faithfulness: stopped (exit 124)" in cut.stdout and "to resume" in cut.stdout
     assert [p.name for p in out.iterdir()] == ["faithfulness.partial.tgz"]
+    packed = subprocess.run(["tar", "tzf", str(out / "faithfulness.partial.tgz")],
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "results/faithfulness/gpu/smollm2_cot/checkpoint.txt" in packed
