@@ -303,7 +303,8 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
     (a digit, or '.5'), and after a bare '.' or ',' no digit ("= 6" + ".40" would undo it).
 
     `stats` (a Counter, optional) gains the host's account: `rounds`, `stop_checks`,
-    `hook_calls`, and the seconds spent decoding (`decode_s`: the loop and its copy to the host),
+    `hook_calls`, and the seconds spent decoding (`decode_s`: the loop, the refills queued before
+    it, and the copy to the host),
     in the hook (`hook_s`) and in stop checks (`stop_s`).
 
     Shapes. A call compiles for its longest prompt's slots and its number of requests; a caller
