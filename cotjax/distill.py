@@ -186,7 +186,8 @@ def main(flags, dirs: Sequence[str]) -> dict:
     rows = read_sample_dirs(dirs)
     if flags.first_samples != -1:
         if flags.first_samples < 1:
-            raise ValueError(f"--first_samples must be >= 1 (or -1: all), got {flags.first_samples}")
+            raise ValueError(
+                f"--first_samples must be >= 1 (or -1: all), got {flags.first_samples}")
         n = len(rows)
         rows = [r for r in rows if r["sample"] < flags.first_samples]
         print(f"--first_samples={flags.first_samples}: {len(rows)} of {n} sample lines used")

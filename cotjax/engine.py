@@ -288,8 +288,9 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
     asking every row each time would decode every row's text each time: there a row is asked
     once it has `check_every` new tokens since it was last asked, so it may run up to about
     2 x `check_every` tokens past its stop string. Without a hook every live row is asked every
-    round, as beam search's one-step expansions need. `eos_ids` defaults to the model's. With a mesh, rows are sharded over its non-tensor axes and
-    `batch_size` is rounded up to a multiple of them.
+    round, as beam search's one-step expansions need. `eos_ids` defaults to the model's. With
+    a mesh, rows are sharded over its non-tensor axes and `batch_size` is rounded up to a
+    multiple of them.
 
     Tools (`hook`, e.g. cotjax.calculator.Hook): when a row emits one of `trigger_ids`, the
     loop returns to the host, which calls `hook(problem, tokens so far)`; a returned
