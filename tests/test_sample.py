@@ -80,6 +80,8 @@ def test_a_killed_run_resumes_to_the_same_samples(tiny_run, drawn, tmp_path, cap
     assert "cut a half-written last line" in capsys.readouterr().out
     assert totals["already_there"] == 7 and totals["drawn"] == 3 * N_PROBLEMS - 7
     assert _rows(out) == _rows(drawn)
+    engine_totals = totals["engine"]  # the host's account of the resumed draw
+    assert engine_totals["rounds"] > 0 and engine_totals["decode_s"] > 0
     # a second rerun draws nothing
     again = sample.run_sample(_config(tiny_run), str(tiny_run["workdir"]), k=3, out=str(out),
                               progress=False)
