@@ -305,8 +305,7 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
 
     `stats` (a Counter, optional) gains the host's account: `rounds`, `stop_checks`,
     `hook_calls`, and the seconds spent decoding (`decode_s`: the loop, the refills queued before
-    it, and the copy to the host),
-    in the hook (`hook_s`) and in stop checks (`stop_s`).
+    it, and the copy to the host), in the hook (`hook_s`) and in stop checks (`stop_s`).
 
     Shapes. A call compiles for its longest prompt's slots and its number of requests; a caller
     that calls repeatedly with growing prompts (beam search, once per depth) passes
