@@ -1,15 +1,13 @@
 """The sampling engine: many chains per prompt with continuous batching and one prefill per prompt.
 
 Rows. `batch_size` rows decode together. Each row's cache has P prompt slots (P: the bucket of
-the longest prompt) and then N = max_new_tokens generation slots used as a ring: global step t
-writes column P + (t mod N) for every row. A row holds one (problem, sample) at a time, an
-occupancy with its own segment id. An occupancy writes at most N - 1 tokens, so its ring
-entries never overwrite each other, and the model's cached attention orders keys by position
-(cotjax.model._attention_masks), so wrapped slots need no slot order. When a row ends (EOS, N
-tokens, or a host stop string) the host hands it the next pending (problem, sample): the
-problem's prompt cache is copied into the row's P slots under the new segment id, which hides
-whatever the previous occupant left in the ring. A batch therefore costs about the mean sample
-length, not the longest.
+the longest prompt) and then N = max_new_tokens generation slots. A row holds one (problem,
+sample) at a time, an occupancy with its own segment id, and writes its j-th generated token
+to slot P + j (each row at its own slot: KVCache.index per row), so a row may wait while the
+others go on. When a row ends (EOS, N tokens, or a host stop string) the host hands it the
+next pending (problem, sample): the problem's prompt cache is copied into the row's P slots
+under the new segment id, which hides whatever the previous occupant left in the rest. A
+batch therefore costs about the mean sample length, not the longest.
 
 One prefill per prompt. Prompts are prefilled G at a time into a pool of 2G entries (their
 caches and the logits after their last token); each of a problem's K samples copies the entry
@@ -20,10 +18,11 @@ with `fold_in(key, j)`, as the static path (`decode.generate` with `keys=`) does
 depends on neither its row, its neighbours, its arrival time, the batch size, the devices nor
 where a run was resumed.
 
-Host round-trips. `_extend` runs until `check_every` tokens have passed or `quota` more rows have
-ended; then the host checks stop strings (with a tool hook, only those of rows with
-`check_every` new tokens since their last check), emits the finished samples and refills their
-rows.
+Host round-trips. `_extend` runs until `check_every` tokens have passed, `quota` more rows have
+ended or (with a tool hook) an eighth of the decoding rows wait at a trigger token for the
+host; then the host answers the triggers, checks stop strings (with a hook, only those of rows
+with `check_every` new tokens since their last check), emits the finished samples and refills
+their rows.
 Rows are sharded over the mesh's data axes (the pool is replicated).
 """
 
@@ -85,8 +84,9 @@ class _Rows:
     force_BF: jax.Array
     fi_B: jax.Array
     own_BN: jax.Array
-    hit_B: jax.Array
+    hit_B: jax.Array  # waiting at a trigger token for the host
     guard_B: jax.Array  # 1: a value was just forced; 2: ...and then '.' or ','
+    waits: jax.Array  # steps rows spent waiting, summed over rows (a scalar)
 
 
 @struct.dataclass
@@ -98,6 +98,10 @@ class _Pool:
     logits_MV: jax.Array
     len_M: jax.Array
 
+
+# engine.sample's default `wait_share` (docs/sample_distill.md, "The engine"; the CPU's from
+# benchmarks/tool_rounds.py, the accelerator's not measured yet)
+WAIT_SHARE = {"cpu": 0.0, "accelerator": 0.125}
 
 # Token classes of the tool hook (bits of `classes_V`, from the host).
 TRIGGER, EXTENDS_NUMBER, SEPARATOR, DIGIT = 1, 2, 4, 8
@@ -164,16 +168,17 @@ def _refill(rows: _Rows, pool: _Pool, new_B, slot_B, keys_B, seg_B, classes_V, *
                  rows.step, rows.force_BF, pick(jnp.full_like(rows.fi_B, F), rows.fi_B),
                  pick(jnp.full_like(rows.own_BN, -1), rows.own_BN),
                  pick(_has(classes_V, tok_B, TRIGGER) & ~done_B, rows.hit_B),
-                 pick(jnp.zeros_like(rows.guard_B), rows.guard_B))
+                 pick(jnp.zeros_like(rows.guard_B), rows.guard_B), rows.waits)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec", "hook"),
                    donate_argnames=("rows",))
-def _extend(graphdef, weights, rows: _Rows, limit, quota, stopped_B, handled_B, force_BF, set_B,
-            classes_V, *, spec: _Spec, hook: bool) -> _Rows:
+def _extend(graphdef, weights, rows: _Rows, limit, quota, wait_share, stopped_B, handled_B,
+            force_BF, set_B, classes_V, *, spec: _Spec, hook: bool) -> _Rows:
     """Decode until global step `limit`, until `quota` more rows ended, until all did, or (with
-    a hook) until a row emitted a trigger token. The host has handled the triggers of rows
-    `handled_B`; rows `set_B` among them start by forcing `force_BF`."""
+    a hook) until `wait_share` of the decoding rows (at least one) wait at a trigger token. The
+    host has handled the triggers of rows `handled_B`; rows `set_B` among them start by forcing
+    `force_BF`."""
     decode.TRACE_COUNTS["engine_extend"] += 1
     state, layers = weights
     model = nnx.merge(graphdef, state)
@@ -185,17 +190,28 @@ def _extend(graphdef, weights, rows: _Rows, limit, quota, stopped_B, handled_B, 
                         fi_B=jnp.where(set_B, 0, rows.fi_B))
     B = rows.tok_B.shape[0]
     ended_before = jnp.sum(rows.done_B)
+    # A row that emitted a trigger waits for the host; the round ends once `wait_share` of the
+    # rows that were decoding wait, so the host answers triggers in batches instead of the
+    # round ending at every one (about every token with hundreds of rows).
+    decoding = jnp.sum(~rows.done_B & ~rows.hit_B)
+    wait_quota = jnp.maximum(1, jnp.floor(decoding * wait_share).astype(jnp.int32))
 
     def cond(r: _Rows):
-        go = (r.step < limit) & (jnp.sum(r.done_B) - ended_before < quota) & ~jnp.all(r.done_B)
-        return go & ~jnp.any(r.hit_B) if hook else go
+        go = (r.step < limit) & (jnp.sum(r.done_B) - ended_before < quota)
+        if not hook:
+            return go & ~jnp.all(r.done_B)
+        waiting = jnp.sum(r.hit_B & ~r.done_B)
+        return go & (waiting < wait_quota) & ~jnp.all(r.done_B | r.hit_B)
 
     def body(r: _Rows) -> _Rows:
-        cache = r.cache.replace(index=P + r.step % N)
+        # Each row writes its token j to slot P + j: a waiting row writes its last token again
+        # to the slot its next step writes, and a finished row writes past its own tokens.
+        cache = r.cache.replace(index=P + jnp.maximum(r.n_B - 1, 0))
         logits_B1V, cache = model(jnp.maximum(r.tok_B, 0)[:, None], r.pos_B[:, None],
                                   r.seg_B[:, None], cache, layers)
+        cache = cache.replace(index=r.cache.index)
         logits_BV = logits_B1V[:, 0]
-        live_B = ~r.done_B
+        live_B = ~r.done_B & ~r.hit_B if hook else ~r.done_B
         rows_B = jnp.arange(B)
         own_BN, fi_B, hit_B, guard_B = r.own_BN, r.fi_B, r.hit_B, r.guard_B
         draw_BV = logits_BV
@@ -219,11 +235,12 @@ def _extend(graphdef, weights, rows: _Rows, limit, quota, stopped_B, handled_B, 
         n_B = r.n_B + live_B
         done_B = r.done_B | (live_B & (_is_eos(tok_B, spec.eos_ids) | (n_B >= N)))
         if hook:
-            hit_B = live_B & ~forcing_B & ~done_B & _has(classes_V, tok_B, TRIGGER)
+            hit_B = r.hit_B | (live_B & ~forcing_B & ~done_B & _has(classes_V, tok_B, TRIGGER))
         return _Rows(cache, out_BN, jnp.where(live_B, tok_B, r.tok_B), r.pos_B + live_B, n_B,
                      r.seg_B, done_B, r.keys_B,
                      r.logp_B + jnp.where(live_B, _token_logprob(logits_BV, tok_B), 0.0),
-                     r.step + 1, r.force_BF, fi_B, own_BN, hit_B, guard_B)
+                     r.step + 1, r.force_BF, fi_B, own_BN, hit_B, guard_B,
+                     r.waits + jnp.sum(r.hit_B & ~r.done_B))
 
     return jax.lax.while_loop(cond, body, rows)
 
@@ -240,7 +257,7 @@ def _empty_rows(cfg, B: int, P: int, spec: _Spec, F: int) -> _Rows:
                  jnp.zeros((B,), jnp.float32), jnp.zeros((), jnp.int32),
                  jnp.full((B, F), -1, jnp.int32), jnp.full((B,), F, jnp.int32),
                  jnp.full((B, N), -1, jnp.int32), jnp.zeros((B,), bool),
-                 jnp.zeros((B,), jnp.int32))
+                 jnp.zeros((B,), jnp.int32), jnp.zeros((), jnp.int32))
 
 
 def _empty_pool(cfg, M: int, P: int, dtype) -> _Pool:
@@ -259,9 +276,12 @@ def prompt_slots(n: int) -> int:
     return -(-n // 16) * 16 if n <= decode.PREFILL_CHUNK else decode.bucket_length(n)
 
 
-def _check_requests(requests: Sequence[Request], max_new_tokens: int) -> None:
+def _check_requests(requests: Sequence[Request], max_new_tokens: int,
+                    wait_share: float) -> None:
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not 0 <= wait_share <= 1:
+        raise ValueError(f"wait_share must be in [0, 1], got {wait_share}")
     seen = set()
     for r in requests:
         if not len(r.prompt):
@@ -278,45 +298,53 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
            stop_fn: Callable[[int, list[int]], bool] | None = None,
            check_every: int = 32, hook: Callable | None = None,
            trigger_ids: Sequence[int] = (), number_ids: dict | None = None,
-           max_forced: int = 16, prompt_slots_min: int = 0,
+           max_forced: int = 16, wait_share: float | None = None, prompt_slots_min: int = 0,
            stats: collections.Counter | None = None) -> Iterator[Sample]:
     """Yield every requested (problem, sample) as soon as it ends, in order of ending.
 
     `stop_fn(problem, tokens so far)` ends a row when True, asked at the end of a round (at
     most `check_every` tokens; the round's tokens are kept, cut the text on the host). With a
-    hook, rounds end at every trigger, which with hundreds of rows is about every token, and
-    asking every row each time would decode every row's text each time: there a row is asked
-    once it has `check_every` new tokens since it was last asked, so it may run up to about
-    2 x `check_every` tokens past its stop string. Without a hook every live row is asked every
+    hook, rounds end whenever `wait_share` of the rows wait at a trigger, every few tokens with
+    hundreds of rows, and asking every row each time would decode every row's text each time:
+    there a row is asked once it has `check_every` new tokens since it was last asked, so it
+    may run up to about 2 x `check_every` tokens past its stop string. Without a hook every live row is asked every
     round, as beam search's one-step expansions need. `eos_ids` defaults to the model's. With
     a mesh, rows are sharded over its non-tensor axes and `batch_size` is rounded up to a
     multiple of them.
 
-    Tools (`hook`, e.g. cotjax.calculator.Hook): when a row emits one of `trigger_ids`, the
-    loop returns to the host, which calls `hook(problem, tokens so far)`; a returned
-    `(ids, note)` (at most `max_forced` ids) is forced as the row's next tokens, fed through
-    the model like generated ones (their keys and values enter the cache as a prefill of the
-    same text would put them), and recorded in the Sample with the model's own argmax there.
-    None lets the row continue unaided (counted). Rows without a trigger never leave the loop
-    for it, so without claims the output is token for token what it is without a hook.
+    Tools (`hook`, e.g. cotjax.calculator.Hook): when a row emits one of `trigger_ids` it waits,
+    the other rows decoding on, until the loop returns to the host, which calls
+    `hook(problem, tokens so far)`; a returned `(ids, note)` (at most `max_forced` ids) is
+    forced as the row's next tokens, fed through the model like generated ones (their keys and
+    values enter the cache as a prefill of the same text would put them), and recorded in the
+    Sample with the model's own argmax there. None lets the row continue unaided (counted).
+    The round ends once `wait_share` of the decoding rows wait (at least one; 0: at the first
+    trigger). The default, `WAIT_SHARE`, is 0 on a CPU (measured: a decoding step costs
+    hundreds of ms there and a round trip next to nothing, so waiting only loses steps) and 1/8
+    on an accelerator (where a round trip should cost many steps; not measured yet). Waiting changes no row's tokens (a sample depends
+    on its key and its own tokens only), so without claims the output is token for token what
+    it is without a hook.
     `number_ids` ({"extends": ids, "separator": ids, "digit": ids}; calculator.token_classes):
     right after a forced value the model may not extend it: no token that continues a number
     (a digit, or '.5'), and after a bare '.' or ',' no digit ("= 6" + ".40" would undo it).
 
-    `stats` (a Counter, optional) gains the host's account: `rounds`, `stop_checks`,
-    `hook_calls`, and the seconds spent decoding (`decode_s`: the loop, the refills queued before
-    it, and the copy to the host), in the hook (`hook_s`) and in stop checks (`stop_s`).
+    `stats` (a Counter, optional) gains the host's account: `rounds`, `steps` (decoding steps
+    of the batch), `stop_checks`, `hook_calls`, `waits` (steps rows spent waiting at a trigger,
+    summed over rows: decoding they did not use), and the seconds spent decoding (`decode_s`: the loop, the refills queued
+    before it, and the copy to the host), in the hook (`hook_s`) and in stop checks (`stop_s`).
 
     Shapes. A call compiles for its longest prompt's slots and its number of requests; a caller
     that calls repeatedly with growing prompts (beam search, once per depth) passes
     `prompt_slots_min` (at least that many prompt slots, and a full prefill group whatever the
     number of requests), so that every call with prompts that fit reuses one compiled program.
     """
-    _check_requests(requests, max_new_tokens)
+    if wait_share is None:
+        wait_share = WAIT_SHARE["cpu" if jax.default_backend() == "cpu" else "accelerator"]
+    _check_requests(requests, max_new_tokens, wait_share)
     if not requests:
         return
     run = _Scheduler(model, requests, max_new_tokens, sampling, eos_ids, batch_size, seed, mesh,
-                     hook, trigger_ids, number_ids, max_forced, prompt_slots_min)
+                     hook, trigger_ids, number_ids, max_forced, wait_share, prompt_slots_min)
     stats = collections.Counter() if stats is None else stats
     clock = time.perf_counter
     while True:
@@ -324,6 +352,8 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
             pass
         if all(o is None for o in run.owner):
             assert not run.pending, "engine: pending samples but no row could start"
+            stats["waits"] += int(run.rows.waits)
+            stats["steps"] += int(run.rows.step)
             return
         t0 = clock()
         out, n, done = run.advance(check_every)
@@ -345,11 +375,12 @@ class _Scheduler:
     the tool hook's per-row state."""
 
     def __init__(self, model, requests, max_new_tokens, sampling, eos_ids, batch_size, seed,
-                 mesh, hook, trigger_ids, number_ids, max_forced, prompt_slots_min):
+                 mesh, hook, trigger_ids, number_ids, max_forced, wait_share, prompt_slots_min):
         self.graphdef, self.weights, self.spec, B = decode._setup(
             model, eos_ids, batch_size, mesh, sampling, max_new_tokens)
         cfg = model.cfg
         self.requests, self.seed, self.B, self.F = requests, seed, B, max_forced
+        self.wait_share = wait_share
         self.P = prompt_slots(max(prompt_slots_min, *(len(r.prompt) for r in requests)))
         widest = max(len(r.samples) for r in requests) or 1
         group = -(-B // widest)  # prompts per prefill; fewer when there are fewer requests,
@@ -435,7 +466,8 @@ class _Scheduler:
         quota = max(1, self.B // 8) if self.pending else self.B
         step = int(self.rows.step)
         self.rows = _extend(self.graphdef, self.weights, self.rows, jnp.int32(step + check_every),
-                            jnp.int32(quota), jnp.asarray(self.stopped),
+                            jnp.int32(quota), jnp.float32(self.wait_share),
+                            jnp.asarray(self.stopped),
                             jnp.asarray(self.handled), jnp.asarray(self.force),
                             jnp.asarray(self.forced), self.classes_V, spec=self.spec,
                             hook=self.hooked)

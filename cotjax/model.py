@@ -386,7 +386,9 @@ class KVCache:
     v_BKSH: tuple[jax.Array, ...]
     segment_ids_BS: jax.Array  # 0 = empty slot
     positions_BS: jax.Array
-    index: jax.Array  # int32 scalar: slots filled so far
+    # int32: the slot the next token is written to; a scalar (slots filled so far, every row)
+    # or [B], one per row (the sampling engine's rows, each at its own length)
+    index: jax.Array
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, slots: int, dtype=None) -> KVCache:
@@ -559,18 +561,16 @@ def _attention_masks(cfg: ModelConfig, positions_BT, segment_ids_BT, cache):
         k_seg, k_pos = segment_ids_BT, positions_BT
         q_slot = k_slot = jnp.arange(T)
     else:
-        k_seg = jax.vmap(lambda c, n: jax.lax.dynamic_update_slice(c, n, (cache.index,)))(
-            cache.segment_ids_BS, segment_ids_BT)
-        k_pos = jax.vmap(lambda c, n: jax.lax.dynamic_update_slice(c, n, (cache.index,)))(
-            cache.positions_BS, positions_BT)
+        k_seg = _write_slots(cache.segment_ids_BS, segment_ids_BT, cache.index, 1)
+        k_pos = _write_slots(cache.positions_BS, positions_BT, cache.index, 1)
     same = (segment_ids_BT[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
     if cache is None:
         full = same & (k_slot[None, None, :] <= q_slot[None, :, None])
     else:
         # With a cache, causality by position within a segment: positions grow along a
         # sequence, so this equals slot order for caches filled left to right, and it stays
-        # right for the sampling engine's ring of generation slots (cotjax.engine), where a
-        # row's newer tokens may sit in lower slots than its older ones.
+        # right wherever a row's slots sit (the sampling engine writes each row at its own
+        # index, after a prompt bucket whose slots before the prompt stay empty).
         full = same & (k_pos[:, None, :] <= positions_BT[:, :, None])
     if not cfg.sliding_window:
         return full, full
@@ -648,9 +648,8 @@ def _attention(cfg: ModelConfig, p, x_BTD, mask_BTS, cos, sin, kv_cache, cache_i
     else:  # every slot of the cache, with this step's keys written in place (KVCache layout)
         k_buf, v_buf = kv_cache
         k_BKHT = k_BKTH.transpose(0, 1, 3, 2).astype(k_buf.dtype)
-        new_kv = (jax.lax.dynamic_update_slice(k_buf, k_BKHT, (0, 0, 0, cache_index)),
-                  jax.lax.dynamic_update_slice(v_buf, v_BKTH.astype(v_buf.dtype),
-                                               (0, 0, cache_index, 0)))
+        new_kv = (_write_slots(k_buf, k_BKHT, cache_index, 3),
+                  _write_slots(v_buf, v_BKTH.astype(v_buf.dtype), cache_index, 2))
         o_BKGTH = _attend(cfg, q_BKGTH, new_kv[0].astype(cdt), new_kv[1].astype(cdt), mask_BTS,
                           keys_transposed=True)
     o_BTKGH = o_BKGTH.transpose(0, 3, 1, 2, 4)
@@ -728,11 +727,22 @@ def _run_cached_layers(cfg: ModelConfig, layers, x_BTD, masks, ropes, cache: KVC
     return x_BTD, (tuple(new_k), tuple(new_v))
 
 
+def _write_slots(buf, new, index, axis: int):
+    """`buf` with `new` written along `axis` (the slots) from `index`: a scalar, the same slot
+    for every row (one dynamic_update_slice), or [B], each row its own (a scatter)."""
+    def put(b, n, i):
+        return jax.lax.dynamic_update_slice_in_dim(b, n, i, axis - (b.ndim < buf.ndim))
+
+    return put(buf, new, index) if jnp.ndim(index) == 0 else jax.vmap(put)(buf, new, index)
+
+
 def _advance_cache(cache: KVCache, new_kv, positions_BT, segment_ids_BT) -> KVCache:
     T = positions_BT.shape[1]
-    put = jax.vmap(lambda c, n: jax.lax.dynamic_update_slice(c, n, (cache.index,)))
-    return KVCache(new_kv[0], new_kv[1], put(cache.segment_ids_BS, segment_ids_BT.astype(jnp.int32)),
-                   put(cache.positions_BS, positions_BT.astype(jnp.int32)), cache.index + T)
+    return KVCache(new_kv[0], new_kv[1],
+                   _write_slots(cache.segment_ids_BS, segment_ids_BT.astype(jnp.int32),
+                                cache.index, 1),
+                   _write_slots(cache.positions_BS, positions_BT.astype(jnp.int32), cache.index, 1),
+                   cache.index + T)
 
 
 def create(cfg: ModelConfig, seed: int = 0) -> Decoder:

@@ -29,7 +29,9 @@
 #                   per step, a PRM and an ORM, N [16] samples of the 500 validation problems
 #                   reranked (results/prm/gsm8k_gpu/: selection.json; runs/prm_gpu resumes)
 #     sample_bench  benchmarks/sample_throughput.py in bf16, the base model, 64 problems x K=8
-#                   (results/distill/sample_throughput_h200_bf16.jsonl)
+#                   (results/distill/sample_throughput_h200_bf16.jsonl), then
+#                   benchmarks/tool_rounds.py: the calculator at 512 rows, a round per trigger
+#                   against rows that wait (results/distill/tool_rounds_h200_bf16.jsonl)
 #   DEADLINE [540] seconds after the command started: a stage is not begun when less than its
 #   estimate (H200, bf16; NEED_STAGE=seconds overrides one, once a lease has measured it) is
 #   left; one still running at DEADLINE gets SIGTERM (a training saves a checkpoint) and leaves
@@ -89,7 +91,7 @@ print('setup ok:', jax.devices())"
 # teacher 130 s (training 17 s of it); rft 338 s sampling + 8 s selection + about 180 s training
 # + 91 s evaluation, so it spans two calls and resumes. The others are guesses.
 declare -A need=([teacher]=150 [calculator]=150 [faithfulness]=180 [rft]=300 [prm]=300
-                 [sample_bench]=150)
+                 [sample_bench]=240)
 
 # one_stage STAGE: the stage's commands (run under `timeout` by run_stages, in a child, so that
 # a stage cut at the deadline still leaves the plan time to pack what it wrote).
@@ -124,7 +126,9 @@ one_stage() {
       # 64 problems x K=8 (no teacher needed: the base model)
       mkdir -p "$res/distill"
       python3 benchmarks/sample_throughput.py --dtype=bfloat16 \
-        | tee "$res/distill/sample_throughput_h200_bf16.jsonl" ;;
+        | tee "$res/distill/sample_throughput_h200_bf16.jsonl"
+      python3 benchmarks/tool_rounds.py --dtype=bfloat16 --rows=512 --problems=512 --k=4 \
+        --shares=0,0.125,0.25 | tee "$res/distill/tool_rounds_h200_bf16.jsonl" ;;
   esac
 }
 
@@ -139,7 +143,7 @@ stage_paths() {
     # the student's training data is a result too: the kept chains and the samples
     rft) paths=("$RES/distill/gpu_round1${RFT_TAG:-}" "$r/rft_gpu${RFT_TAG:-}/round1/"{kept.jsonl,kept.jsonl.funnel.json,samples,samples_hint,student.train.log,eval.log}) ;;
     prm) paths=("$RES/prm/gsm8k_gpu" "$r/prm_gpu/"*.log) ;;
-    sample_bench) paths=("$RES/distill/sample_throughput_h200_bf16.jsonl") ;;
+    sample_bench) paths=("$RES/distill/"{sample_throughput,tool_rounds}_h200_bf16.jsonl) ;;
   esac
   for p in "${paths[@]}"; do [ -e "$p" ] && printf '%s\n' "$p"; done
   return 0

@@ -118,3 +118,18 @@ def test_train_throughput_against_compiled_pytorch_on_a_configs_large_shape():
     assert r["weights"] == "random"
     assert r["torch_tokens_per_s"] > 0
     assert r["losses"]["cotjax"] == pytest.approx(r["losses"]["torch"], abs=2e-3)
+
+
+@pytest.mark.slow
+def test_tool_rounds_shares_draw_the_same_samples_in_fewer_rounds():
+    """benchmarks/tool_rounds.py: the calculator on SmolLM2 with a round per trigger and with
+    rows that wait; every share draws the first one's samples, with no more rounds."""
+    lines = _json_lines(["benchmarks/tool_rounds.py", "--problems", "4", "--k", "2",
+                         "--new_tokens", "48", "--rows", "8", "--shares", "0,0.5"])
+    assert set(lines[-1]) == {"tokens_per_s", "rounds", "ratio_vs_first", "machine"}
+    _assert_machine(lines[-1]["machine"], probes=True)
+    every, half = (line for line in lines if "wait_share" in line)
+    assert every["identical_to_first"] == half["identical_to_first"] == every["samples"] == 8
+    assert every["useful_tokens"] == half["useful_tokens"] > 0
+    assert every["waits"] == 0 and half["rounds"] <= every["rounds"]
+    assert every["calculator_inserts"] == half["calculator_inserts"]

@@ -145,6 +145,8 @@ def test_bad_requests_are_refused(tiny):
         list(engine.sample(tiny, [Request(4, [], [0])], max_new_tokens=4))
     with pytest.raises(ValueError, match="problem 1: sample 0 requested twice"):
         list(engine.sample(tiny, [Request(1, [5], [0]), Request(1, [5], [0])], max_new_tokens=4))
+    with pytest.raises(ValueError, match=r"wait_share must be in \[0, 1\], got 1.5"):
+        list(engine.sample(tiny, [Request(1, [5], [0])], max_new_tokens=4, wait_share=1.5))
 
 
 def _expected_probs(logits, temperature, k, p):
@@ -219,9 +221,36 @@ def test_a_hook_that_never_fires_leaves_the_output_token_identical(tiny):
         assert tokens[-1] in triggers
 
 
+def test_rows_wait_at_triggers_without_changing_any_sample(tiny):
+    """With many rows a round answers several triggers at once: a row that emitted one waits,
+    the others decode on. Waiting changes no sample: every batch size (so every pattern of
+    waits) gives the same tokens and insertions, and the hook sees each row at its trigger."""
+    prompts = _prompts([5, 9, 3, 7, 4, 6, 8, 2])
+    triggers = list(range(4, 97, 3))
+    kw = dict(max_new_tokens=24, sampling=SAMPLED, seed=7, eos_ids=(), trigger_ids=triggers)
+    seen = []
+
+    def hook(problem, tokens):
+        seen.append(tokens[-1])
+        return ([11, 12], {"n": len(tokens)}) if len(tokens) % 3 == 0 else None
+
+    runs = {}
+    for rows, share in ((2, 0.125), (16, 0.125), (16, 0.0), (16, 0.5)):
+        stats = collections.Counter()
+        got = _engine(tiny, prompts, 2, batch_size=rows, hook=hook, stats=stats,
+                      wait_share=share, **kw)
+        runs[rows, share] = (
+            {k: (s.tokens, s.interventions, s.declined) for k, s in got.items()}, stats)
+    assert all(r[0] == runs[2, 0.125][0] for r in runs.values())
+    assert set(seen) <= set(triggers)
+    assert sum(len(i) for _, i, _ in runs[2, 0.125][0].values()) > 0, "no insertion to test"
+    every, half = runs[16, 0.0][1], runs[16, 0.5][1]
+    assert every["waits"] == 0 and half["waits"] > 0
+    assert half["rounds"] < every["rounds"] and half["rounds"] < half["hook_calls"]
+
+
 def test_with_a_hook_a_rows_stop_check_waits_for_check_every_new_tokens(tiny):
-    """A hook ends a round at every trigger (a round per token with many rows); a row's stop
-    check still waits for `check_every` new tokens (counted afresh for each occupant of a row),
+    """With few rows a hook ends a round at about every trigger; a row's stop check still waits for `check_every` new tokens (counted afresh for each occupant of a row),
     the row stops at the first check that says so, and `stats` counts what the host did."""
     prompts = _prompts([5, 9, 3, 7, 4, 6])  # 6 problems on 3 rows: rows are refilled
     kw = dict(max_new_tokens=30, sampling=SAMPLED, seed=4, batch_size=3, check_every=6,

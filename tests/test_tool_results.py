@@ -517,6 +517,32 @@ def test_host_round_figures():
     assert f"({tokens / 1e6:.2f} M tokens over {B} rows in {seconds:.0f} s" in doc
 
 
+def test_tool_rounds_figures():
+    """benchmarks/tool_rounds.py's committed run: every share drew share 0's samples, fewer
+    rounds cost more steps, and docs/sample_distill.md's table quotes each line."""
+    lines = _jsonl(ROOT / "results/distill/tool_rounds_xeon.jsonl")
+    runs = [line for line in lines if "wait_share" in line]
+    last = lines[-1]
+    assert [r["wait_share"] for r in runs] == [0.0, 0.125, 0.25]
+    assert last["machine"]["cpu"]["model"].startswith("Intel(R) Xeon")
+    doc = _doc("sample_distill.md")
+    for r in runs:
+        assert r["identical_to_first"] == r["samples"] == 128
+        assert r["useful_tokens"] / r["seconds"] == pytest.approx(r["tokens_per_s"], abs=0.06)
+        assert last["tokens_per_s"][str(r["wait_share"])] == r["tokens_per_s"]
+        label = "0 (a round per trigger, the H200 run's rule)" if r["wait_share"] == 0 else r["wait_share"]
+        assert (f"| {label} | {r['rounds']} | {r['steps']} | {r['waits']:,} | "
+                f"{r['tokens_per_s']} | 128 / 128 |") in doc
+    assert runs[0]["waits"] == 0
+    assert [r["rounds"] for r in runs] == sorted((r["rounds"] for r in runs), reverse=True)
+    assert [r["steps"] for r in runs] == sorted(r["steps"] for r in runs)
+    first = runs[0]
+    assert (f"The {first['hook_calls']} triggers ({first['calculator_inserts']} calculator "
+            f"insertions, {first['hook_calls'] - first['calculator_inserts']} declined)") in doc
+    assert (f"{runs[1]['steps'] - first['steps']} more decoding steps") in doc
+    assert " / ".join(f"{r['decode_s']:.1f}" for r in runs) + " s decoding" in doc
+
+
 def test_sampling_with_the_calculator_pass_at_4():
     from cotjax import report
 
