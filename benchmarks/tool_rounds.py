@@ -93,7 +93,8 @@ def main(argv=None) -> None:
     # Compile with the run's shapes (its longest prompt, as many problems as a prefill takes;
     # the shares share one program), every row stopped after its first round.
     longest = max(range(len(ids)), key=lambda i: len(ids[i]))
-    warm = [longest] + [i for i in range(len(ids)) if i != longest][:max(1, args.rows // args.k) - 1]
+    others = [i for i in range(len(ids)) if i != longest]
+    warm = [longest] + others[:max(1, args.rows // args.k) - 1]
     t0 = time.perf_counter()
     run(model, tokenizer, ids, args.k, {**kw, "stop_fn": lambda *_: True, "check_every": 1},
         shares[0], warm)

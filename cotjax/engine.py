@@ -19,7 +19,7 @@ depends on neither its row, its neighbours, its arrival time, the batch size, th
 where a run was resumed.
 
 Host round-trips. `_extend` runs until `check_every` tokens have passed, `quota` more rows have
-ended or (with a tool hook) an eighth of the decoding rows wait at a trigger token for the
+ended or (with a tool hook) `wait_share` of the decoding rows wait at a trigger token for the
 host; then the host answers the triggers, checks stop strings (with a hook, only those of rows
 with `check_every` new tokens since their last check), emits the finished samples and refills
 their rows.
@@ -78,7 +78,7 @@ class _Rows:
     done_B: jax.Array
     keys_B: jax.Array
     logp_B: jax.Array
-    step: jax.Array  # global step (picks the ring column)
+    step: jax.Array  # decoding steps of the batch (a round ends by `check_every` of them)
     # The tool hook (all unused without one): tokens to force, the next one's index (F: none),
     # the model's own argmax where tokens were forced, and rows stopped at a trigger token.
     force_BF: jax.Array
@@ -204,8 +204,9 @@ def _extend(graphdef, weights, rows: _Rows, limit, quota, wait_share, stopped_B,
         return go & (waiting < wait_quota) & ~jnp.all(r.done_B | r.hit_B)
 
     def body(r: _Rows) -> _Rows:
-        # Each row writes its token j to slot P + j: a waiting row writes its last token again
-        # to the slot its next step writes, and a finished row writes past its own tokens.
+        # Each row writes its token j to slot P + j as it feeds it: a waiting row writes its
+        # trigger token's slot again (the same keys its next step writes), a finished row its
+        # last token's own slot, an empty row slot P under segment 0 (hidden).
         cache = r.cache.replace(index=P + jnp.maximum(r.n_B - 1, 0))
         logits_B1V, cache = model(jnp.maximum(r.tok_B, 0)[:, None], r.pos_B[:, None],
                                   r.seg_B[:, None], cache, layers)
@@ -304,13 +305,12 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
 
     `stop_fn(problem, tokens so far)` ends a row when True, asked at the end of a round (at
     most `check_every` tokens; the round's tokens are kept, cut the text on the host). With a
-    hook, rounds end whenever `wait_share` of the rows wait at a trigger, every few tokens with
-    hundreds of rows, and asking every row each time would decode every row's text each time:
-    there a row is asked once it has `check_every` new tokens since it was last asked, so it
-    may run up to about 2 x `check_every` tokens past its stop string. Without a hook every live row is asked every
-    round, as beam search's one-step expansions need. `eos_ids` defaults to the model's. With
-    a mesh, rows are sharded over its non-tensor axes and `batch_size` is rounded up to a
-    multiple of them.
+    hook rounds can end every few tokens, and asking every row each time would decode every
+    row's text each time: there a row is asked once it has `check_every` new tokens since it
+    was last asked, so it may run up to about 2 x `check_every` tokens past its stop string.
+    Without a hook every live row is asked every round, as beam search's one-step expansions
+    need. `eos_ids` defaults to the model's. With a mesh, rows are sharded over its non-tensor
+    axes and `batch_size` is rounded up to a multiple of them.
 
     Tools (`hook`, e.g. cotjax.calculator.Hook): when a row emits one of `trigger_ids` it waits,
     the other rows decoding on, until the loop returns to the host, which calls
@@ -319,19 +319,21 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
     values enter the cache as a prefill of the same text would put them), and recorded in the
     Sample with the model's own argmax there. None lets the row continue unaided (counted).
     The round ends once `wait_share` of the decoding rows wait (at least one; 0: at the first
-    trigger). The default, `WAIT_SHARE`, is 0 on a CPU (measured: a decoding step costs
-    hundreds of ms there and a round trip next to nothing, so waiting only loses steps) and 1/8
-    on an accelerator (where a round trip should cost many steps; not measured yet). Waiting changes no row's tokens (a sample depends
-    on its key and its own tokens only), so without claims the output is token for token what
-    it is without a hook.
+    trigger). The default, `WAIT_SHARE`, follows jax's default backend: 0 on a CPU (measured:
+    a decoding step costs hundreds of ms there and a round trip next to nothing, so waiting
+    only loses steps), 1/8 elsewhere (where a round trip should cost many steps; not measured
+    yet). Waiting changes no row's tokens (a sample depends on its key and its own tokens
+    only), so without claims the output is token for token what it is without a hook.
     `number_ids` ({"extends": ids, "separator": ids, "digit": ids}; calculator.token_classes):
     right after a forced value the model may not extend it: no token that continues a number
     (a digit, or '.5'), and after a bare '.' or ',' no digit ("= 6" + ".40" would undo it).
 
     `stats` (a Counter, optional) gains the host's account: `rounds`, `steps` (decoding steps
     of the batch), `stop_checks`, `hook_calls`, `waits` (steps rows spent waiting at a trigger,
-    summed over rows: decoding they did not use), and the seconds spent decoding (`decode_s`: the loop, the refills queued
-    before it, and the copy to the host), in the hook (`hook_s`) and in stop checks (`stop_s`).
+    summed over rows: decoding they did not use), and the seconds spent decoding (`decode_s`:
+    the loop, the refills queued before it, and the copy to the host), in the hook (`hook_s`)
+    and in stop checks (`stop_s`); `steps` and `waits` are added when the generator ends or is
+    closed.
 
     Shapes. A call compiles for its longest prompt's slots and its number of requests; a caller
     that calls repeatedly with growing prompts (beam search, once per depth) passes
@@ -346,14 +348,26 @@ def sample(model, requests: Sequence[Request], *, max_new_tokens: int,
     run = _Scheduler(model, requests, max_new_tokens, sampling, eos_ids, batch_size, seed, mesh,
                      hook, trigger_ids, number_ids, max_forced, wait_share, prompt_slots_min)
     stats = collections.Counter() if stats is None else stats
+
+    def account():  # the device's counters, once the rows are done (or the caller stopped)
+        stats.update(waits=int(run.rows.waits), steps=int(run.rows.step))
+
+    try:
+        yield from _rounds(run, requests, stats, hook, stop_fn, check_every)
+    except GeneratorExit:
+        account()
+        raise
+    account()
+
+
+def _rounds(run, requests, stats, hook, stop_fn, check_every) -> Iterator[Sample]:
+    """`sample`'s host loop: refill free rows, decode a round, answer the hook and stop_fn."""
     clock = time.perf_counter
     while True:
         while run.pending and None in run.owner and run.assign():
             pass
         if all(o is None for o in run.owner):
             assert not run.pending, "engine: pending samples but no row could start"
-            stats["waits"] += int(run.rows.waits)
-            stats["steps"] += int(run.rows.step)
             return
         t0 = clock()
         out, n, done = run.advance(check_every)

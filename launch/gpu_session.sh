@@ -91,7 +91,7 @@ print('setup ok:', jax.devices())"
 # teacher 130 s (training 17 s of it); rft 338 s sampling + 8 s selection + about 180 s training
 # + 91 s evaluation, so it spans two calls and resumes. The others are guesses.
 declare -A need=([teacher]=150 [calculator]=150 [faithfulness]=180 [rft]=300 [prm]=300
-                 [sample_bench]=240)
+                 [sample_bench]=330)
 
 # one_stage STAGE: the stage's commands (run under `timeout` by run_stages, in a child, so that
 # a stage cut at the deadline still leaves the plan time to pack what it wrote).

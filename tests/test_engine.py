@@ -235,7 +235,9 @@ def test_rows_wait_at_triggers_without_changing_any_sample(tiny):
         return ([11, 12], {"n": len(tokens)}) if len(tokens) % 3 == 0 else None
 
     runs = {}
-    for rows, share in ((2, 0.125), (16, 0.125), (16, 0.0), (16, 0.5)):
+    # (2, 1/8): one row waits at most, as share 0; (3, 1) and (4, 1/2): rows wait and rows are
+    # refilled (16 samples); 16 rows hold every sample at once.
+    for rows, share in ((2, 0.125), (3, 1.0), (4, 0.5), (16, 0.0), (16, 0.5)):
         stats = collections.Counter()
         got = _engine(tiny, prompts, 2, batch_size=rows, hook=hook, stats=stats,
                       wait_share=share, **kw)
@@ -245,13 +247,21 @@ def test_rows_wait_at_triggers_without_changing_any_sample(tiny):
     assert set(seen) <= set(triggers)
     assert sum(len(i) for _, i, _ in runs[2, 0.125][0].values()) > 0, "no insertion to test"
     every, half = runs[16, 0.0][1], runs[16, 0.5][1]
-    assert every["waits"] == 0 and half["waits"] > 0
+    assert every["waits"] == 0 and half["waits"] > 0 and runs[4, 0.5][1]["waits"] > 0
     assert half["rounds"] < every["rounds"] and half["rounds"] < half["hook_calls"]
+    assert half["steps"] >= every["steps"] > 0
+    stats = collections.Counter()  # a caller that stops early still gets the device's counts
+    reqs = [Request(p, prompt, range(2)) for p, prompt in enumerate(prompts)]
+    gen = engine.sample(tiny, reqs, batch_size=16, hook=hook, stats=stats, **kw)
+    next(gen)
+    gen.close()
+    assert stats["steps"] > 0 and "waits" in stats
 
 
 def test_with_a_hook_a_rows_stop_check_waits_for_check_every_new_tokens(tiny):
-    """With few rows a hook ends a round at about every trigger; a row's stop check still waits for `check_every` new tokens (counted afresh for each occupant of a row),
-    the row stops at the first check that says so, and `stats` counts what the host did."""
+    """With few rows a hook ends a round at about every trigger; a row's stop check still
+    waits for `check_every` new tokens (counted afresh for each occupant of a row), the row
+    stops at the first check that says so, and `stats` counts what the host did."""
     prompts = _prompts([5, 9, 3, 7, 4, 6])  # 6 problems on 3 rows: rows are refilled
     kw = dict(max_new_tokens=30, sampling=SAMPLED, seed=4, batch_size=3, check_every=6,
               eos_ids=())
