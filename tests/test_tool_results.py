@@ -1,6 +1,7 @@
 """The sampling benchmark's and the calculator check's committed files, and the figures
 docs/sample_distill.md and docs/calculator.md quote from them."""
 
+import gzip
 import json
 import pathlib
 import re
@@ -186,6 +187,48 @@ def test_process_supervision_selection_figures(name):
            f"{saved['within_problem_auroc']['prm_min']['mean']:.2f} / "
            f"{saved['within_problem_auroc']['orm']['mean']:.2f} |")
     assert row in _doc("process_supervision.md"), row
+
+
+def test_synthetic_prm_experiment_reran_identically_on_the_xeon():
+    """results/prm/synthetic_xeon: the same command on another CPU gave the same labels, the
+    same samples and scores (predictions byte for byte) and selection; the doc quotes its
+    stage times."""
+    a, b = ROOT / "results/prm/synthetic", ROOT / "results/prm/synthetic_xeon"
+    assert (a / "predictions.jsonl").read_bytes() == (b / "predictions.jsonl").read_bytes()
+    for name in ("agreement-00000.json", "selection.json"):
+        sa, sb = (json.loads((d / name).read_text()) for d in (a, b))
+        sa.pop("score_seconds", None), sb.pop("score_seconds", None)
+        assert sa == sb, name
+    seconds = dict(line.split() for line in open(b / "stage_seconds.txt"))
+    doc = _doc("process_supervision.md")
+    assert (f"policy {seconds['policy']} s, step labels {int(seconds['labels']):,} s, PRM "
+            f"{seconds['prm']} s, ORM {seconds['orm']} s, evaluation samples "
+            f"{seconds['eval_samples']} s, reranking {seconds['rerank']} s") in doc
+
+
+def test_prm_search_row_is_the_committed_search():
+    """results/prm/synthetic_xeon/search against the selectors' choices on the same problems:
+    the counts and the paired test docs/process_supervision.md quotes."""
+    from cotjax import report
+
+    root = ROOT / "results/prm/synthetic_xeon/search"
+    rows = _jsonl(root / "predictions.jsonl")
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["n"] == len(rows) == 20 and summary["correct"] == sum(r["correct"] for r in rows)
+    chosen = {p["id"]: p["selected"] for p in _jsonl(ROOT / "results/prm/synthetic/predictions.jsonl")}
+    search = {r["id"]: bool(r["correct"]) for r in rows}
+    right = {k: sum(chosen[i][k]["correct"] for i in search)
+             for k in ("majority", "prm_best", "prm_weighted", "pass_at_n")}
+    doc = _doc("process_supervision.md")
+    assert (f"| right | {summary['correct']} | {right['majority']} | {right['prm_best']} | "
+            f"{right['prm_weighted']} | {right['pass_at_n']} |") in doc
+    maj = report.paired_comparison(search, {i: chosen[i]["majority"]["correct"] for i in search})
+    assert (maj["both"], maj["only_a"], maj["only_b"]) == (8, 0, 0)
+    samples = [json.loads(x) for x in gzip.open(
+        ROOT / "results/prm/synthetic/eval_samples/samples-00000-of-00001.jsonl.gz", "rt")]
+    drawn = sum(x["new_tokens"] for x in samples if x["problem"] < 20)
+    assert (f"drawing {summary['drawn_tokens']:,} tokens where the 16 samples of these problems "
+            f"drew {drawn:,}, in {summary['search_seconds']:.0f} s") in doc
 
 
 def test_synthetic_step_labels_add_up():
