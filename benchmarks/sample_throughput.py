@@ -64,12 +64,17 @@ def _useful(tokens, eos) -> int:
     return len(tokens)
 
 
+def warm_problems(ids, rows: int, k: int) -> list[int]:
+    """The problems of a warm-up call that compiles the engine with a run's shapes: its longest
+    prompt, and as many problems as a prefill takes."""
+    longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+    others = [i for i in range(len(ids)) if i != longest]
+    return [longest] + others[:max(1, rows // k) - 1]
+
+
 def run_engine(model, ids, k, kw) -> dict:
     reqs = [engine.Request(p, prompt, range(k)) for p, prompt in enumerate(ids)]
-    # Compile with the run's shapes (its longest prompt, as many problems as a prefill takes),
-    # every row stopped after its first round.
-    longest = max(range(len(ids)), key=lambda i: len(ids[i]))
-    warm = [longest] + [i for i in range(len(ids)) if i != longest][:max(1, kw["batch_size"] // k) - 1]
+    warm = warm_problems(ids, kw["batch_size"], k)  # every row stopped after its first round
     t0 = time.perf_counter()
     list(engine.sample(model, [engine.Request(i, ids[i], range(k)) for i in warm],
                        stop_fn=lambda *_: True, check_every=1, **kw))

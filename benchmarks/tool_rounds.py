@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
 import time
@@ -33,13 +32,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import machine  # noqa: E402
-from sample_throughput import _prompt_ids, _useful  # noqa: E402
+from sample_throughput import _emit, _prompt_ids, _useful, warm_problems  # noqa: E402
 
 from cotjax import calculator, decode, engine, tokenize, weights  # noqa: E402
-
-
-def _emit(obj: dict) -> None:
-    print(json.dumps(obj), flush=True)
 
 
 def run(model, tokenizer, ids, k, kw, share, problems=None) -> dict:
@@ -90,11 +85,8 @@ def main(argv=None) -> None:
                dtype=args.dtype, shares=shares))
     kw = dict(max_new_tokens=args.new_tokens, eos_ids=eos, batch_size=args.rows, seed=args.seed,
               sampling=decode.SamplingConfig(temperature=args.temperature))
-    # Compile with the run's shapes (its longest prompt, as many problems as a prefill takes;
-    # the shares share one program), every row stopped after its first round.
-    longest = max(range(len(ids)), key=lambda i: len(ids[i]))
-    others = [i for i in range(len(ids)) if i != longest]
-    warm = [longest] + others[:max(1, args.rows // args.k) - 1]
+    # Compile once (the shares share one program), every row stopped after its first round.
+    warm = warm_problems(ids, args.rows, args.k)
     t0 = time.perf_counter()
     run(model, tokenizer, ids, args.k, {**kw, "stop_fn": lambda *_: True, "check_every": 1},
         shares[0], warm)
