@@ -26,9 +26,11 @@ import numpy as np
 from flax import nnx
 
 from cotjax import load, paths, prm, tokenize
+from cotjax.model import KVCache
 from cotjax.report import paired_comparison, read_sample_dirs
 
 ROW_MULTIPLE = 128  # packed rows are at least the longest chain, rounded up to this
+NEW_MULTIPLE = 32  # score_extensions: a child's new tokens are padded to a multiple of this
 
 
 def pack_rows(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
@@ -86,6 +88,88 @@ def score_examples(model, examples: Sequence[tokenize.Example], reads: Sequence[
                                for k in ("inputs", "positions", "segment_ids")))))
         for i, r, at in where:
             out[i] = probs[r, at + np.asarray(reads[i])]
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _prefill_scores(graphdef, state, inputs, positions, segment_ids, slots):
+    model = nnx.merge(graphdef, state)
+    cache = KVCache.empty(model.cfg, inputs.shape[0], slots)
+    x_BTD, cache = model.hidden(inputs, positions, segment_ids, cache)
+    return jax.nn.sigmoid(model.reward(x_BTD)), cache
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _extend_scores(graphdef, state, cache, rows, inputs, positions, segment_ids):
+    """Scores of `inputs` [B, T], row b continuing cache row `rows[b]` from slot
+    `positions[b, 0]`. Slots the parent filled past that point are overwritten by the new
+    tokens (pads included, as empty slots) or sit at later positions, which causal attention
+    by position never reads."""
+    model = nnx.merge(graphdef, state)
+
+    def take(a):
+        return jnp.take(a, rows, axis=0)
+
+    picked = KVCache(tuple(map(take, cache.k_BKHS)), tuple(map(take, cache.v_BKSH)),
+                     take(cache.segment_ids_BS), take(cache.positions_BS), positions[:, 0])
+    x_BTD, _ = model.hidden(inputs, positions, segment_ids, picked)
+    return jax.nn.sigmoid(model.reward(x_BTD))
+
+
+def _padded(seqs: Sequence[np.ndarray], rows: int, length: int, starts=None) -> dict:
+    """Right-padded inputs, positions (from `starts`, else 0) and segment ids (1, pads 0)."""
+    arrays = {k: np.zeros((rows, length), np.int32) for k in ("inputs", "positions",
+                                                              "segment_ids")}
+    for r, seq in enumerate(seqs):
+        start = 0 if starts is None else starts[r]
+        arrays["inputs"][r, :len(seq)] = seq
+        arrays["positions"][r] = start + np.arange(length)
+        arrays["segment_ids"][r, :len(seq)] = 1
+    return {k: jnp.asarray(v) for k, v in arrays.items()}
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-max(n, 1) // multiple) * multiple
+
+
+def score_extensions(model, parents: Sequence[np.ndarray], children: Sequence[tuple[int, np.ndarray]],
+                     reads: Sequence[np.ndarray], batch_rows: int = 8) -> list[np.ndarray]:
+    """The reward model's probabilities at each child's read positions, where child i
+    (parent index, tokens) continues `parents[parent index]` (a step search's candidates and
+    the partial chains they grew from): each parent is read once, and its children reuse its
+    keys and values for their common token prefix and run only the tokens after it. The same
+    scores as `score_examples` on the children, up to float rounding (tested)."""
+    out: list[np.ndarray | None] = [None] * len(children)
+    graphdef, state = nnx.split(model)
+    for g in range(0, len(parents), batch_rows):
+        group = list(range(g, min(g + batch_rows, len(parents))))
+        mine = [i for i, (p, _) in enumerate(children) if g <= p < g + batch_rows]
+        if not mine:
+            continue
+        kept = {}  # child -> tokens shared with its parent (at least one token left to run)
+        for i in mine:
+            parent, tokens = parents[children[i][0]], children[i][1]
+            n = min(len(parent), len(tokens) - 1)
+            kept[i] = int(np.argmin(np.append(parent[:n] == tokens[:n], False)))
+        longest = _round_up(max(len(parents[p]) for p in group), ROW_MULTIPLE)
+        new = _round_up(max(len(children[i][1]) - kept[i] for i in mine), NEW_MULTIPLE)
+        slots = _round_up(longest + new, ROW_MULTIPLE)
+        a = _padded([parents[p] for p in group], batch_rows, longest)
+        parent_probs, cache = _prefill_scores(graphdef, state, a["inputs"], a["positions"],
+                                              a["segment_ids"], slots)
+        parent_probs = np.asarray(jax.device_get(parent_probs))
+        step = 4 * batch_rows
+        for c in range(0, len(mine), step):
+            part = mine[c:c + step]
+            starts = [kept[i] for i in part] + [0] * (step - len(part))
+            b = _padded([children[i][1][kept[i]:] for i in part], step, new, starts)
+            rows = jnp.asarray([children[i][0] - g for i in part] + [0] * (step - len(part)))
+            probs = np.asarray(jax.device_get(_extend_scores(
+                graphdef, state, cache, rows, b["inputs"], b["positions"], b["segment_ids"])))
+            for r, i in enumerate(part):
+                p, k = children[i][0] - g, kept[i]
+                whole = np.concatenate([parent_probs[p, :k], probs[r, :len(children[i][1]) - k]])
+                out[i] = whole[np.asarray(reads[i])]
     return out
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from cotjax import decode, engine, evaluate, load, paths, prm, rerank
+from cotjax import decode, engine, evaluate, load, paths, prm, rerank, tokenize
 from cotjax.answers import answers_equal, majority_vote
 from cotjax.scoring import check_task, score_prediction, summarize
 
@@ -49,12 +49,14 @@ def step_end(text: str) -> int | None:
 
 
 def beam_search(n_problems: int, expand: Callable, score: Callable, *, width: int,
-                expand_k: int, max_steps: int) -> list[list[Beam]]:
+                expand_k: int, max_steps: int, distinct: bool = True) -> list[list[Beam]]:
     """Each problem's final beam, best first. `expand([(problem, beam index, depth, Beam)])`
     returns, per item, `expand_k` Beams one step longer (finished ones with their finish);
-    `score([(problem, text)])` the PRM score of each text. Finished chains stay in the beam
+    `score([(problem, text, parent text)])` the PRM score of each text (the parent: the
+    partial chain it grew from). Finished chains stay in the beam
     (not expanded) while they rank in the top `width`; after `max_steps` expansions the open
-    ones are closed with finish "steps"."""
+    ones are closed with finish "steps". `distinct`: a text already in the beam is not kept
+    again (the beam holds `width` different chains while there are as many)."""
     if min(width, expand_k, max_steps) < 1:
         raise ValueError(f"beam search needs width, expansions and steps >= 1, got {width}, "
                          f"{expand_k}, {max_steps}")
@@ -65,13 +67,18 @@ def beam_search(n_problems: int, expand: Callable, score: Callable, *, width: in
         if not todo:
             break
         grown = expand(todo)
-        cands = [(p, c) for (p, *_), got in zip(todo, grown, strict=True) for c in got]
-        scores = score([(p, c.text) for p, c in cands])
+        cands = [(p, beam, c) for (p, _, _, beam), got in zip(todo, grown, strict=True)
+                 for c in got]
+        scores = score([(p, c.text, beam.text) for p, beam, c in cands])
         pool: dict[int, list[Beam]] = {p: [b for b in beams[p] if b.finish] for p, *_ in todo}
-        for (p, c), s in zip(cands, scores, strict=True):
+        for (p, _, c), s in zip(cands, scores, strict=True):
             pool[p].append(dataclasses.replace(c, score=float(s)))
         for p, options in pool.items():  # a stable sort: ties keep the earlier candidate
-            beams[p] = sorted(options, key=lambda b: -b.score)[:width]
+            ranked = sorted(options, key=lambda b: -b.score)
+            if distinct:
+                ranked = [b for i, b in enumerate(ranked)
+                          if all(b.text != a.text for a in ranked[:i])]
+            beams[p] = ranked[:width]
     return [[b if b.finish else dataclasses.replace(b, finish="steps") for b in bs]
             for bs in beams]
 
@@ -101,7 +108,7 @@ class EngineExpander:
         self.W, self.E, self.D = width, expand_k, max_steps
         self.step_tokens = step_tokens
         self.rule = decode.TextRule(tokenizer, settings["eos_ids"], settings["stop"])
-        self.new_tokens = 0
+        self.new_tokens, self.seconds = 0, 0.0
         # An open chain holds fewer than max_new_tokens drawn tokens: with room for the longest
         # prompt plus those, every depth runs the engine's programs compiled at the first.
         self.slots = max(map(len, prompts), default=0) + settings["max_new_tokens"]
@@ -121,6 +128,7 @@ class EngineExpander:
         return Beam(beam.text + done.text, 0.0, done.finish, drawn)
 
     def __call__(self, todo):
+        t0 = time.perf_counter()
         requests, where = [], {}
         for i, (p, b, depth, beam) in enumerate(todo):
             key = (p * (self.D + 1) + depth) * self.W + b
@@ -136,21 +144,57 @@ class EngineExpander:
             i = where[s.problem]
             out[i][s.sample] = self._grow(todo[i][3], s.tokens)
             self.new_tokens += len(s.tokens)
+        self.seconds += time.perf_counter() - t0
         return out
 
 
 class PrmScorer:
     """`score` for `beam_search`: a reward run's probabilities at a text's step ends (as
-    `cotjax rerank` reads them), aggregated into one score; a blank text scores 0."""
+    `cotjax rerank` reads them), aggregated into one score; a blank text scores 0. Each
+    parent chain is read once and its candidates run only their new tokens after it
+    (`rerank.score_extensions`); `full` reads whole texts (`rerank.score_texts`)."""
 
     def __init__(self, prm_run: str, step, questions: Sequence[str], task: str, how: str):
         prm.aggregate([1.0], how)  # a bad aggregate fails before the model loads
         self.model, self.tok, self.config, self.desc = rerank.load_reward_model(prm_run, step, "prm")
         self.questions, self.task, self.how = questions, task, how
+        self.seconds = 0.0
+
+    def _example(self, p: int, text: str):
+        ends = prm.score_ends(text, self.task, self.config.data.get("labels_split", "lines"),
+                              where=f"problem {p}")
+        return tokenize.reward_example(self.questions[p], text, ends, [None] * len(ends),
+                                       self.tok, self.config.data.template)
+
+    def _tokens(self, p: int, text: str) -> np.ndarray:
+        if not text.strip():
+            return np.asarray(tokenize.reward_prompt(self.questions[p], self.tok,
+                                                     self.config.data.template), np.int32)
+        return self._example(p, text)[0].tokens
 
     def __call__(self, items):
-        got = rerank.score_texts(self.model, self.tok, self.config, [
-            (self.questions[p], text, f"problem {p}") for p, text in items], self.task)
+        t0 = time.perf_counter()
+        parents: dict[tuple[int, str], int] = {}
+        texts: dict[tuple[int, str], int] = {}  # a text drawn twice is scored once
+        children, reads = [], []
+        for p, text, parent in items:
+            if text.strip() and (p, text) not in texts:
+                texts[p, text] = len(children)
+                ex, pos = self._example(p, text)
+                children.append((parents.setdefault((p, parent), len(parents)), ex.tokens))
+                reads.append(pos)
+        parent_tokens = [self._tokens(p, text) for p, text in parents]
+        got = rerank.score_extensions(self.model, parent_tokens, children, reads)
+        self.seconds += time.perf_counter() - t0
+        return self._aggregate([got[texts[p, text]] if (p, text) in texts else None
+                                for p, text, _ in items])
+
+    def full(self, items):
+        """The scores of (problem, text) items, each text read whole."""
+        return self._aggregate(rerank.score_texts(self.model, self.tok, self.config, [
+            (self.questions[p], text, f"problem {p}") for p, text in items], self.task))
+
+    def _aggregate(self, got):
         return [0.0 if s is None else prm.aggregate([float(v) for v in s], self.how) for s in got]
 
 
@@ -165,6 +209,7 @@ def run_search(config, workdir: str | None, step=None, *, model: str | None = No
     check_task(task)
     width, expand_k = int(ev["beam_width"]), int(ev["beam_expand"])
     max_steps, step_tokens = int(ev["beam_steps"]), int(ev["beam_step_tokens"])
+    distinct = bool(ev["beam_distinct"])
     rerank.check_reward_run(prm_run, "prm")  # a policy given as --prm fails before loading
     recs, data_desc = evaluate.load_eval_records(data, task, config)
     if ev["max_examples"] >= 0:
@@ -183,7 +228,7 @@ def run_search(config, workdir: str | None, step=None, *, model: str | None = No
           f"width {width}, {expand_k} expansions, at most {max_steps} steps", flush=True)
     t0 = time.perf_counter()
     final = beam_search(len(recs), expander, scorer, width=width, expand_k=expand_k,
-                        max_steps=max_steps)
+                        max_steps=max_steps, distinct=distinct)
     seconds = time.perf_counter() - t0
     rows = []
     for rec, prompt, beam in zip(recs, ids, final, strict=True):
@@ -201,13 +246,15 @@ def run_search(config, workdir: str | None, step=None, *, model: str | None = No
         "weighted_accuracy": sum(r["weighted_correct"] for r in rows) / len(rows),
         "model": source, "prm": scorer.desc, "aggregate": aggregate, "data": data_desc,
         "template": config.data.template, "beam_width": width, "beam_expand": expand_k,
-        "beam_steps": max_steps, "beam_step_tokens": step_tokens,
+        "beam_steps": max_steps, "beam_step_tokens": step_tokens, "beam_distinct": distinct,
         "temperature": float(ev["temperature"]), "seed": int(ev["seed"]),
-        "drawn_tokens": expander.new_tokens, "search_seconds": round(seconds, 2)})
+        "drawn_tokens": expander.new_tokens, "search_seconds": round(seconds, 2),
+        "expand_seconds": round(expander.seconds, 2), "score_seconds": round(scorer.seconds, 2)})
     paths.path(out).mkdir(parents=True, exist_ok=True)
     paths.write_text(paths.path(out) / "predictions.jsonl",
                      "".join(json.dumps(r) + "\n" for r in rows))
     paths.write_text(paths.path(out) / "summary.json", json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: summary[k] for k in ("n", "accuracy", "weighted_accuracy",
-                                              "drawn_tokens", "search_seconds")}), flush=True)
+    print(json.dumps({k: summary[k] for k in ("n", "accuracy", "weighted_accuracy", "drawn_tokens",
+                                              "search_seconds", "expand_seconds",
+                                              "score_seconds")}), flush=True)
     return summary

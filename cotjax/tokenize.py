@@ -156,6 +156,14 @@ def encode_records(records: Sequence[CoTRecord], tokenizer, spec: EncodeSpec,
     return [to_example(s, spec, r.id) for s, r in zip(token_segments, records, strict=True)]
 
 
+def reward_prompt(question: str, tokenizer, template: str) -> list[int]:
+    """The tokens a reward model reads before a generation: the question's prompt as training
+    formats it (with BOS for the plain template)."""
+    prompt = format_prompt(CoTRecord(question=question, chain="", answer=""), template, tokenizer)
+    bos = () if template == "chat" else bos_ids(tokenizer)
+    return [*bos, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+
+
 def reward_example(question: str, generation: str, ends: Sequence[int],
                    labels: Sequence[float | None], tokenizer, template: str, id: str = ""
                    ) -> tuple[Example, np.ndarray]:
@@ -170,16 +178,15 @@ def reward_example(question: str, generation: str, ends: Sequence[int],
                          f"the generation ({len(generation)} characters)")
     if len(labels) != len(ends):
         raise ValueError(f"example {id!r}: {len(labels)} labels for {len(ends)} positions")
-    prompt = format_prompt(CoTRecord(question=question, chain="", answer=""), template, tokenizer)
     # The plain template's target starts with a space; a generation decoded after "Answer:"
     # usually carries it already.
     lead = " " if template == "plain" and not generation[:1].isspace() else ""
     pieces = [generation[a:b] for a, b in zip([0, *ends], ends)]
     pieces[0] = lead + pieces[0]
-    ids = tokenizer([prompt, *pieces], add_special_tokens=False)["input_ids"]
-    bos = () if template == "chat" else bos_ids(tokenizer)
-    tokens = np.fromiter((t for part in [bos, *ids] for t in part), dtype=np.int32)
-    positions = len(bos) + np.cumsum([len(p) for p in ids])[1:] - 1
+    prompt = reward_prompt(question, tokenizer, template)
+    ids = tokenizer(pieces, add_special_tokens=False)["input_ids"]
+    tokens = np.fromiter((t for part in [prompt, *ids] for t in part), dtype=np.int32)
+    positions = len(prompt) + np.cumsum([len(p) for p in ids]) - 1
     weights = np.zeros(len(tokens), np.float32)
     values = np.zeros(len(tokens), np.float32)
     for pos, label in zip(positions, labels, strict=True):

@@ -22,6 +22,7 @@
 #   EVAL_PROBLEMS [120]  N [16]  REWARD_FLAGS [2 epochs, lr 5e-5, batch 8]  EXTRA [""]
 #   REWARD_TAG [""]: a suffix for the reward runs (RUNS/prm$TAG, RUNS/orm$TAG), so that other
 #   REWARD_FLAGS train new reward models on the same labels and rerank the same samples
+#   REWARD_OBJECTIVES ["prm orm"]: "prm" trains and reranks with the PRM alone
 # For GSM8K with the chosen CoT model: POLICY=runs/sweep/cot_lr2e-4_ep2
 #   POLICY_CONFIG=configs/gsm8k.py LABEL_DATA=train EVAL_DATA=validation EVAL_PROBLEMS=500.
 set -euo pipefail
@@ -54,7 +55,9 @@ reward_flags=${REWARD_FLAGS:---config.train.steps=-1 --config.data.num_epochs=2 
 --config.train.lr=5e-5 --config.train.warmup_steps=3 --config.data.batch_size=8 \
 --config.train.checkpoint_every=0 --config.train.eval_every=0 --config.train.eval_batches=-1}
 tag=${REWARD_TAG:-}
-for objective in prm orm; do
+objectives=${REWARD_OBJECTIVES:-prm orm}
+case "$objectives" in "prm orm"|prm) ;; *) die "REWARD_OBJECTIVES must be 'prm orm' or 'prm'";; esac
+for objective in $objectives; do
   stage "$objective$tag" "$runs/$objective$tag" $cotjax train --config="$config" \
     --workdir="$runs/$objective$tag" --config.model="$runs/policy_hf" \
     --config.train.objective=$objective --config.data.labels="$runs/labels" \
@@ -65,7 +68,9 @@ stage eval_samples "$runs/eval_samples" $cotjax sample --workdir="$policy" \
   --config.eval.max_examples="${EVAL_PROBLEMS:-120}" ${EXTRA:-}
 log "rerank: start"
 start=$SECONDS
-$cotjax rerank --samples="$runs/eval_samples" --prm="$runs/prm$tag" --orm="$runs/orm$tag" --out="$out" \
+orm_flag=()
+[ "$objectives" = prm ] || orm_flag=(--orm="$runs/orm$tag")
+$cotjax rerank --samples="$runs/eval_samples" --prm="$runs/prm$tag" "${orm_flag[@]}" --out="$out" \
   2>&1 | tee "$out/rerank.log" | tail -1
 log "rerank: $((SECONDS - start)) s"
 cp "$runs/labels"/agreement-*.json "$runs/labels/manifest.json" "$out/" 2>/dev/null || true

@@ -262,6 +262,17 @@ echo "$*" >> {calls}
     bad = subprocess.run(["bash", "launch/prm_experiment.sh"], capture_output=True, text=True,
                          timeout=30, env=env)
     assert bad.returncode != 0 and "usage: launch/prm_experiment.sh RUNS OUT" in bad.stderr
+    # REWARD_OBJECTIVES=prm: no ORM trained, the rerank without one; other values refused
+    calls.unlink()
+    alone = subprocess.run(cmd[:2] + [str(tmp_path / "r2"), str(out)], capture_output=True,
+                           text=True, timeout=60, env={**env, "REWARD_OBJECTIVES": "prm"})
+    assert alone.returncode == 0, alone.stderr
+    lines = calls.read_text().splitlines()
+    assert [x.split()[0] for x in lines].count("train") == 2  # the policy and the PRM
+    assert "objective=orm" not in "".join(lines) and "--orm" not in lines[-1]
+    wrong = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                           env={**env, "REWARD_OBJECTIVES": "orm"})
+    assert wrong.returncode != 0 and "REWARD_OBJECTIVES must be" in wrong.stderr
 
 
 def test_calculator_experiment_needs_a_run(tmp_path):

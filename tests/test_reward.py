@@ -4,6 +4,7 @@ resume, packing-independent scores, the selectors, and the errors for wrong inpu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import jax
@@ -259,6 +260,33 @@ def test_scores_do_not_depend_on_what_else_is_packed_in_the_row(prm_run, byte_to
     packed = rerank.score_examples(model, exs, reads, seq_len=512, batch_rows=2)
     assert len(rerank.pack_rows([len(e) for e in exs], 512)) < len(exs)  # rows were shared
     for a, b in zip(alone, packed):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_a_child_scored_from_its_parents_cache_scores_as_if_read_whole(prm_run, data):
+    """rerank.score_extensions (a step search's candidates, each continuing a partial chain
+    whose keys and values are read once) against score_examples reading each child whole, at
+    every position: children that share all of their parent, or only part of it (a step
+    boundary tokenized another way), and parents with several children."""
+    model = prm_run.setdefault("model", load.load_run_model(prm_run["workdir"])[0])
+    vocab = model.cfg.vocab_size
+    tokens = st.lists(st.integers(3, vocab - 1), min_size=1, max_size=30)
+    parents = [np.asarray(data.draw(st.lists(st.integers(3, vocab - 1), min_size=8,
+                                             max_size=96)), np.int32)
+               for _ in range(data.draw(st.integers(1, 5)))]
+    children = []
+    for p, parent in enumerate(parents):
+        for _ in range(data.draw(st.integers(0, 4))):
+            keep = data.draw(st.integers(1, len(parent)))
+            children.append((p, np.asarray([*parent[:keep], *data.draw(tokens)], np.int32)))
+    reads = [np.arange(len(t)) for _, t in children]
+    got = rerank.score_extensions(model, parents, children, reads)
+    want = rerank.score_examples(model, [tokenize.Example(t, np.zeros(len(t), np.float32))
+                                         for _, t in children], reads, seq_len=256)
+    assert len(got) == len(children)
+    for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -519,7 +547,7 @@ def test_beam_search_with_a_prm_does_not_depend_on_the_batch(prm_run, tmp_path):
         assert 1 <= len(row["beam"]) <= 2
         assert [b["score"] for b in row["beam"]] == sorted((b["score"] for b in row["beam"]),
                                                            reverse=True)
-        again = scorer([(p, b["text"]) for b in row["beam"]])
+        again = scorer.full([(p, b["text"]) for b in row["beam"]])
         assert [b["score"] for b in row["beam"]] == pytest.approx(again, abs=1e-4)
         for b in row["beam"]:
             if b["finish"] == "steps":
@@ -527,6 +555,27 @@ def test_beam_search_with_a_prm_does_not_depend_on_the_batch(prm_run, tmp_path):
     steps = [search.step_end(b["text"]) is not None and search.step_end(
         b["text"][search.step_end(b["text"]):]) is not None for r in runs[3] for b in r["beam"]]
     assert any(steps), [b["text"] for r in runs[3] for b in r["beam"]]
+
+
+@pytest.mark.slow
+def test_search_scoring_benchmark_reads_candidates_both_ways_alike(prm_run, tmp_path):
+    """benchmarks/search_scoring.py: one small search with SmolLM2 as the policy and the
+    tiny PRM; each depth's candidates scored whole and from their parents agree."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run(
+        [sys.executable, "benchmarks/search_scoring.py", "--model=smollm2-135m-instruct",
+         f"--prm={prm_run['workdir']}", "--problems=1", "--max_new_tokens=64",
+         "--beam_width=2", "--beam_expand=2", "--beam_steps=2", f"--out={tmp_path}"],
+        capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.splitlines()[-1])
+    assert r["problems"] == 1 and r["candidates"] >= 2
+    assert r["full_seconds"] > 0 and r["cached_seconds"] > 0 and r["max_abs_diff"] < 1e-4
+    assert r["machine"]["backend"] == "cpu"
+    assert json.loads((tmp_path / "summary.json").read_text())["score_seconds"] > 0
 
 
 def test_search_refuses_a_policy_as_its_prm_before_loading(tiny_run, tmp_path):

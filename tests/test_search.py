@@ -32,8 +32,10 @@ def _tree(finish_at: int):
         return [[Beam(beam.text + f"s{e}\n", 0.0, "eos" if e == 0 and d >= finish_at else "", 1)
                  for e in range(3)] for p, b, d, beam in todo]
 
-    def score(items):
-        return [sum(int(c) for c in text if c.isdigit()) / 10 for _, text in items]
+    def score(items):  # each candidate comes with the chain it grew from
+        assert all(text.startswith(parent) and text[len(parent):].count("\n") == 1
+                   for _, text, parent in items)
+        return [sum(int(c) for c in text if c.isdigit()) / 10 for _, text, _ in items]
 
     return expand, score, calls
 
@@ -54,11 +56,31 @@ def test_a_finished_chain_stays_while_it_ranks_in_the_beam():
     expand, _, calls = _tree(finish_at=0)
 
     def score(items):  # finishing is what scores: s0 chains (EOS) beat every open one
-        return [1.0 if text.endswith("s0\n") else 0.1 for _, text in items]
+        return [1.0 if text.endswith("s0\n") else 0.1 for _, text, _ in items]
 
     final = search.beam_search(1, expand, score, width=2, expand_k=3, max_steps=5)
     assert [(b.text, b.finish) for b in final[0]] == [("s0\n", "eos"), ("s1\ns0\n", "eos")]
     assert len(calls) == 2  # nothing open after depth 1: the search stopped early
+
+
+@pytest.mark.parametrize("distinct", [True, False])
+def test_a_distinct_beam_keeps_each_chain_once(distinct):
+    """Two of the three expansions write the same step: a distinct beam holds different
+    chains; otherwise the copies crowd the other chains out."""
+    def expand(todo):
+        return [[Beam(beam.text + step, 0.0, "", 1) for step in ("a9\n", "a9\n", "b1\n")]
+                for *_, beam in todo]
+
+    def score(items):
+        return [sum(int(c) for c in text if c.isdigit()) / 10 for _, text, _ in items]
+
+    final = search.beam_search(1, expand, score, width=2, expand_k=3, max_steps=2,
+                               distinct=distinct)
+    texts = [b.text for b in final[0]]
+    if distinct:
+        assert texts == ["a9\na9\n", "a9\nb1\n"]
+    else:
+        assert texts == ["a9\na9\n", "a9\na9\n"]
 
 
 def test_bad_search_sizes_are_refused():
