@@ -22,7 +22,8 @@ ADDED = {("train", "wandb_project"): "", ("data", "max_skipped_fraction"): 0.05,
          ("eval", "prm_aggregate"): "min", ("train", "profile_steps"): 0,
          ("train", "loss_chunk"): 0, ("train", "target_logits_only"): False,
          ("eval", "beam_width"): 4, ("eval", "beam_expand"): 4,
-         ("eval", "beam_steps"): 12, ("eval", "beam_step_tokens"): 96}
+         ("eval", "beam_steps"): 12, ("eval", "beam_step_tokens"): 96,
+         ("eval", "beam_distinct"): True}
 # Sections added after the snapshot, whole.
 ADDED_SECTIONS = {"attention": "reference", "lora": {"rank": 0, "alpha": 16.0, "dropout": 0.0, "block": 64,
                            "targets": r"layers/(wq|wk|wv|wo|w_gate|w_up|w_down)$",
