@@ -31,6 +31,9 @@ from cotjax.report import paired_comparison, read_sample_dirs
 
 ROW_MULTIPLE = 128  # packed rows are at least the longest chain, rounded up to this
 NEW_MULTIPLE = 32  # score_extensions: a child's new tokens are padded to a multiple of this
+# and its cache holds a multiple of this many slots, the same for every group of a call, so a
+# search compiles a few programs (each about 10 s on a 2-core CPU) rather than one per depth
+SLOT_MULTIPLE = 512
 
 
 def pack_rows(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
@@ -141,19 +144,20 @@ def score_extensions(model, parents: Sequence[np.ndarray], children: Sequence[tu
     scores as `score_examples` on the children, up to float rounding (tested)."""
     out: list[np.ndarray | None] = [None] * len(children)
     graphdef, state = nnx.split(model)
+    kept = {}  # child -> tokens shared with its parent (at least one token left to run)
+    for i, (p, tokens) in enumerate(children):
+        n = min(len(parents[p]), len(tokens) - 1)
+        kept[i] = int(np.argmin(np.append(parents[p][:n] == tokens[:n], False)))
+    slots = _round_up(max([_round_up(len(t), ROW_MULTIPLE) for t in parents] + [0]) + max(
+        [_round_up(len(t) - kept[i], NEW_MULTIPLE) for i, (_, t) in enumerate(children)] + [0]),
+        SLOT_MULTIPLE)
     for g in range(0, len(parents), batch_rows):
         group = list(range(g, min(g + batch_rows, len(parents))))
         mine = [i for i, (p, _) in enumerate(children) if g <= p < g + batch_rows]
         if not mine:
             continue
-        kept = {}  # child -> tokens shared with its parent (at least one token left to run)
-        for i in mine:
-            parent, tokens = parents[children[i][0]], children[i][1]
-            n = min(len(parent), len(tokens) - 1)
-            kept[i] = int(np.argmin(np.append(parent[:n] == tokens[:n], False)))
         longest = _round_up(max(len(parents[p]) for p in group), ROW_MULTIPLE)
         new = _round_up(max(len(children[i][1]) - kept[i] for i in mine), NEW_MULTIPLE)
-        slots = _round_up(longest + new, ROW_MULTIPLE)
         a = _padded([parents[p] for p in group], batch_rows, longest)
         parent_probs, cache = _prefill_scores(graphdef, state, a["inputs"], a["positions"],
                                               a["segment_ids"], slots)

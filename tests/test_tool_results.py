@@ -231,6 +231,37 @@ def test_prm_search_row_is_the_committed_search():
             f"drew {drawn:,}, in {summary['search_seconds']:.0f} s") in doc
 
 
+def test_distinct_beam_search_figures():
+    """results/prm/synthetic_xeon/search_distinct: the search with distinct beams and cached
+    PRM reads got the same problems right as the first search; the doc quotes its counts and
+    the benchmark's line (whose ratio is its own seconds' quotient)."""
+    import collections
+
+    root = ROOT / "results/prm/synthetic_xeon/search_distinct"
+    rows = _jsonl(root / "predictions.jsonl")
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["beam_distinct"] and summary["n"] == len(rows) == 20
+    for r in rows:
+        texts = [b["text"] for b in r["beam"]]
+        assert len(set(texts)) == len(texts)  # distinct: no chain twice
+    first = {r["id"]: r["correct"] for r in _jsonl(ROOT / "results/prm/synthetic_xeon/search/predictions.jsonl")}
+    assert {r["id"]: r["correct"] for r in rows} == first
+    sizes = collections.Counter(len(r["beam"]) for r in rows)
+    bench = _jsonl(root / "search_scoring.jsonl")[-1]
+    assert bench["ratio"] == round(bench["full_seconds"] / bench["cached_seconds"], 2)
+    assert bench["max_abs_diff"] < 1e-5 and bench["expand_seconds"] == summary["expand_seconds"]
+    doc = _doc("process_supervision.md")
+    assert (f"The search got the same {summary['correct']} problems right (the PRM-weighted vote "
+            f"of its final beams {round(summary['weighted_accuracy'] * 20)}); {sizes[4]} of the 20 "
+            f"final beams hold 4 different chains, {sizes[1]} hold one") in doc
+    before = json.loads((root.parent / "search/summary.json").read_text())["drawn_tokens"]
+    assert (f"it drew {summary['drawn_tokens']:,} tokens instead of {before:,}") in doc
+    assert (f"{bench['candidates']} candidates, {bench['full_seconds']:.1f} s read whole, "
+            f"{bench['cached_seconds']:.1f} s from their parents ({bench['ratio']:.2f}x; the two "
+            f"scores of a candidate differ by at most {bench['max_abs_diff']:.1e}".replace("e-0", "e-")
+            + f"), beside {bench['expand_seconds']:.1f} s of expansion") in doc
+
+
 def test_synthetic_step_labels_add_up():
     from cotjax import prm
 
