@@ -154,7 +154,8 @@ def test_step_label_run_figures():
     assert row in _doc("process_supervision.md"), row
 
 
-PRM_RUNS = {"synthetic": "2 epochs, lr 5e-5", "synthetic_e6": "6 epochs, lr 1e-4"}
+PRM_RUNS = {"synthetic": "2 epochs, lr 5e-5", "synthetic_e6": "6 epochs, lr 1e-4",
+            "synthetic_x3": "3x the labels (864 chains), 2 epochs, lr 5e-5, PRM only"}
 
 
 @pytest.mark.parametrize("name", sorted(PRM_RUNS))
@@ -180,12 +181,14 @@ def test_process_supervision_selection_figures(name):
         for s in p["samples"]:
             assert answers[(p["problem"], s["sample"])] == (s["answer"], s["correct"])
     w = saved["paired_vs_majority"]["prm_weighted"]
+    orm = "orm_best" in saved  # the 3x run trained no ORM
     row = (f"| {PRM_RUNS[name]} | {saved['majority']['accuracy']:.3f} | "
-           f"{saved['orm_best']['accuracy']:.3f} | {saved['prm_best']['accuracy']:.3f} | "
+           f"{saved['orm_best']['accuracy'] if orm else '-':{'.3f' if orm else ''}} | "
+           f"{saved['prm_best']['accuracy']:.3f} | "
            f"{saved['prm_weighted']['accuracy']:.3f} | {saved['pass_at_n']['accuracy']:.3f} | "
            f"+{w['only_a']} / -{w['only_b']}, p = {w['mcnemar_p']:.2f} | "
            f"{saved['within_problem_auroc']['prm_min']['mean']:.2f} / "
-           f"{saved['within_problem_auroc']['orm']['mean']:.2f} |")
+           + (f"{saved['within_problem_auroc']['orm']['mean']:.2f} |" if orm else "- |"))
     assert row in _doc("process_supervision.md"), row
 
 
@@ -260,6 +263,36 @@ def test_distinct_beam_search_figures():
             f"{bench['cached_seconds']:.1f} s from their parents ({bench['ratio']:.2f}x; the two "
             f"scores of a candidate differ by at most {bench['max_abs_diff']:.1e}".replace("e-0", "e-")
             + f"), beside {bench['expand_seconds']:.1f} s of expansion") in doc
+
+
+def test_three_times_the_labels_extend_the_first_ones():
+    """results/prm/synthetic_x3: 240 problems' chains labelled by the same command; the first
+    80 problems' 320 chains are the committed labels (only the file names in `id` and `source`
+    differ: keys depend on the chain's index, not on how many follow), the agreement file adds
+    the lines up, and the doc quotes the labels row and the PRM's held-out label AUROC."""
+    from cotjax import prm
+
+    root = ROOT / "results/prm/synthetic_x3"
+    lines = [json.loads(x) for x in gzip.open(root / "labels/labels-00000-of-00001.jsonl.gz", "rt")]
+    agree = json.loads((root / "agreement-00000.json").read_text())
+    assert prm.agreement(lines) == agree and agree["chains"] == len(lines) == 960
+    first = {(x["problem"], x["sample"]): x
+             for x in _jsonl(ROOT / "results/prm/synthetic/labels/labels-00000-of-00001.jsonl")}
+    mine = [x for x in lines if x["problem"] < 80]
+    assert len(mine) == len(first) == 320
+    for x in mine:
+        assert {**x, "id": 0, "source": 0} == {**first[x["problem"], x["sample"]], "id": 0,
+                                                 "source": 0}
+    k = agree["by_kind"]
+    doc = _doc("process_supervision.md")
+    row = (f"| {agree['chains']} | {agree['steps']} | {agree['mc_hard_positive']:.3f} | "
+           f"{agree['checker_positive']:.3f} | {agree['agreement']:.3f} | "
+           f"{k['valid_claims']['mc_hard_positive']:.3f} (of {k['valid_claims']['steps']}) / "
+           f"{k['invalid_claim']['mc_hard_positive']:.3f} (of {k['invalid_claim']['steps']}) |")
+    assert row in doc, row
+    trained = json.loads((root / "prm_train.json").read_text())
+    assert trained["data/examples"] == 864
+    assert f"held-out label AUROC {trained['val/auroc']:.2f}" in doc
 
 
 def test_synthetic_step_labels_add_up():
