@@ -36,6 +36,10 @@ NEW_MULTIPLE = 32  # score_extensions: a child's new tokens are padded to a mult
 SLOT_MULTIPLE = 512
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return -(-max(n, 1) // multiple) * multiple
+
+
 def pack_rows(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
     """Examples (indices) in rows of at most `seq_len` tokens: first fit, longest first."""
     rows, room = [], []
@@ -68,7 +72,7 @@ def score_examples(model, examples: Sequence[tokenize.Example], reads: Sequence[
     if not examples:
         return []
     longest = max(len(e) for e in examples)
-    seq_len = max(seq_len, -(-longest // ROW_MULTIPLE) * ROW_MULTIPLE)
+    seq_len = max(seq_len, _round_up(longest, ROW_MULTIPLE))
     rows = pack_rows([len(e) for e in examples], seq_len)
     graphdef, state = nnx.split(model)
     out: list[np.ndarray | None] = [None] * len(examples)
@@ -129,10 +133,6 @@ def _padded(seqs: Sequence[np.ndarray], rows: int, length: int, starts=None) -> 
         arrays["positions"][r] = start + np.arange(length)
         arrays["segment_ids"][r, :len(seq)] = 1
     return {k: jnp.asarray(v) for k, v in arrays.items()}
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-max(n, 1) // multiple) * multiple
 
 
 def score_extensions(model, parents: Sequence[np.ndarray], children: Sequence[tuple[int, np.ndarray]],
