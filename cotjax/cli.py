@@ -45,7 +45,8 @@ FLAG_SPECS = {
     "first_samples": ("integer", -1, "distill: each problem's samples 0..N-1 only (-1: all): "
                                      "what a smaller K would have kept, from one run"),
     "samples": ("string", None, "label-steps, rerank: a sample directory (cotjax sample "
-                                "--out=DIR)"),
+                                "--out=DIR); rerank also a cotjax eval predictions file with "
+                                "maj@N samples"),
     "rollouts": ("integer", 8, "label-steps: completions sampled from each step prefix"),
     "split": ("string", "lines", "label-steps: how a chain splits into steps (lines | sentences)"),
     "max_chains": ("integer", -1, "label-steps: label the first M chains only (-1: all)"),
@@ -174,14 +175,13 @@ def _search(fv, args):
 
 def _rerank(fv, args):
     _need(fv, "samples", "out")
-    from cotjax import rerank
+    from cotjax import prm, rerank
 
     result = rerank.run_rerank([fv.samples], fv.out, prm_run=fv.prm, orm_run=fv.orm,
                                step=fv.step, aggregate=fv.aggregate,
                                max_problems=fv.max_problems)
-    keys = ("majority", "orm_best", "prm_best", "prm_weighted", "pass_at_n")
     print(json.dumps({"problems": result["problems"], "n": result["samples_per_problem"],
-                      **{k: result[k]["accuracy"] for k in keys if k in result},
+                      **{k: result[k]["accuracy"] for k in prm.SELECTORS if k in result},
                       "mcnemar_p": result.get("mcnemar_p")}), flush=True)
 
 
@@ -271,7 +271,8 @@ COMMANDS = {
     "label-steps": Command("Monte Carlo step labels of sampled chains (and the checker's)",
                            _label_steps, ("workdir", "step", "model", "samples", "rollouts",
                                           "split", "max_chains", "out", "overwrite"), "optional"),
-    "rerank": Command("choose among N sampled chains with a PRM / ORM: every selector, paired",
+    "rerank": Command("choose among N sampled chains with a PRM / ORM (or only the step "
+                      "checker): every selector, paired",
                       _rerank, ("samples", "prm", "orm", "step", "aggregate", "max_problems",
                                  "out")),
     "search": Command("step-level beam search guided by a PRM (eval.beam_* settings)", _search,

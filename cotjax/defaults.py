@@ -33,7 +33,9 @@ class TrainSpec:
     # cot (the CoT loss) | prm | orm: a process / outcome reward model on data.labels
     # (cotjax.loss; docs/process_supervision.md)
     objective: str = "cot"
-    reward_labels: str = "hard"  # prm: Monte Carlo labels, hard (any rollout right) | soft
+    # prm: Monte Carlo labels, hard (any rollout right) | soft (the share right), or checker:
+    # the arithmetic step checker's verdict (steps without a claim are read, not trained)
+    reward_labels: str = "hard"
     steps: int = -1  # optimizer steps; -1: as many as data.num_epochs gives
     lr: float = 1e-5
     warmup_steps: int = 0
@@ -76,8 +78,9 @@ class TrainSpec:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"train.objective must be one of {OBJECTIVES}, got "
                              f"{self.objective!r}")
-        if self.reward_labels not in ("hard", "soft"):
-            raise ValueError(f"train.reward_labels must be hard|soft, got {self.reward_labels!r}")
+        if self.reward_labels not in ("hard", "soft", "checker"):
+            raise ValueError("train.reward_labels must be hard|soft|checker, got "
+                             f"{self.reward_labels!r}")
         if self.loss_chunk < 0:
             raise ValueError(f"train.loss_chunk must be >= 0, got {self.loss_chunk}")
         if self.microbatches < 1:

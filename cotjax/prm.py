@@ -115,7 +115,7 @@ def _share(count: float, total: int) -> float | None:
 # ---------------------------------------------------------------------------------------------
 # Reward targets: where a reward model reads its scores, and their labels.
 
-LABEL_KINDS = ("hard", "soft")
+LABEL_KINDS = ("hard", "soft", "checker")  # Monte Carlo hard / soft, the step checker
 
 
 def read_label_rows(path: str) -> list[tuple[str, dict]]:
@@ -191,12 +191,13 @@ def reward_target(row: dict, objective: str, labels: str = "hard", where: str = 
                 raise ValueError(f"{where}: step {k} ({step.get('text')!r} at {step.get('span')})"
                                  " does not match its chain")
             value = step.get(labels)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) \
-                    or not 0 <= value <= 1:
+            unchecked = labels == "checker" and value is None  # no claim: nothing to check
+            if not unchecked and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not 0 <= value <= 1):
                 raise ValueError(f"{where}: step {k}: label {labels!r} must be in [0, 1], "
                                  f"got {value!r}")
             spans.append((a, b))
-            step_labels.append(float(value))
+            step_labels.append(None if unchecked else float(value))
     else:
         chain = chain_of(generation, task)
         spans = split_steps(chain, rule)
@@ -228,7 +229,8 @@ def score_ends(generation: str, task: str = "gsm8k", rule: str = "lines",
 # Selectors over N scored samples of a problem.
 
 AGGREGATES = ("min", "prod", "last")
-SELECTORS = ("majority", "orm_best", "prm_best", "prm_weighted", "pass_at_n")
+SELECTORS = ("majority", "checked_majority", "orm_best", "prm_best", "prm_weighted",
+             "pass_at_n")
 
 
 def aggregate(scores: Sequence[float], how: str) -> float:
@@ -255,10 +257,13 @@ def _best(answers: Sequence[str | None], scores: Sequence[float]) -> str | None:
 
 def select_answers(answers: Sequence[str | None], gold: str, task: str = "gsm8k",
                    step_scores: Sequence[Sequence[float]] | None = None,
-                   outcome: Sequence[float] | None = None, how: str = "min") -> dict:
+                   outcome: Sequence[float] | None = None, how: str = "min",
+                   checked: Sequence[bool] | None = None) -> dict:
     """Each selector's answer and whether it is right, from one problem's N samples: their
     final answers (None when unreadable), PRM step scores (probabilities, one list per
-    sample) and ORM scores (each optional: its selectors are left out without them)."""
+    sample), ORM scores and whether the step checker found every claim true (each optional:
+    its selectors are left out without them). `checked_majority`, the model-free verifier:
+    the majority among the samples whose claims all hold, else among all."""
     if not answers:
         raise ValueError("selection needs at least one sample")
 
@@ -266,6 +271,9 @@ def select_answers(answers: Sequence[str | None], gold: str, task: str = "gsm8k"
         return {"answer": answer, "correct": answers_equal(answer, gold, task)}
 
     out = {"majority": pick(majority_vote(answers, task))}
+    if checked is not None:
+        held = [a if ok else None for a, ok in zip(answers, checked, strict=True)]
+        out["checked_majority"] = pick(majority_vote(held, task) or out["majority"]["answer"])
     if outcome is not None:
         out["orm_best"] = pick(_best(answers, outcome))
     if step_scores is not None:

@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cotjax import load, paths, prm, tokenize
+from cotjax import load, paths, prm, scoring, tokenize
 from cotjax.model import KVCache
-from cotjax.report import paired_comparison, read_sample_dirs
+from cotjax.records import read_json_lines
+from cotjax.report import paired_comparison, read_sample_dirs, summary_path_for
 
 ROW_MULTIPLE = 128  # packed rows are at least the longest chain, rounded up to this
 NEW_MULTIPLE = 32  # score_extensions: a child's new tokens are padded to a multiple of this
@@ -258,7 +259,8 @@ def selection_table(groups: dict, prm_scores: dict | None, orm_scores: dict | No
             [r["extracted"] for r in rows], rows[0]["gold"], task,
             step_scores=[prm_scores[(p, r["sample"])] for r in rows] if prm_scores else None,
             outcome=[orm_scores[(p, r["sample"])][-1] for r in rows] if orm_scores else None,
-            how=how)
+            how=how, checked=[bool(r["all_steps_valid"]) for r in rows]
+            if all("all_steps_valid" in r for r in rows) else None)
     return out
 
 
@@ -302,7 +304,8 @@ def select_all(groups: dict, scores: dict, aggregate: str, task: str) -> tuple[d
     majority = {p: t["majority"]["correct"] for p, t in final.items()}
     result["paired_vs_majority"] = {
         s: paired_comparison({p: t[s]["correct"] for p, t in final.items()}, majority)
-        for s in ("orm_best", "prm_best", "prm_weighted") if s in next(iter(final.values()))}
+        for s in ("checked_majority", "orm_best", "prm_best", "prm_weighted")
+        if s in next(iter(final.values()))}
     if "prm_weighted" in result["paired_vs_majority"]:
         result["mcnemar_p"] = result["paired_vs_majority"]["prm_weighted"]["mcnemar_p"]
     result["by_n"] = {str(n): {s: v["accuracy"] for s, v in accuracies(table(n)).items()}
@@ -338,13 +341,17 @@ def run_rerank(samples: Sequence[str], out: str, *, prm_run: str | None = None,
                max_problems: int = -1) -> dict:
     """Score the samples with the given reward models and write the selectors' comparison
     (see the module docstring); returns selection.json's content."""
-    if not prm_run and not orm_run:
-        raise ValueError("rerank needs --prm=WORKDIR and/or --orm=WORKDIR (reward model runs)")
     prm.aggregate([1.0], aggregate)  # a bad name fails before anything loads
-    manifest = paths.path(samples[0]) / "manifest.json"
-    task = json.loads(manifest.read_text()).get("task", "gsm8k") if manifest.exists() \
-        else "gsm8k"
-    rows = read_sample_dirs(samples)
+    if len(samples) == 1 and paths.path(samples[0]).is_file():
+        rows, task = read_eval_samples(samples[0])
+    else:
+        manifest = paths.path(samples[0]) / "manifest.json"
+        task = json.loads(manifest.read_text()).get("task", "gsm8k") if manifest.exists() \
+            else "gsm8k"
+        rows = read_sample_dirs(samples)
+    if not prm_run and not orm_run:
+        print("no --prm or --orm: the model-free selectors only (majority, checked_majority, "
+              "pass_at_n)", flush=True)
     keys = [(r["problem"], r["sample"]) for r in rows]
     if len(set(keys)) < len(keys):
         raise ValueError(f"{', '.join(samples)}: (problem, sample) pairs repeat; give one "
@@ -369,6 +376,25 @@ def run_rerank(samples: Sequence[str], out: str, *, prm_run: str | None = None,
     return result
 
 
+def read_eval_samples(path: str) -> tuple[list[dict], str]:
+    """(sample rows, task) of a `cotjax eval` predictions file with maj@N samples (each row's
+    `samples`, in order), every sample scored again from its generation (answers and step
+    reports, as `cotjax sample` writes them); the task is the summary's beside it."""
+    summary = summary_path_for(path)
+    task = json.loads(summary.read_text()).get("task", "gsm8k") if summary.exists() \
+        else "gsm8k"
+    rows = []
+    for n, (where, row) in enumerate(read_json_lines(path)):
+        if not isinstance(row.get("samples"), list) or not row["samples"]:
+            raise ValueError(f"{where}: no 'samples' list (rerank reads `cotjax sample` "
+                             "directories or `cotjax eval` predictions with maj@N samples)")
+        rows += [{"problem": n, "sample": k, "id": row.get("id"), "question": row["question"],
+                  "generation": x["generation"],
+                  **scoring.score_prediction(x["generation"], row["gold"], task)}
+                 for k, x in enumerate(row["samples"])]
+    return rows, task
+
+
 def reselect(out: str, aggregate: str | None = None) -> dict:
     """selection.json again from OUT/predictions.jsonl (every sample's scores are there): no
     model needed; the provenance fields are kept from OUT/selection.json."""
@@ -380,7 +406,9 @@ def reselect(out: str, aggregate: str | None = None) -> dict:
         p = json.loads(line)
         groups[p["problem"]] = [{"problem": p["problem"], "sample": s["sample"],
                                  "extracted": s["answer"], "correct": s["correct"],
-                                 "gold": p["gold"]} for s in p["samples"]]
+                                 "gold": p["gold"], **({"all_steps_valid": s["all_steps_valid"]}
+                                                       if "all_steps_valid" in s else {})}
+                                for s in p["samples"]]
         for s in p["samples"]:
             for k in ("prm", "orm"):
                 if k in s:
@@ -401,6 +429,8 @@ def write_rerank(out: str, groups: dict, n_max: int, scores: dict, final: dict,
             "selected": final[p],
             "samples": [{"sample": r["sample"], "answer": r["extracted"],
                          "correct": r["correct"],
+                         **({"all_steps_valid": r["all_steps_valid"]}
+                            if "all_steps_valid" in r else {}),
                          **{k: s[(p, r["sample"])] for k, s in scores.items()}}
                         for r in rows[:n_max]]}))
     paths.write_text(out_dir / "predictions.jsonl", "\n".join(lines) + "\n")

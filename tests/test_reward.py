@@ -106,6 +106,12 @@ def test_reward_targets_of_prm_and_orm_lines():
     assert prm.reward_target(line, "prm", "soft", "f:1")[2] == [1.0, 0.25, 0.0]
     gen, ends2, labels = prm.reward_target(line, "orm", where="f:1")
     assert ends2 == ends and labels == [None, None, 0.0]
+    # the step checker's verdicts: a step without a claim (None) is read but not trained
+    line["steps"][0]["checker"], line["steps"][1]["checker"] = None, 0
+    assert prm.reward_target(line, "prm", "checker", "f:1")[2] == [None, 0.0, 0.0]
+    line["steps"][1]["checker"] = True
+    with pytest.raises(ValueError, match="f:1: step 2: label 'checker' must be in"):
+        prm.reward_target(line, "prm", "checker", "f:1")
 
 
 @pytest.mark.parametrize("break_it, message", [
@@ -322,6 +328,12 @@ def test_selectors_on_a_hand_made_score_table():
         {"answer": None, "correct": False}
     with pytest.raises(ValueError, match="aggregate must be one of"):
         prm.aggregate([0.5], "mean")
+    # the model-free verifier: the majority of the samples whose claims all hold, else of all
+    checked = prm.select_answers(answers, "5", "gsm8k", checked=[False, True, False, True, False])
+    assert checked["checked_majority"] == {"answer": "5", "correct": True}
+    assert checked["majority"]["answer"] == "3" and "prm_best" not in checked
+    none = prm.select_answers(answers, "5", "gsm8k", checked=[False, False, False, True, False])
+    assert none["checked_majority"]["answer"] == "3"  # the one checked sample has no answer
 
 
 def test_rerank_writes_every_selector_and_the_paired_test(prm_run, label_dir, tmp_path):
@@ -331,8 +343,8 @@ def test_rerank_writes_every_selector_and_the_paired_test(prm_run, label_dir, tm
     from cotjax.answers import extract_answer
 
     (samples / "samples-00000-of-00001.jsonl").write_text("".join(
-        json.dumps({**x, "extracted": extract_answer(x["generation"], "gsm8k")}) + "\n"
-        for x in rows))
+        json.dumps({**x, "extracted": extract_answer(x["generation"], "gsm8k"),
+                    "all_steps_valid": x["correct"]}) + "\n" for x in rows))
     (samples / "manifest.json").write_text(json.dumps({"task": "gsm8k"}))
     orm_root = tmp_path / "orm"
     c = reward_config(prm_run["tok"], label_dir, objective="orm", steps=2)
@@ -340,8 +352,11 @@ def test_rerank_writes_every_selector_and_the_paired_test(prm_run, label_dir, tm
     got = rerank.run_rerank([str(samples)], str(tmp_path / "out"),
                             prm_run=str(prm_run["workdir"]), orm_run=str(orm_root))
     saved = json.loads((tmp_path / "out" / "selection.json").read_text())
-    for key in ("majority", "orm_best", "prm_best", "prm_weighted", "pass_at_n"):
+    for key in prm.SELECTORS:
         assert set(saved[key]) == {"accuracy", "n"} and saved[key]["n"] == 4
+    assert saved["checked_majority"]["accuracy"] == 1.0  # here the checked chains are the right
+    assert "checked_majority" in saved["paired_vs_majority"]
+    assert rerank.reselect(str(tmp_path / "out")) == saved  # the checker's verdicts are kept
     assert saved["pass_at_n"]["accuracy"] == 1.0 and 0 <= saved["mcnemar_p"] <= 1
     assert set(saved["by_n"]) == {"1", "2", "4"} and set(saved["by_aggregate"]) == \
         {"min", "prod", "last"}
@@ -354,6 +369,31 @@ def test_rerank_writes_every_selector_and_the_paired_test(prm_run, label_dir, tm
     # the reverse: an ORM given as --prm
     with pytest.raises(ValueError, match="train.objective=orm; --prm needs"):
         rerank.run_rerank([str(samples)], str(tmp_path / "o2"), prm_run=str(orm_root))
+
+
+def test_rerank_without_a_model_votes_among_the_checked_samples_of_an_eval_file(tmp_path):
+    """`cotjax rerank` on a `cotjax eval` maj@N predictions file, no reward model: each
+    sample is scored again from its generation (its step report too) and the model-free
+    selectors are compared; a predictions file without samples is refused at its line."""
+    right, wrong = "3 + 4 = 7.\nThe answer is 7.", "3 + 4 = 8.\nThe answer is 8."
+    off = "3 + 4 = 9.\nThe answer is 9."
+    rows = [{"id": "a", "question": "3 + 4?", "gold": "7", "samples": [
+        {"generation": g} for g in (wrong, right, off, wrong)]},
+        {"id": "b", "question": "3 + 4?", "gold": "7", "samples": [
+            {"generation": g} for g in (right, off, off, right)]}]
+    path = tmp_path / "maj_predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "maj_summary.json").write_text(json.dumps({"task": "gsm8k"}))
+    got = rerank.run_rerank([str(path)], str(tmp_path / "out"))
+    assert got["majority"]["accuracy"] == 0.5  # "8" wins problem a, "7" (first seen) problem b
+    assert got["checked_majority"]["accuracy"] == 1.0 and got["pass_at_n"]["accuracy"] == 1.0
+    assert got["paired_vs_majority"]["checked_majority"]["only_a"] == 1
+    assert "prm_best" not in got and got["prm"] is None
+    assert rerank.reselect(str(tmp_path / "out")) == json.loads(
+        (tmp_path / "out" / "selection.json").read_text())
+    path.write_text(json.dumps({"id": "a", "question": "q", "gold": "1"}) + "\n")
+    with pytest.raises(ValueError, match="maj_predictions.jsonl:1: no 'samples' list"):
+        rerank.run_rerank([str(path)], str(tmp_path / "out2"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,6 +426,24 @@ def test_a_reward_model_has_no_causal_lm_export_and_no_vocabulary_flops():
     lm = cfg.replace(head="lm")
     assert metrics.matmul_params(lm) - metrics.matmul_params(cfg) == cfg.d_model * (
         cfg.vocab_size - 1)
+
+
+def test_a_prm_trains_on_the_checker_labels_when_told(byte_tok, tmp_path):
+    """train.reward_labels=checker: the examples carry each step's checker verdict (none where
+    the step has no claim) and the outcome at the answer, not the Monte Carlo labels."""
+    lines = [label_line(p, 0, p + 1, 2, right=p % 2 == 0) for p in range(4)]
+    for x in lines:
+        x["steps"][0]["checker"], x["steps"][1]["checker"] = None, 0
+    (tmp_path / "labels-00000-of-00001.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in lines))
+    c = reward_config("x", tmp_path, reward_labels="checker")
+    both = {}
+    for kind in ("checker", "hard"):
+        c.train.reward_labels = kind
+        both[kind] = sorted(tuple(e.labels[e.weights > 0]) for split in ("train", "validation")
+                            for e in pipeline.load_examples(c, byte_tok, split)[0])
+    assert both["checker"] == sorted((0.0, float(x["correct"])) for x in lines)
+    assert both["hard"] == sorted((1.0, float(x["correct"]), float(x["correct"])) for x in lines)
 
 
 def test_a_reward_objective_needs_labels(byte_tok):

@@ -155,7 +155,9 @@ def test_step_label_run_figures():
 
 
 PRM_RUNS = {"synthetic": "2 epochs, lr 5e-5", "synthetic_e6": "6 epochs, lr 1e-4",
-            "synthetic_x3": "3x the labels (864 chains), 2 epochs, lr 5e-5, PRM only"}
+            "synthetic_x3": "3x the labels (864 chains), 2 epochs, lr 5e-5, PRM only",
+            "synthetic_x3_checker": "3x the labels, the checker's labels (864 chains), 2 epochs, "
+                                    "lr 5e-5, PRM only"}
 
 
 @pytest.mark.parametrize("name", sorted(PRM_RUNS))
@@ -190,6 +192,70 @@ def test_process_supervision_selection_figures(name):
            f"{saved['within_problem_auroc']['prm_min']['mean']:.2f} / "
            + (f"{saved['within_problem_auroc']['orm']['mean']:.2f} |" if orm else "- |"))
     assert row in _doc("process_supervision.md"), row
+
+
+def test_the_checker_label_prm_is_the_committed_run():
+    root = ROOT / "results/prm/synthetic_x3_checker"
+    config = json.loads((root / "prm_config.json").read_text())
+    assert (config["train"]["objective"], config["train"]["reward_labels"]) == ("prm", "checker")
+    trained = json.loads((root / "prm_train.json").read_text())
+    assert trained["data/examples"] == 864
+    assert (f"held-out label AUROC {trained['val/auroc']:.2f}, label accuracy "
+            f"{trained['val/label_acc']:.2f}") in _doc("process_supervision.md")
+
+
+def test_checked_majority_on_the_committed_synthetic_samples():
+    """The model-free verifier (the vote of the samples whose claims all hold) on the
+    committed 120 x 16 evaluation samples: the figures docs/process_supervision.md quotes."""
+    import gzip
+
+    from cotjax import rerank
+
+    rows = [json.loads(x) for x in gzip.open(
+        ROOT / "results/prm/synthetic/eval_samples/samples-00000-of-00001.jsonl.gz", "rt")]
+    groups = {p: g[:16] for p, g in list(rerank.by_problem(rows).items())[:120]}
+    result, _ = rerank.select_all(groups, {}, "min", "gsm8k")
+    w = result["paired_vs_majority"]["checked_majority"]
+    assert result["majority"]["accuracy"] == 0.4  # the committed runs' majority
+    assert sum(map(len, groups.values())) == 1920
+    checked = [r for g in groups.values() for r in g if r["all_steps_valid"]]
+    quote = (f"checked majority {result['checked_majority']['accuracy']:.3f} against majority "
+             f"{result['majority']['accuracy']:.3f} (+{w['only_a']} / -{w['only_b']}, "
+             f"p = {w['mcnemar_p']:.3f}); {len(checked)} of the 1,920 samples have every claim "
+             f"true, {sum(r['correct'] for r in checked)} of them right")
+    assert quote in " ".join(_doc("process_supervision.md").split()), quote
+
+
+def test_gsm8k_checked_majority_is_the_committed_teacher_samples():
+    """results/prm/gsm8k_checker: `cotjax rerank` with no reward model on the chosen CoT
+    model's committed maj@8 samples; its selection is what its predictions give, every
+    sample's answer is the committed one, and docs/process_supervision.md quotes it."""
+    from cotjax import rerank
+
+    root = ROOT / "results/prm/gsm8k_checker"
+    saved = json.loads((root / "selection.json").read_text())
+    assert rerank.reselect(str(root)) == saved
+    evals = _jsonl(ROOT / "results/gsm8k/cot_lr2e-4_ep2_maj8_predictions.jsonl")
+    preds = _jsonl(root / "predictions.jsonl")
+    assert len(preds) == len(evals) == saved["problems"] == 500
+    for p, e in zip(preds, evals, strict=True):
+        assert [s["correct"] for s in p["samples"]] == [s["correct"] for s in e["samples"]]
+    assert saved["majority"]["accuracy"] == json.loads((
+        ROOT / "results/gsm8k/cot_lr2e-4_ep2_maj8_summary.json").read_text())["maj_accuracy"]
+    w = saved["paired_vs_majority"]["checked_majority"]
+    quote = (f"| {saved['majority']['accuracy']:.3f} | {saved['checked_majority']['accuracy']:.3f}"
+             f" | {saved['pass_at_n']['accuracy']:.3f} | +{w['only_a']} / -{w['only_b']}, "
+             f"p = {w['mcnemar_p']:.3f} |")
+    assert quote in _doc("process_supervision.md"), quote
+    samples = [s for p in preds for s in p["samples"]]
+    checked = [s for s in samples if s["all_steps_valid"]]
+    quote = (f"{len(checked):,} of the {len(samples):,} samples have every claim true, "
+             f"{sum(s['correct'] for s in checked)} of the {sum(s['correct'] for s in samples)} "
+             "right ones among them")
+    assert quote in _doc("process_supervision.md"), quote
+    wrong_checked = sum(not s["correct"] for s in checked)
+    assert f"{wrong_checked:,} wrong samples have every claim true" in \
+        _doc("process_supervision.md")
 
 
 def test_synthetic_prm_experiment_reran_identically_on_the_xeon():
