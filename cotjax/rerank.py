@@ -1,6 +1,8 @@
-"""`cotjax rerank`: choose among N sampled chains with trained reward models.
+"""`cotjax rerank`: choose among N sampled chains with trained reward models (or, with none,
+by the model-free selectors: the vote, the vote of the chains whose claims all hold).
 
-sample shards (`cotjax sample --out=DIR`, N per problem) -> each generation cut where its scores
+sample shards (`cotjax sample --out=DIR`, N per problem; or a `cotjax eval` predictions file
+with maj@N samples, scored again) -> each generation cut where its scores
 are read (every step's end, then the generation's end: cotjax.prm.score_ends) -> packed rows
 (several chains a row, segment ids keep them apart) -> the PRM's and the ORM's scores ->
 selectors (cotjax.prm.select_answers) at N = 1, 2, 4, ... -> OUT/selection.json,
