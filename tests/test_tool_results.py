@@ -223,7 +223,7 @@ def test_checked_majority_on_the_committed_synthetic_samples():
              f"{result['majority']['accuracy']:.3f} (+{w['only_a']} / -{w['only_b']}, "
              f"p = {w['mcnemar_p']:.3f}); {len(checked)} of the 1,920 samples have every claim "
              f"true, {sum(r['correct'] for r in checked)} of them right")
-    assert quote in " ".join(_doc("process_supervision.md").split()), quote
+    assert quote in _doc("process_supervision.md"), quote
 
 
 def test_gsm8k_checked_majority_is_the_committed_teacher_samples():
