@@ -34,7 +34,8 @@ class TrainSpec:
     # (cotjax.loss; docs/process_supervision.md)
     objective: str = "cot"
     # prm: Monte Carlo labels, hard (any rollout right) | soft (the share right), or checker:
-    # the arithmetic step checker's verdict (steps without a claim are read, not trained)
+    # the arithmetic step checker's verdict (steps without a claim are read, not trained; it
+    # needs no rollouts, so `cotjax sample` lines serve as well as `cotjax label-steps` ones)
     reward_labels: str = "hard"
     steps: int = -1  # optimizer steps; -1: as many as data.num_epochs gives
     lr: float = 1e-5
@@ -154,9 +155,9 @@ def get_config():
     c.data.fewshot_seed = 0
     c.data.packer = "first_fit"  # first_fit | best_fit (grain packing transforms)
     c.data.packing_bins = 256  # rows packed at a time: more bins, less padding
-    # Reward models (train.objective prm | orm): a `cotjax label-steps` output directory (orm
-    # also takes a `cotjax sample` output) or one of its jsonl files, and the share of its
-    # problems held out for validation (seeded by validation_seed).
+    # Reward models (train.objective prm | orm): a `cotjax label-steps` output directory (orm,
+    # and prm on checker labels, also take a `cotjax sample` output) or one of its jsonl
+    # files, and the share of its problems held out for validation (seeded by validation_seed).
     c.data.labels = ""
     c.data.labels_validation = 0.1
     c.data.labels_split = "lines"  # the label lines' step rule (label-steps --split); rerank cuts alike

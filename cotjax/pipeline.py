@@ -167,7 +167,8 @@ def _reward_examples(config, tokenizer, split: str) -> tuple[list[Example], reco
     data = config.data
     if not data.get("labels"):
         raise ValueError(f"train.objective={reward_objective(config)} needs --config.data.labels="
-                         "DIR (a `cotjax label-steps` output; orm also takes `cotjax sample`'s)")
+                         "DIR (a `cotjax label-steps` output; orm, and prm on checker labels, also "
+                         "take `cotjax sample`'s)")
     rows = prm.read_label_rows(data.labels)
     problems = [row.get("problem") for _, row in rows]
     held = held_out_problems(problems, float(data.get("labels_validation", 0.1)),

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from cotjax import paths
 from cotjax.answers import answers_equal, chain_of, majority_vote
 from cotjax.defaults import REWARD_OBJECTIVES
-from cotjax.steps import StepDetail, normalise_text
+from cotjax.steps import StepDetail, check_steps, normalise_text
 
 SPLITS = ("lines", "sentences")
 _BOUNDARY = {"lines": re.compile(r"\n"), "sentences": re.compile(r"\n|(?<=[.!?])[^\S\n]+")}
@@ -168,14 +168,26 @@ def reward_target(row: dict, objective: str, labels: str = "hard", where: str = 
     """(generation, ends, labels) of a labelled line: the character offsets in the generation
     after which a reward model's score is read, and the label of each (None: read, not
     trained). objective 'prm' needs a `cotjax label-steps` line (its steps, checked against its
-    chain); 'orm' takes any line with a generation and `correct` (sample lines too)."""
+    chain), or with `labels='checker'` also a `cotjax sample` line (the checker labels its steps
+    here); 'orm' takes any line with a generation and `correct` (sample lines too)."""
     if objective not in REWARD_OBJECTIVES:
         raise ValueError(f"reward objective must be prm or orm, got {objective!r}")
     if labels not in LABEL_KINDS:
         raise ValueError(f"train.reward_labels must be one of {LABEL_KINDS}, got {labels!r}")
     generation = _field(row, "generation", str, where)
     correct = float(_field(row, "correct", bool, where))
-    if objective == "prm":
+    if objective == "prm" and "chain" not in row and labels == "checker":
+        # a `cotjax sample` line: the checker's verdicts need no rollouts, so they are made here
+        chain = chain_of(generation, task)
+        spans = split_steps(chain, rule)
+        claims = check_steps(chain).steps
+        step_labels = [None if (v := checker_label(s, claims)[0]) is None else float(v)
+                       for s in spans]
+    elif objective == "prm":
+        if "chain" not in row:
+            raise ValueError(f"{where}: no 'chain' (a `cotjax sample` line?): Monte Carlo "
+                             f"labels ({labels}) need `cotjax label-steps` lines; "
+                             "train.reward_labels=checker also reads sample lines")
         if row.get("split", rule) != rule:
             raise ValueError(f"{where}: steps split by {row.get('split')!r}, the run reads "
                              f"{rule!r} steps (data.labels_split)")

@@ -248,6 +248,7 @@ echo "$*" >> {calls}
     stages = [line.split()[0] for line in lines]
     assert stages == ["synthetic", "synthetic", "train", "export", "sample", "label-steps",
                       "train", "train", "sample", "rerank"]
+    assert lines[5].endswith(f"--out={runs}/labels --max_chains=-1")
     assert f"--workdir={runs}/prm" in lines[6] and "--config.train.objective=prm" in lines[6]
     assert f"--config.model={runs}/policy_hf" in lines[7] and \
         f"--config.data.labels={runs}/labels" in lines[7] and "objective=orm" in lines[7]
@@ -270,6 +271,17 @@ echo "$*" >> {calls}
     lines = calls.read_text().splitlines()
     assert [x.split()[0] for x in lines].count("train") == 2  # the policy and the PRM
     assert "objective=orm" not in "".join(lines) and "--orm" not in lines[-1]
+    # free labels on every sampled chain, Monte Carlo labels on the first LABEL_CHAINS
+    calls.unlink()
+    free = {**env, "REWARD_DATA": f"{runs}/label_samples", "LABEL_CHAINS": "64",
+            "REWARD_TAG": "_free"}
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                          env=free).returncode == 0
+    lines = calls.read_text().splitlines()
+    assert [x.split()[0] for x in lines] == ["synthetic", "synthetic", "train", "train",
+                                              "rerank"]  # the labels stage was already done
+    assert all(f"--config.data.labels={runs}/label_samples " in x for x in lines[2:4])
+    assert lines[-1].startswith(f"rerank --samples={runs}/eval_samples --prm={runs}/prm_free")
     wrong = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
                            env={**env, "REWARD_OBJECTIVES": "orm"})
     assert wrong.returncode != 0 and "REWARD_OBJECTIVES must be" in wrong.stderr

@@ -446,6 +446,50 @@ def test_a_prm_trains_on_the_checker_labels_when_told(byte_tok, tmp_path):
     assert both["hard"] == sorted((1.0, float(x["correct"]), float(x["correct"])) for x in lines)
 
 
+def sample_line(problem: int, generation: str, correct: bool) -> dict:
+    """A `cotjax sample` line's fields that reward training reads (no chain, no MC labels)."""
+    return {"problem": problem, "sample": 0, "question": f"Question {problem}?",
+            "generation": generation, "correct": correct, "steps": [{"ok": True}]}
+
+
+def test_checker_labels_of_a_sample_line_are_those_label_steps_writes():
+    """A PRM on checker labels reads `cotjax sample` lines directly: the checker's verdicts of
+    their steps, the same targets as the `cotjax label-steps` line of the same chain."""
+    gen = ("Weng earns 12/60=$0.2 per minute.\nShe works 50 minutes.\n"
+           "0.2 x 50 = $11.\nThe answer is 11.")
+    row = sample_line(0, gen, False)
+    got = prm.reward_target(row, "prm", "checker", "f:1")
+    assert got[2] == [1.0, None, 0.0, 0.0]  # valid claim, no claim, false claim, the outcome
+    assert [gen[:e].splitlines()[-1] for e in got[1]] == gen.splitlines()
+    from cotjax import label_steps
+    chain = label_steps.Chain(0, {**row, "gold": "10"}, prm.chain_of(gen, "gsm8k"),
+                              tuple(prm.split_steps(prm.chain_of(gen, "gsm8k"))))
+    written = label_steps._line(chain, {k: ["10"] for k in (1, 2, 3)},
+                                {"samples": "s", "model": "m", "split": "lines",
+                                 "rollouts": 1}, "gsm8k")
+    assert prm.reward_target(written, "prm", "checker", "f:1") == got
+    with pytest.raises(ValueError, match="f:1: no 'chain' .* Monte Carlo labels \\(hard\\) "
+                                         "need `cotjax label-steps` lines"):
+        prm.reward_target(row, "prm", "hard", "f:1")
+
+
+def test_a_checker_prm_trains_on_a_sample_directory(byte_tok, tmp_path):
+    gens = ["2 + 3 = 5.\nThe answer is 5.", "2 + 3 = 6.\nThe answer is 6.",
+            "Add them.\nThe answer is 5.", "4 * 2 = 8.\n8 - 1 = 7.\nThe answer is 7."]
+    lines = [sample_line(p, g, c) for p, (g, c) in enumerate(zip(gens, (1, 0, 1, 1)))]
+    for x in lines:
+        x["correct"] = bool(x["correct"])
+    (tmp_path / "samples-00000-of-00001.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in lines))
+    c = reward_config("x", tmp_path, reward_labels="checker")
+    got = sorted(tuple(e.labels[e.weights > 0]) for split in ("train", "validation")
+                 for e in pipeline.load_examples(c, byte_tok, split)[0])
+    assert got == sorted([(1.0, 1.0), (0.0, 0.0), (1.0,), (1.0, 1.0, 1.0)])
+    c.train.reward_labels = "hard"
+    with pytest.raises(ValueError, match=r"samples-00000-of-00001.jsonl:\d: no 'chain'"):
+        pipeline.load_examples(c, byte_tok, "train")
+
+
 def test_a_reward_objective_needs_labels(byte_tok):
     c = tiny_config("x", objective="orm")
     with pytest.raises(ValueError, match="needs --config.data.labels"):
