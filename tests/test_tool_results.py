@@ -806,6 +806,29 @@ def test_the_retrained_smollm2_teacher_is_the_committed_sweep_run():
     assert mine == committed
 
 
+def test_the_xeon_retrained_smollm2_teacher_answers_as_the_committed_one():
+    """results/teachers/smollm2_cot_xeon: the chosen CoT model trained a third time (on the
+    Xeon, resumed twice): its validation losses stay within 1e-4 of the committed run's, and its
+    greedy evaluation gets the same problems right, most texts identical, as the doc says."""
+    root = ROOT / "results/teachers/smollm2_cot_xeon"
+    mine = {r["step"]: r["val/loss"] for r in _jsonl(root / "metrics.jsonl") if "val/loss" in r}
+    committed = {r["step"]: r["val/loss"] for r in
+                 _jsonl(ROOT / "results/gsm8k/sweep/cot_lr2e-4_ep2_metrics.jsonl")
+                 if "val/loss" in r}
+    assert set(committed) <= set(mine)
+    assert max(abs(mine[s] - committed[s]) for s in committed) < 1e-4
+    a = _jsonl(root / "predictions.jsonl")
+    b = _jsonl(ROOT / "results/gsm8k/sweep/cot_lr2e-4_ep2_predictions.jsonl")
+    assert [x["id"] for x in a] == [x["id"] for x in b]
+    assert [x["correct"] for x in a] == [x["correct"] for x in b]
+    same = sum(x["generation"] == y["generation"] for x, y in zip(a, b))
+    s = json.loads((root / "summary.json").read_text())
+    quote = (f"final validation loss {mine[688]:.7f} against {committed[688]:.7f}; greedy, "
+             f"{same} of its 500 texts are the committed ones and it gets the same "
+             f"{s['correct']} problems right")
+    assert quote in _doc("experiments/gsm8k_smollm2.md"), quote
+
+
 def test_chosen_smollm2_model_with_the_calculator_figures():
     """results/calculator/smollm2_cot/with against the same model's committed greedy answers
     (results/gsm8k/sweep, bitwise the same checkpoint: the test above), as docs/calculator.md
