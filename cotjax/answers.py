@@ -174,5 +174,7 @@ def chain_of(generation: str, task: str) -> str:
     """The reasoning before the answer statement (the whole generation when it states none),
     without a GSM8K `#### N` answer line the model wrote before its statement."""
     chain = chain_before_answer(generation, task)
-    chain = generation if chain is None else chain
+    # normalised either way (as chain_before_answer reads it), so a chain cut by the length
+    # limit has the same characters as one with a statement: unicode signs as ASCII
+    chain = normalise_text(generation) if chain is None else chain
     return re.split(r"(?m)^[^\S\n]*####", chain)[0].strip()

@@ -473,6 +473,16 @@ def test_checker_labels_of_a_sample_line_are_those_label_steps_writes():
         prm.reward_target(row, "prm", "hard", "f:1")
 
 
+@pytest.mark.parametrize("objective", ["prm", "orm"])
+def test_a_chain_cut_by_the_length_limit_with_unicode_signs_is_read(objective):
+    """Found on real GSM8K samples: a chain with no answer statement (cut at max_new_tokens)
+    and an en dash or a times sign is read like one with a statement (normalised)."""
+    gen = "Tony worked 8 hours \u2013 6 hours = 2 hours.\nThen 2 \u00d7 3 = 7 and so"
+    got = prm.reward_target(sample_line(0, gen, False), objective, "checker", "f:1")
+    assert [gen[:e].splitlines()[-1] for e in got[1]] == gen.splitlines()
+    assert got[2] == ([1.0, 0.0] if objective == "prm" else [None, 0.0])
+
+
 def test_a_checker_prm_trains_on_a_sample_directory(byte_tok, tmp_path):
     gens = ["2 + 3 = 5.\nThe answer is 5.", "2 + 3 = 6.\nThe answer is 6.",
             "Add them.\nThe answer is 5.", "4 * 2 = 8.\n8 - 1 = 7.\nThe answer is 7."]
