@@ -28,7 +28,6 @@ from cotjax.records import CoTRecord
 from cotjax.report import read_sample_dirs, read_samples
 from cotjax.sample import check_manifest, shard_name
 from cotjax.scoring import check_task
-from cotjax.steps import check_steps
 
 KIND = "labels"
 MAX_STEPS = 64  # a chain with more steps is skipped (counted): n * steps prefixes each
@@ -86,10 +85,8 @@ def _settings(config, source, samples, n, split, task, max_chains, count) -> dic
 
 
 def _line(c: Chain, answers: dict[int, list], settings: dict, task: str) -> dict:
-    claims = check_steps(c.chain).steps
-    steps = []
-    for k, span in enumerate(c.spans, 1):
-        label, kind = prm.checker_label(span, claims)
+    steps, verdicts = [], prm.checker_labels(c.chain, c.spans)
+    for k, (span, (label, kind)) in enumerate(zip(c.spans, verdicts), 1):
         soft, hard = prm.mc_label(answers[k], c.row["gold"], task)
         steps.append({"index": k, "text": c.chain[span[0]:span[1]], "span": list(span),
                       "checker": label, "kind": kind, "soft": soft, "hard": hard,

@@ -78,6 +78,12 @@ def checker_label(span: tuple[int, int], claims: Sequence[StepDetail]) -> tuple[
     return 0, "invalid_claim"
 
 
+def checker_labels(chain: str, spans: Sequence[tuple[int, int]]) -> list[tuple[int | None, str]]:
+    """(label, kind) of every step of a chain: the step checker reads the chain once."""
+    claims = check_steps(chain).steps
+    return [checker_label(span, claims) for span in spans]
+
+
 def mc_label(answers: Sequence[str | None], gold: str, task: str) -> tuple[float, int]:
     """(soft, hard) from the final answers of a step's completions."""
     if not answers:
@@ -180,9 +186,7 @@ def reward_target(row: dict, objective: str, labels: str = "hard", where: str = 
         # a `cotjax sample` line: the checker's verdicts need no rollouts, so they are made here
         chain = chain_of(generation, task)
         spans = split_steps(chain, rule)
-        claims = check_steps(chain).steps
-        step_labels = [None if (v := checker_label(s, claims)[0]) is None else float(v)
-                       for s in spans]
+        step_labels = [None if v is None else float(v) for v, _ in checker_labels(chain, spans)]
     elif objective == "prm":
         if "chain" not in row:
             raise ValueError(f"{where}: no 'chain' (a `cotjax sample` line?): Monte Carlo "
