@@ -258,6 +258,52 @@ def test_gsm8k_checked_majority_is_the_committed_teacher_samples():
         _doc("process_supervision.md")
 
 
+def test_gsm8k_n16_model_free_selection_is_the_committed_samples():
+    """results/prm/gsm8k: the GSM8K experiment's 500 x 16 evaluation samples (committed,
+    gzipped) and `cotjax rerank` without a reward model on them: the selection is what the
+    predictions give, every sample's answer and check is the committed sample's, and
+    docs/process_supervision.md quotes the table and the counts."""
+    from cotjax import rerank
+
+    root = ROOT / "results/prm/gsm8k"
+    manifest = json.loads((root / "eval_samples/manifest.json").read_text())
+    assert (manifest["model"], manifest["problems"], manifest["k"], manifest["temperature"]) == (
+        "runs/sweep/cot_lr2e-4_ep2 step 688", 500, 16, 0.7)
+    samples = [json.loads(x) for x in gzip.open(
+        root / "eval_samples/samples-00000-of-00001.jsonl.gz", "rt")]
+    assert len(samples) == 8000
+    saved = json.loads((root / "selection.json").read_text())
+    assert rerank.reselect(str(root)) == saved
+    by_key = {(s["problem"], s["sample"]): s for s in samples}
+    preds = _jsonl(root / "predictions.jsonl")
+    assert len(preds) == saved["problems"] == 500 and saved["samples_per_problem"] == 16
+    for p in preds:
+        for s in p["samples"]:
+            line = by_key[(p["problem"], s["sample"])]
+            assert (s["answer"], s["correct"], s["all_steps_valid"]) == (
+                line["extracted"], line["correct"], line["all_steps_valid"])
+    doc = _doc("process_supervision.md")
+    by_n = saved["by_n"]
+    w = saved["paired_vs_majority"]["checked_majority"]
+    for name, label, tail in (
+            ("majority", "majority", " |"),
+            ("checked_majority", "checked majority",
+             f" +{w['only_a']} / -{w['only_b']}, p = {w['mcnemar_p']:.3f} |"),
+            ("pass_at_n", "pass@N", " |")):
+        row = f"| {label} | " + " | ".join(f"{by_n[n][name]:.3f}" for n in
+                                          ("1", "2", "4", "8", "16")) + " |" + tail
+        assert row in doc, row
+    right = [s for s in samples if s["correct"]]
+    checked = [s for s in samples if s["all_steps_valid"]]
+    quote = (f"One sample is right {100 * len(right) / len(samples):.1f}% of the time "
+             f"({len(right)} of 8,000; greedy decoding gets 8.4%). {len(checked):,} of the 8,000 "
+             f"samples have every claim true, {sum(s['correct'] for s in checked)} of the "
+             f"{len(right)} right ones among them, and {sum(not s['correct'] for s in checked):,} "
+             "wrong samples have every claim true")
+    assert quote in doc, quote
+    assert f"{sum(s['new_tokens'] for s in samples):,} tokens" in doc
+
+
 def test_synthetic_prm_experiment_reran_identically_on_the_xeon():
     """results/prm/synthetic_xeon: the same command on another CPU gave the same labels, the
     same samples and scores (predictions byte for byte) and selection; the doc quotes its
