@@ -304,6 +304,52 @@ def test_gsm8k_n16_model_free_selection_is_the_committed_samples():
     assert f"{sum(s['new_tokens'] for s in samples):,} tokens" in doc
 
 
+def test_gsm8k_checker_prm_rerank_is_the_committed_run():
+    """results/prm/gsm8k_free: the PRM trained on the checker's labels of 2,000 GSM8K chains,
+    reranking the committed 500 x 16 samples: its selection (both aggregates the doc quotes) is
+    what the predictions' step scores give, the model-free selectors are those of the
+    model-free run, and docs/process_supervision.md quotes the table and the training."""
+    from cotjax import rerank
+
+    root = ROOT / "results/prm/gsm8k_free"
+    config = json.loads((root / "prm_config.json").read_text())
+    assert (config["train"]["objective"], config["train"]["reward_labels"],
+            config["data"]["labels"]) == ("prm", "checker", "runs/prm_gsm8k/label_samples")
+    trained = json.loads((root / "prm_train.json").read_text())
+    assert (trained["data/read"], trained["data/examples"]) == (2000, 1800)
+    saved = json.loads((root / "selection.json").read_text())
+    assert rerank.reselect(str(root)) == saved and saved["aggregate"] == "min"
+    free = json.loads((ROOT / "results/prm/gsm8k/selection.json").read_text())
+    for s in ("majority", "checked_majority", "pass_at_n"):
+        assert saved[s] == free[s]
+    committed = {(p["problem"], s["sample"]): s for p in _jsonl(ROOT / "results/prm/gsm8k/predictions.jsonl")
+                 for s in p["samples"]}
+    preds = _jsonl(root / "predictions.jsonl")
+    assert len(preds) == 500
+    for p in preds:
+        for s in p["samples"]:
+            assert {k: v for k, v in s.items() if k != "prm"} == committed[(p["problem"], s["sample"])]
+            assert len(s["prm"]) >= 1 and all(0 < x < 1 for x in s["prm"])
+    doc = _doc("process_supervision.md")
+    auroc = saved["within_problem_auroc"]
+    for how, tail in (("min", f" {auroc['prm_min']['mean']:.2f} / {auroc['prm_prod']['mean']:.2f} |"),
+                      ("prod", " |")):
+        d = rerank.reselect(str(root), how)
+        w = d["paired_vs_majority"]["prm_weighted"]
+        row = (f"{how}` | {d['majority']['accuracy']:.3f} | {d['checked_majority']['accuracy']:.3f} | "
+               f"{d['prm_best']['accuracy']:.3f} | {d['prm_weighted']['accuracy']:.3f} | "
+               f"{d['pass_at_n']['accuracy']:.3f} | +{w['only_a']} / -{w['only_b']}, "
+               f"p = {w['mcnemar_p']:.2f} |" + tail)
+        assert row in doc, row
+    assert (f"held-out label AUROC {trained['val/auroc']:.2f}, label accuracy "
+            f"{trained['val/label_acc']:.2f} against {trained['val/label_pos_frac']:.2f} positive"
+            ) in doc
+    samples = [s for p in preds for s in p["samples"]]
+    at_min = sum(min(s["prm"]) == s["prm"][-1] for s in samples)
+    assert f"is the chain's minimum in {at_min:,} of the 8,000" in doc
+    assert f"product of step scores has AUROC {saved['sample_auroc']['prm_prod']:.2f}" in doc
+
+
 def test_synthetic_prm_experiment_reran_identically_on_the_xeon():
     """results/prm/synthetic_xeon: the same command on another CPU gave the same labels, the
     same samples and scores (predictions byte for byte) and selection; the doc quotes its
