@@ -362,6 +362,38 @@ def test_gsm8k_checker_prm_rerank_is_the_committed_run():
     assert quote in doc, quote
 
 
+def test_gsm8k_orm_rerank_on_the_first_250_problems():
+    """results/prm/gsm8k_orm_250: the ORM trained on the outcome of the same 2,000 GSM8K chains,
+    reranking the first 250 problems' committed samples: selection from the predictions, every
+    sample the committed one, and docs/process_supervision.md quotes the row and the training."""
+    from cotjax import rerank
+
+    root = ROOT / "results/prm/gsm8k_orm_250"
+    config = json.loads((root / "orm_config.json").read_text())
+    assert (config["train"]["objective"], config["data"]["labels"]) == (
+        "orm", "runs/prm_gsm8k/label_samples")
+    trained = json.loads((root / "orm_train.json").read_text())
+    assert (trained["data/read"], trained["data/examples"]) == (2000, 1800)
+    saved = json.loads((root / "selection.json").read_text())
+    assert rerank.reselect(str(root)) == saved and saved["problems"] == 250
+    committed = {(p["problem"], s["sample"]): s for p in _jsonl(ROOT / "results/prm/gsm8k/predictions.jsonl")
+                 for s in p["samples"]}
+    preds = _jsonl(root / "predictions.jsonl")
+    assert [p["problem"] for p in preds] == list(range(250))
+    for p in preds:
+        for s in p["samples"]:
+            assert {k: v for k, v in s.items() if k != "orm"} == committed[(p["problem"], s["sample"])]
+    w = saved["paired_vs_majority"]["orm_best"]
+    row = (f"| ORM on the outcome, first 250 problems | {saved['majority']['accuracy']:.3f} | "
+           f"{saved['checked_majority']['accuracy']:.3f} | {saved['orm_best']['accuracy']:.3f} | "
+           f"{saved['pass_at_n']['accuracy']:.3f} | +{w['only_a']} / -{w['only_b']}, "
+           f"p = {w['mcnemar_p']:.3f} | {saved['within_problem_auroc']['orm']['mean']:.2f} |")
+    doc = _doc("process_supervision.md")
+    assert row in doc, row
+    assert (f"held-out AUROC {trained['val/auroc']:.2f}, accuracy {trained['val/label_acc']:.2f} "
+            f"against {trained['val/label_pos_frac']:.2f} positive") in doc
+
+
 def test_synthetic_prm_experiment_reran_identically_on_the_xeon():
     """results/prm/synthetic_xeon: the same command on another CPU gave the same labels, the
     same samples and scores (predictions byte for byte) and selection; the doc quotes its
