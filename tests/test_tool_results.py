@@ -304,6 +304,12 @@ def test_gsm8k_n16_model_free_selection_is_the_committed_samples():
     assert f"{sum(s['new_tokens'] for s in samples):,} tokens" in doc
 
 
+def _gsm8k_model_free_samples():
+    """{(problem, sample): the sample as results/prm/gsm8k's model-free rerank wrote it}."""
+    return {(p["problem"], s["sample"]): s
+            for p in _jsonl(ROOT / "results/prm/gsm8k/predictions.jsonl") for s in p["samples"]}
+
+
 def test_gsm8k_checker_prm_rerank_is_the_committed_run():
     """results/prm/gsm8k_free: the PRM trained on the checker's labels of 2,000 GSM8K chains,
     reranking the committed 500 x 16 samples: its selection (both aggregates the doc quotes) is
@@ -322,8 +328,7 @@ def test_gsm8k_checker_prm_rerank_is_the_committed_run():
     free = json.loads((ROOT / "results/prm/gsm8k/selection.json").read_text())
     for s in ("majority", "checked_majority", "pass_at_n"):
         assert saved[s] == free[s]
-    committed = {(p["problem"], s["sample"]): s for p in _jsonl(ROOT / "results/prm/gsm8k/predictions.jsonl")
-                 for s in p["samples"]}
+    committed = _gsm8k_model_free_samples()
     preds = _jsonl(root / "predictions.jsonl")
     assert len(preds) == 500
     for p in preds:
@@ -376,8 +381,7 @@ def test_gsm8k_orm_rerank_on_the_first_250_problems():
     assert (trained["data/read"], trained["data/examples"]) == (2000, 1800)
     saved = json.loads((root / "selection.json").read_text())
     assert rerank.reselect(str(root)) == saved and saved["problems"] == 250
-    committed = {(p["problem"], s["sample"]): s for p in _jsonl(ROOT / "results/prm/gsm8k/predictions.jsonl")
-                 for s in p["samples"]}
+    committed = _gsm8k_model_free_samples()
     preds = _jsonl(root / "predictions.jsonl")
     assert [p["problem"] for p in preds] == list(range(250))
     for p in preds:
