@@ -54,7 +54,7 @@ FLAG_SPECS = {
                            "(train.objective=prm)"),
     "orm": ("string", None, "rerank: an outcome reward model run (train.objective=orm)"),
     "aggregate": ("string", "min", "rerank, search: a chain's PRM score from its steps' (min | prod | "
-                                   "last)"),
+                                   "last | step_min)"),
     "max_problems": ("integer", -1, "rerank: the first P problems only (-1: all)"),
     "human": ("string", None, "distill: add the human chains of 'train' (the config's split) or "
                               "of a raw GSM8K file"),

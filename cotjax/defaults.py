@@ -208,7 +208,7 @@ def get_config():
     # every selector (majority, orm_best, prm_best, prm_weighted, pass@N) in summary["rerank"].
     c.eval.prm = ""  # a run trained with train.objective=prm
     c.eval.orm = ""  # a run trained with train.objective=orm
-    c.eval.prm_aggregate = "min"  # a chain's PRM score from its steps': min | prod | last
+    c.eval.prm_aggregate = "min"  # a chain's PRM score from its steps': min | prod | last | step_min
     # `cotjax search` (cotjax/search.py): step-level beam search guided by a PRM (--prm=RUN).
     c.eval.beam_width = 4  # partial chains kept after each step
     c.eval.beam_expand = 4  # continuations sampled from each kept chain per step

@@ -21,7 +21,7 @@ makes tokens of them.
 
 Selectors. From N scored samples of a problem: `majority` (the most frequent answer), `orm_best`
 (the answer of the sample with the best outcome score), `prm_best` (the best chain by its
-aggregated step scores: `min`, `prod` or `last`), `prm_weighted` (answers voted with the sum of
+aggregated step scores: `min`, `prod`, `last` or `step_min`), `prm_weighted` (answers voted with the sum of
 their chains' aggregated scores; Uesato et al. 2022, Li et al. 2023), and `pass_at_n` (any sample
 right: the ceiling of every selector).
 
@@ -244,14 +244,17 @@ def score_ends(generation: str, task: str = "gsm8k", rule: str = "lines",
 # ---------------------------------------------------------------------------------------------
 # Selectors over N scored samples of a problem.
 
-AGGREGATES = ("min", "prod", "last")
+AGGREGATES = ("min", "prod", "last", "step_min")
 SELECTORS = ("majority", "checked_majority", "orm_best", "prm_best", "prm_weighted",
              "pass_at_n")
 
 
 def aggregate(scores: Sequence[float], how: str) -> float:
-    """A chain's score from its step scores (probabilities): the weakest step (`min`), all
-    steps right (`prod`), or the score read at the end (`last`)."""
+    """A chain's score from its step scores (probabilities): the weakest read point (`min`), all
+    right (`prod`), the score read at the end (`last`), or the weakest step end (`step_min`:
+    `min` without the end-of-generation score, which a PRM learns from the chain's outcome, so
+    that when right chains are rare it is every chain's minimum and `min` becomes `last`; a
+    chain with no step before its answer keeps that score)."""
     if how not in AGGREGATES:
         raise ValueError(f"PRM aggregate must be one of {AGGREGATES}, got {how!r}")
     if not scores:
@@ -260,6 +263,8 @@ def aggregate(scores: Sequence[float], how: str) -> float:
         return min(scores)
     if how == "prod":
         return math.prod(scores)
+    if how == "step_min":
+        return min(scores[:-1] or scores)
     return scores[-1]
 
 

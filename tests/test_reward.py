@@ -324,6 +324,10 @@ def test_selectors_on_a_hand_made_score_table():
     last = prm.select_answers(answers, "5", "gsm8k", steps, how="last")
     assert last["prm_best"]["answer"] == "5" and last["prm_weighted"]["answer"] == "5"
     assert "orm_best" not in last
+    # step_min leaves out the end-of-generation score (the last), unless it is the only one
+    assert prm.aggregate([0.3, 0.9, 0.1], "step_min") == 0.3 and prm.aggregate([0.4], "step_min") == 0.4
+    step_min = prm.select_answers(answers, "3", "gsm8k", steps, how="step_min")
+    assert step_min["prm_best"]["answer"] == "3"  # 0.9 beats 0.8 (min picks "3.0" by 0.7)
     assert prm.select_answers([None, None], "1", "gsm8k", [[0.5], [0.4]])["prm_best"] == \
         {"answer": None, "correct": False}
     with pytest.raises(ValueError, match="aggregate must be one of"):
@@ -359,7 +363,7 @@ def test_rerank_writes_every_selector_and_the_paired_test(prm_run, label_dir, tm
     assert rerank.reselect(str(tmp_path / "out")) == saved  # the checker's verdicts are kept
     assert saved["pass_at_n"]["accuracy"] == 1.0 and 0 <= saved["mcnemar_p"] <= 1
     assert set(saved["by_n"]) == {"1", "2", "4"} and set(saved["by_aggregate"]) == \
-        {"min", "prod", "last"}
+        {"min", "prod", "last", "step_min"}
     assert got["by_n"]["4"]["majority"] == saved["majority"]["accuracy"]
     preds = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text()
              .splitlines()]

@@ -353,17 +353,12 @@ def test_gsm8k_checker_prm_rerank_is_the_committed_run():
     at_min = sum(min(s["prm"]) == s["prm"][-1] for s in samples)
     assert f"is the chain's minimum in {at_min:,} of the 8,000" in doc
     assert f"product of step scores has AUROC {saved['sample_auroc']['prm_prod']:.2f}" in doc
-    # `min` over the step ends alone: the end-of-generation score (trained on the outcome) dropped
-    groups = {p["problem"]: [{"problem": p["problem"], "sample": s["sample"], "extracted": s["answer"],
-                              "correct": s["correct"], "gold": p["gold"]} for s in p["samples"]]
-              for p in preds}
-    steps_only = {(p["problem"], s["sample"]): s["prm"][:-1] or s["prm"] for p in preds
-                  for s in p["samples"]}
-    d, _ = rerank.select_all(groups, {"prm": steps_only}, "min", "gsm8k")
+    # aggregate `step_min`: `min` without the end-of-generation score (trained on the outcome)
+    d = rerank.reselect(str(root), "step_min")
     w = d["paired_vs_majority"]["prm_weighted"]
     quote = (f"PRM-best {d['prm_best']['accuracy']:.3f}, PRM-weighted {d['prm_weighted']['accuracy']:.3f}"
              f" (+{w['only_a']} / -{w['only_b']}, p = {w['mcnemar_p']:.2f}), within-problem AUROC "
-             f"{d['within_problem_auroc']['prm_min']['mean']:.2f}.")
+             f"{auroc['prm_step_min']['mean']:.2f}.")
     assert quote in doc, quote
 
 
