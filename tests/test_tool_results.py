@@ -393,6 +393,89 @@ def test_gsm8k_orm_rerank_on_the_first_250_problems():
             f"against {trained['val/label_pos_frac']:.2f} positive") in doc
 
 
+def _positive(chains):
+    """The share of hard MC labels that are 1 over the steps of labelled chains."""
+    steps = [s["hard"] for x in chains for s in x["steps"]]
+    return sum(steps) / len(steps)
+
+def test_gsm8k_mc_label_prm_rerank_is_the_committed_run():
+    """results/prm/gsm8k_mc: Monte Carlo labels of 512 GSM8K chains (8 rollouts a step), a PRM
+    trained on them, reranking the committed 500 x 16 samples: the labels add up to the
+    agreement file and follow from their rollouts, the selection (three aggregates) is what the
+    predictions' step scores give, every sample is the committed one, and
+    docs/process_supervision.md quotes the labels, the training and the table."""
+    from cotjax import prm, rerank
+
+    root = ROOT / "results/prm/gsm8k_mc"
+    lines = [json.loads(x) for x in gzip.open(root / "labels/labels-00000-of-00001.jsonl.gz", "rt")]
+    agree = json.loads((root / "agreement-00000.json").read_text())
+    assert prm.agreement(lines) == agree and agree["chains"] == len(lines) == 512
+    for line in lines:
+        assert len(line["steps"]) >= 1 and line["rollouts"] == 8
+        for s in line["steps"]:
+            assert line["chain"][s["span"][0]:s["span"][1]] == s["text"] and len(s["answers"]) == 8
+            assert (s["soft"], s["hard"]) == prm.mc_label(s["answers"], line["gold"], "gsm8k")
+    right = [x for x in lines if x["correct"]]
+    wrong = [x for x in lines if not x["correct"]]
+    recoverable = sum(any(s["hard"] for s in x["steps"]) for x in wrong)
+    problems = {x["problem"] for x in lines}
+    positive = {x["problem"] for x in lines if any(s["hard"] for s in x["steps"])}
+    totals = json.loads((root / "labels.json").read_text())
+    assert (totals["completions"], totals["steps"]) == (8 * agree["steps"], agree["steps"])
+    config = json.loads((root / "prm_config.json").read_text())
+    assert (config["train"]["objective"], config["train"]["reward_labels"],
+            config["data"]["labels"]) == ("prm", "hard", "runs/prm_gsm8k/labels")
+    trained = json.loads((root / "prm_train.json").read_text())
+    assert trained["data/read"] == 512
+    saved = json.loads((root / "selection.json").read_text())
+    assert rerank.reselect(str(root)) == saved and saved["aggregate"] == "min"
+    free = json.loads((ROOT / "results/prm/gsm8k/selection.json").read_text())
+    for s in ("majority", "checked_majority", "pass_at_n"):
+        assert saved[s] == free[s]
+    committed = _gsm8k_model_free_samples()
+    preds = _jsonl(root / "predictions.jsonl")
+    assert len(preds) == 500
+    for p in preds:
+        for s in p["samples"]:
+            assert {k: v for k, v in s.items() if k != "prm"} == committed[(p["problem"], s["sample"])]
+            assert len(s["prm"]) >= 1 and all(0 < x < 1 for x in s["prm"])
+    doc = _doc("process_supervision.md")
+    k = agree["by_kind"]
+    row = (f"| {agree['chains']} | {agree['steps']:,} | {agree['mc_hard_positive']:.3f} | "
+           f"{agree['checker_positive']:.3f} | {agree['agreement']:.3f} | "
+           f"{k['valid_claims']['mc_hard_positive']:.3f} (of {k['valid_claims']['steps']:,}) / "
+           f"{k['invalid_claim']['mc_hard_positive']:.3f} (of {k['invalid_claim']['steps']}) |")
+    assert row in doc, row
+    for quote in (f"the first {len(problems)} training problems, 4 chains each; {len(right)} of them right",
+                  f"{totals['completions']:,} completions, {totals['new_tokens']:,} tokens, "
+                  f"{totals['seconds']:,.0f} s", f"{recoverable} of the {len(wrong)} wrong chains",
+                  f"{len(positive)} of the {len(problems)} problems have a positive step",
+                  f"{k['invalid_claim']['mc_hard_positive']:.1%} of the time, after a step whose "
+                  f"claims hold {k['valid_claims']['mc_hard_positive']:.1%}",
+                  f"{agree['confusion']['mc0_checker1']} steps the checker passes",
+                  f"Steps of right chains are positive {_positive(right):.0%} of the time, of wrong "
+                  f"chains {_positive(wrong):.0%}"):
+        assert quote in doc, quote
+    positives = [s for x in lines for s in x["steps"] if s["hard"]]
+    one_of_8 = sum(s["soft"] == 0.125 for s in positives)
+    samples = [s for p in preds for s in p["samples"]]
+    at_end = sum(min(s["prm"]) == s["prm"][-1] for s in samples)
+    for quote in (f"here {len(positives)} steps of all {agree['steps']:,} are positive, and {one_of_8} of "
+                  f"the {len(positives)} positive steps are 1 of 8 rollouts",
+                  f"minimum in {at_end:,} of the 8,000"):
+        assert quote in doc, quote
+    for how in ("min", "step_min", "prod"):
+        d = rerank.reselect(str(root), how)
+        w = d["paired_vs_majority"]["prm_weighted"]
+        row = (f"`{how}` | {d['prm_best']['accuracy']:.3f} | {d['prm_weighted']['accuracy']:.3f} | "
+               f"+{w['only_a']} / -{w['only_b']}, p = {w['mcnemar_p']:.2f} | "
+               f"{d['within_problem_auroc'][f'prm_{how}']['mean']:.2f} |")
+        assert row in doc, row
+    assert (f"held-out label AUROC {trained['val/auroc']:.2f}, label accuracy "
+            f"{trained['val/label_acc']:.2f} against {trained['val/label_pos_frac']:.2f} positive"
+            ) in doc
+
+
 def test_synthetic_prm_experiment_reran_identically_on_the_xeon():
     """results/prm/synthetic_xeon: the same command on another CPU gave the same labels, the
     same samples and scores (predictions byte for byte) and selection; the doc quotes its
