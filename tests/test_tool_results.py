@@ -310,6 +310,27 @@ def _gsm8k_model_free_samples():
             for p in _jsonl(ROOT / "results/prm/gsm8k/predictions.jsonl") for s in p["samples"]}
 
 
+def _gsm8k_prm_rerank(root):
+    """(selection, predictions) of a PRM's rerank of the committed GSM8K 500 x 16 samples, after
+    checking that the selection is what the predictions' step scores give, the model-free
+    selectors are the model-free run's, and every sample is the committed one."""
+    from cotjax import rerank
+
+    saved = json.loads((root / "selection.json").read_text())
+    assert rerank.reselect(str(root)) == saved and saved["aggregate"] == "min"
+    free = json.loads((ROOT / "results/prm/gsm8k/selection.json").read_text())
+    for s in ("majority", "checked_majority", "pass_at_n"):
+        assert saved[s] == free[s]
+    committed = _gsm8k_model_free_samples()
+    preds = _jsonl(root / "predictions.jsonl")
+    assert len(preds) == 500
+    for p in preds:
+        for s in p["samples"]:
+            assert {k: v for k, v in s.items() if k != "prm"} == committed[(p["problem"], s["sample"])]
+            assert len(s["prm"]) >= 1 and all(0 < x < 1 for x in s["prm"])
+    return saved, preds
+
+
 def test_gsm8k_checker_prm_rerank_is_the_committed_run():
     """results/prm/gsm8k_free: the PRM trained on the checker's labels of 2,000 GSM8K chains,
     reranking the committed 500 x 16 samples: its selection (both aggregates the doc quotes) is
@@ -323,18 +344,7 @@ def test_gsm8k_checker_prm_rerank_is_the_committed_run():
             config["data"]["labels"]) == ("prm", "checker", "runs/prm_gsm8k/label_samples")
     trained = json.loads((root / "prm_train.json").read_text())
     assert (trained["data/read"], trained["data/examples"]) == (2000, 1800)
-    saved = json.loads((root / "selection.json").read_text())
-    assert rerank.reselect(str(root)) == saved and saved["aggregate"] == "min"
-    free = json.loads((ROOT / "results/prm/gsm8k/selection.json").read_text())
-    for s in ("majority", "checked_majority", "pass_at_n"):
-        assert saved[s] == free[s]
-    committed = _gsm8k_model_free_samples()
-    preds = _jsonl(root / "predictions.jsonl")
-    assert len(preds) == 500
-    for p in preds:
-        for s in p["samples"]:
-            assert {k: v for k, v in s.items() if k != "prm"} == committed[(p["problem"], s["sample"])]
-            assert len(s["prm"]) >= 1 and all(0 < x < 1 for x in s["prm"])
+    saved, preds = _gsm8k_prm_rerank(root)
     doc = _doc("process_supervision.md")
     auroc = saved["within_problem_auroc"]
     for how, tail in (("min", f" {auroc['prm_min']['mean']:.2f} / {auroc['prm_prod']['mean']:.2f} |"),
@@ -427,18 +437,7 @@ def test_gsm8k_mc_label_prm_rerank_is_the_committed_run():
             config["data"]["labels"]) == ("prm", "hard", "runs/prm_gsm8k/labels")
     trained = json.loads((root / "prm_train.json").read_text())
     assert trained["data/read"] == 512
-    saved = json.loads((root / "selection.json").read_text())
-    assert rerank.reselect(str(root)) == saved and saved["aggregate"] == "min"
-    free = json.loads((ROOT / "results/prm/gsm8k/selection.json").read_text())
-    for s in ("majority", "checked_majority", "pass_at_n"):
-        assert saved[s] == free[s]
-    committed = _gsm8k_model_free_samples()
-    preds = _jsonl(root / "predictions.jsonl")
-    assert len(preds) == 500
-    for p in preds:
-        for s in p["samples"]:
-            assert {k: v for k, v in s.items() if k != "prm"} == committed[(p["problem"], s["sample"])]
-            assert len(s["prm"]) >= 1 and all(0 < x < 1 for x in s["prm"])
+    saved, preds = _gsm8k_prm_rerank(root)
     doc = _doc("process_supervision.md")
     k = agree["by_kind"]
     row = (f"| {agree['chains']} | {agree['steps']:,} | {agree['mc_hard_positive']:.3f} | "
