@@ -21,9 +21,9 @@ makes tokens of them.
 
 Selectors. From N scored samples of a problem: `majority` (the most frequent answer), `orm_best`
 (the answer of the sample with the best outcome score), `prm_best` (the best chain by its
-aggregated step scores: `min`, `prod`, `last` or `step_min`), `prm_weighted` (answers voted with the sum of
-their chains' aggregated scores; Uesato et al. 2022, Li et al. 2023), and `pass_at_n` (any sample
-right: the ceiling of every selector).
+aggregated step scores: `min`, `prod`, `last` or `step_min`), `prm_weighted` (answers voted
+with the sum of their chains' aggregated scores; Uesato et al. 2022, Li et al. 2023), and
+`pass_at_n` (any sample right: the ceiling of every selector).
 
 Pure Python (no JAX); `cotjax label-steps` (cotjax.label_steps) samples the completions and
 `cotjax rerank` (cotjax.rerank) scores samples with trained reward models.

@@ -2,7 +2,8 @@
 
 problem prompt -> W partial chains (at first one, empty) -> each extended by E sampled
 continuations of one step (the sampling engine, a row stopped at the step's end) -> every
-candidate scored by the PRM at its step ends (cotjax.rerank, aggregated by min | prod | last | step_min) ->
+candidate scored by the PRM at its step ends (cotjax.rerank, aggregated by min | prod | last |
+step_min) ->
 the W best kept -> until every kept chain is finished (EOS or a stop string) or D steps were
 taken -> the best-scored finished chain's answer, and the PRM-weighted vote of the kept chains.
 OUT/predictions.jsonl (each problem's answer row and its final beam) and OUT/summary.json.
