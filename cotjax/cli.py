@@ -56,6 +56,9 @@ FLAG_SPECS = {
     "aggregate": ("string", "min", "rerank, search: a chain's PRM score from its steps' (min | prod | "
                                    "last | step_min)"),
     "max_problems": ("integer", -1, "rerank: the first P problems only (-1: all)"),
+    "combine": ("string", None, "rerank: earlier rerank OUT directories of the same samples, "
+                                "comma-separated, as one comparison (each selector from the "
+                                "first that has it; no model loads)"),
     "human": ("string", None, "distill: add the human chains of 'train' (the config's split) or "
                               "of a raw GSM8K file"),
 }
@@ -174,9 +177,18 @@ def _search(fv, args):
 
 
 def _rerank(fv, args):
-    _need(fv, "samples", "out")
     from cotjax import prm, rerank
 
+    if fv.combine:
+        _need(fv, "out")
+        given = [f"--{n}" for n in ("samples", "prm", "orm") if getattr(fv, n)]
+        if given:
+            raise UsageError(f"--combine reads earlier reranks' scores; drop {', '.join(given)}")
+        result = rerank.write_combined(fv.combine.split(","), fv.out)
+        print(json.dumps({s: result[s] for s in result["source"]} | {
+            "mcnemar_p": result.get("mcnemar_p")}), flush=True)
+        return
+    _need(fv, "samples", "out")
     result = rerank.run_rerank([fv.samples], fv.out, prm_run=fv.prm, orm_run=fv.orm,
                                step=fv.step, aggregate=fv.aggregate,
                                max_problems=fv.max_problems)
@@ -274,7 +286,7 @@ COMMANDS = {
     "rerank": Command("choose among N sampled chains with a PRM / ORM (or only the step "
                       "checker): every selector, paired",
                       _rerank, ("samples", "prm", "orm", "step", "aggregate", "max_problems",
-                                 "out")),
+                                 "combine", "out")),
     "search": Command("step-level beam search guided by a PRM (eval.beam_* settings)", _search,
                       ("workdir", "step", "model", "prm", "aggregate", "task", "data", "out"),
                       "optional"),

@@ -397,12 +397,11 @@ def read_eval_samples(path: str) -> tuple[list[dict], str]:
     return rows, task
 
 
-def reselect(out: str, aggregate: str | None = None) -> dict:
-    """selection.json again from OUT/predictions.jsonl (every sample's scores are there): no
-    model needed; the provenance fields are kept from OUT/selection.json."""
+def read_rerank(out: str) -> tuple[dict, dict, dict]:
+    """(sample groups, {"prm"|"orm": {(problem, sample): scores}}, selection.json) of a rerank's
+    OUT directory."""
     out_dir = paths.path(out)
     old = json.loads((out_dir / "selection.json").read_text())
-    task = old.get("task", "gsm8k")
     groups, scores = {}, {}
     for line in (out_dir / "predictions.jsonl").read_text().splitlines():
         p = json.loads(line)
@@ -415,9 +414,69 @@ def reselect(out: str, aggregate: str | None = None) -> dict:
             for k in ("prm", "orm"):
                 if k in s:
                     scores.setdefault(k, {})[(p["problem"], s["sample"])] = s[k]
-    result, _ = select_all(groups, scores, aggregate or old["aggregate"], task)
+    return groups, scores, old
+
+
+def reselect(out: str, aggregate: str | None = None) -> dict:
+    """selection.json again from OUT/predictions.jsonl (every sample's scores are there): no
+    model needed; the provenance fields are kept from OUT/selection.json."""
+    groups, scores, old = read_rerank(out)
+    result, _ = select_all(groups, scores, aggregate or old["aggregate"], old.get("task", "gsm8k"))
     keep = ("task", "samples", "prm", "orm", "score_seconds")
     return {**result, **{k: old[k] for k in keep if k in old}}
+
+
+def combine(outs: Sequence[str]) -> dict:
+    """One comparison from several reranks of the same samples (say a PRM's over every problem
+    and an ORM's over the first half): each selector, its paired test against the majority and
+    its accuracy-vs-N row come from the first OUT that has it, with that OUT's problems as its n
+    (`source` says which). Scoring runs are long, so each reward model is scored once and the
+    comparison is assembled from the saved scores; no model loads."""
+    if not outs:
+        raise ValueError("combine: no rerank directories")
+    runs = {out: read_rerank(out) for out in outs}
+    first_seen: dict = {}
+    for out, (groups, _, sel) in runs.items():
+        for p, rows in groups.items():
+            seen = [(r["sample"], r["extracted"], r["correct"], r["gold"]) for r in rows]
+            where, before = first_seen.setdefault(p, (out, seen))
+            if before != seen:
+                raise ValueError(f"{out}: problem {p}'s samples differ from {where}'s; combine "
+                                 "reranks of one sample set")
+    ns = {sel["samples_per_problem"] for _, _, sel in runs.values()}
+    if len(ns) > 1:
+        raise ValueError(f"{', '.join(outs)}: different samples per problem ({sorted(ns)})")
+    result, source, by_n = {}, {}, {}
+    for out, (groups, scores, sel) in runs.items():
+        again, _ = select_all(groups, scores, sel["aggregate"], sel.get("task", "gsm8k"))
+        for s in prm.SELECTORS:
+            if s in again and s not in result:
+                result[s], source[s] = again[s], out
+                if s in again["paired_vs_majority"]:
+                    result.setdefault("paired_vs_majority", {})[s] = again["paired_vs_majority"][s]
+                for n, row in again["by_n"].items():
+                    by_n.setdefault(n, {})[s] = row[s]
+    if "prm_weighted" in result:
+        result["mcnemar_p"] = result["paired_vs_majority"]["prm_weighted"]["mcnemar_p"]
+        result["aggregate"] = runs[source["prm_weighted"]][2]["aggregate"]
+    result.update({"samples_per_problem": ns.pop(), "source": source, "by_n": by_n,
+                   "runs": {out: {k: sel.get(k) for k in ("problems", "samples", "prm", "orm")}
+                            for out, (_, _, sel) in runs.items()}})
+    return result
+
+
+def write_combined(outs: Sequence[str], out: str) -> dict:
+    """combine(outs) as OUT/selection.json and OUT/accuracy_vs_n.png (each line labelled with
+    its selector's problem count where they differ)."""
+    result = combine(outs)
+    out_dir = paths.path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths.write_text(out_dir / "selection.json", json.dumps(result, indent=1) + "\n")
+    counts = {s: result[s]["n"] for s in result["source"]}
+    labels = {s: f"{s} ({n} problems)" for s, n in counts.items()} \
+        if len(set(counts.values())) > 1 else None
+    plot_accuracy_vs_n(result["by_n"], out_dir / "accuracy_vs_n.png", labels)
+    return result
 
 
 def write_rerank(out: str, groups: dict, n_max: int, scores: dict, final: dict,
@@ -440,8 +499,10 @@ def write_rerank(out: str, groups: dict, n_max: int, scores: dict, final: dict,
     plot_accuracy_vs_n(result["by_n"], out_dir / "accuracy_vs_n.png")
 
 
-def plot_accuracy_vs_n(by_n: dict[str, dict[str, float]], path) -> None:
-    """Every selector's accuracy against N (log2 axis)."""
+def plot_accuracy_vs_n(by_n: dict[str, dict[str, float]], path,
+                       labels: dict[str, str] | None = None) -> None:
+    """Every selector's accuracy against N (log2 axis), each line named by `labels` or its
+    selector."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -450,7 +511,8 @@ def plot_accuracy_vs_n(by_n: dict[str, dict[str, float]], path) -> None:
     ns = sorted(by_n, key=int)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for s in by_n[ns[-1]]:
-        ax.plot([int(n) for n in ns], [by_n[n][s] for n in ns], marker="o", label=s)
+        ax.plot([int(n) for n in ns], [by_n[n][s] for n in ns], marker="o",
+                label=(labels or {}).get(s, s))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("samples per problem (N)")
     ax.set_ylabel("accuracy")

@@ -52,6 +52,9 @@ def test_top_level_help_lists_every_subcommand(capsys):
     (["export", "--workdir=x"], "needs --out"),
     (["generate"], "needs --prompt"),
     (["search", "--out=/tmp/x"], "needs --prm"),
+    (["rerank", "--combine=a,b", "--prm=p", "--out=/tmp/x"],
+     "--combine reads earlier reranks' scores; drop --prm"),
+    (["rerank", "--combine=a,b"], "needs --out"),
     (["data-stats", BASE, "extra"], "takes no positional arguments"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):

@@ -702,3 +702,38 @@ def test_search_refuses_a_policy_as_its_prm_before_loading(tiny_run, tmp_path):
         search.run_search(c, None, prm_run=str(tiny_run["workdir"]), data="validation",
                           out=str(tmp_path / "s"))
     assert not (tmp_path / "s").exists()
+
+
+def _rerank_dir(out, answers, gold, scores):
+    """A rerank OUT directory written from hand-made samples and reward scores."""
+    groups = {p: [{"problem": p, "sample": s, "extracted": a, "correct": a == gold[p],
+                   "gold": gold[p]} for s, a in enumerate(row)] for p, row in answers.items()}
+    keyed = {k: {(p, s): v[p][s] for p in answers for s in range(len(answers[p]))}
+             for k, v in scores.items()}
+    result, final = rerank.select_all(groups, keyed, "min", "gsm8k")
+    rerank.write_rerank(str(out), groups, len(next(iter(groups.values()))), keyed, final,
+                        {**result, "task": "gsm8k", "prm": None, "orm": None})
+
+
+def test_combine_takes_each_selector_from_the_first_rerank_that_has_it(tmp_path):
+    """`cotjax rerank --combine`: a PRM rerank of three problems and an ORM rerank of the
+    first two become one comparison, each selector with its own problems as n; reranks of
+    different samples are refused, naming the directory and the problem."""
+    answers = {0: ["1", "2"], 1: ["3", "3"], 2: ["5", "6"]}
+    gold = {0: "2", 1: "4", 2: "5"}
+    _rerank_dir(tmp_path / "prm", answers, gold,
+                {"prm": {0: [[0.9, 0.2], [0.3, 0.8]], 1: [[0.5], [0.4]], 2: [[0.1], [0.7]]}})
+    _rerank_dir(tmp_path / "orm", {p: answers[p] for p in (0, 1)}, gold,
+                {"orm": {0: [[0.2], [0.6]], 1: [[0.5], [0.4]]}})
+    got = rerank.write_combined([str(tmp_path / "prm"), str(tmp_path / "orm")],
+                                str(tmp_path / "both"))
+    assert got["prm_best"] == {"accuracy": round(1 / 3, 4), "n": 3}  # 0.3 > 0.2; 0.1 < 0.7
+    assert got["orm_best"] == {"accuracy": 0.5, "n": 2}  # problem 0's "2" (0.6)
+    assert got["majority"]["n"] == 3 and got["source"]["orm_best"] == str(tmp_path / "orm")
+    assert got["paired_vs_majority"]["orm_best"]["n"] == 2
+    assert got["mcnemar_p"] == got["paired_vs_majority"]["prm_weighted"]["mcnemar_p"]
+    assert set(got["by_n"]["2"]) == set(got["source"]) and got["samples_per_problem"] == 2
+    assert json.loads((tmp_path / "both" / "selection.json").read_text()) == got
+    _rerank_dir(tmp_path / "other", {0: ["1", "7"]}, gold, {"orm": {0: [[0.2], [0.6]]}})
+    with pytest.raises(ValueError, match="other: problem 0's samples differ from .*prm's"):
+        rerank.combine([str(tmp_path / "prm"), str(tmp_path / "other")])

@@ -403,6 +403,43 @@ def test_gsm8k_orm_rerank_on_the_first_250_problems():
             f"against {trained['val/label_pos_frac']:.2f} positive") in doc
 
 
+def test_the_issue_selection_file_combines_the_mc_prm_and_orm_reranks():
+    """results/prm/selection.json: `cotjax rerank --combine` of the MC-label PRM's rerank of all
+    500 problems and the ORM's of the first 250, each selector {accuracy, n} as its source run
+    has it, the PRM-weighted test against majority that run's, and the doc's table."""
+    from cotjax import rerank
+
+    saved = json.loads((ROOT / "results/prm/selection.json").read_text())
+    assert list(saved["runs"]) == ["results/prm/gsm8k_mc", "results/prm/gsm8k_orm_250"]
+    assert rerank.combine([str(ROOT / r) for r in saved["runs"]]) == {
+        **saved, "source": {s: str(ROOT / r) for s, r in saved["source"].items()},
+        "runs": {str(ROOT / r): v for r, v in saved["runs"].items()}}
+    for key in ("majority", "orm_best", "prm_best", "prm_weighted", "pass_at_n"):
+        assert set(saved[key]) == {"accuracy", "n"}
+        assert saved[key] == json.loads((ROOT / saved["source"][key] / "selection.json")
+                                        .read_text())[key]
+    assert (saved["orm_best"]["n"], saved["prm_weighted"]["n"]) == (250, 500)
+    mc = json.loads((ROOT / "results/prm/gsm8k_mc/selection.json").read_text())
+    assert saved["mcnemar_p"] == mc["mcnemar_p"] and saved["aggregate"] == "min"
+    doc = _doc("process_supervision.md")
+    w, o = saved["paired_vs_majority"]["prm_weighted"], saved["paired_vs_majority"]["orm_best"]
+    c, b = saved["paired_vs_majority"]["checked_majority"], saved["paired_vs_majority"]["prm_best"]
+    assert b["mcnemar_p"] < 0.001
+    for row in (f"| majority | {saved['majority']['accuracy']:.3f} | 500 | |",
+                f"| checked majority | {saved['checked_majority']['accuracy']:.3f} | 500 | "
+                f"+{c['only_a']} / -{c['only_b']}, p = {c['mcnemar_p']:.2f} |",
+                f"| PRM-best | {saved['prm_best']['accuracy']:.3f} | 500 | +{b['only_a']} / "
+                f"-{b['only_b']}, p < 0.001 |",
+                f"| pass@16 | {saved['pass_at_n']['accuracy']:.3f} | 500 | |",
+                f"| ORM-best | {saved['orm_best']['accuracy']:.3f} | 250 | +{o['only_a']} / "
+                f"-{o['only_b']}, p = {o['mcnemar_p']:.3f} (majority 0.132 on these 250) |",
+                f"| PRM-weighted | {saved['prm_weighted']['accuracy']:.3f} | 500 | "
+                f"+{w['only_a']} / -{w['only_b']}, p = {w['mcnemar_p']:.2f} |"):
+        assert row in doc, row
+    assert (f"ORM-best@16 {saved['orm_best']['accuracy']:.3f} on the first 250 problems; all "
+            "selectors in `results/prm/selection.json`") in _readme()
+
+
 def _positive(chains):
     """The share of hard MC labels that are 1 over the steps of labelled chains."""
     steps = [s["hard"] for x in chains for s in x["steps"]]
