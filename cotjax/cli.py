@@ -56,6 +56,9 @@ FLAG_SPECS = {
     "aggregate": ("string", "min", "rerank, search: a chain's PRM score from its steps' (min | prod | "
                                    "last | step_min)"),
     "max_problems": ("integer", -1, "rerank: the first P problems only (-1: all)"),
+    "headroom": ("string", None, "rerank: within-problem AUROCs, comma-separated, of simulated "
+                                 "verifiers to choose among the samples of an earlier rerank "
+                                 "(--samples=its OUT): OUT/headroom.json; no model loads"),
     "combine": ("string", None, "rerank: earlier rerank OUT directories of the same samples, "
                                 "comma-separated, as one comparison (each selector from the "
                                 "first that has it; no model loads)"),
@@ -179,6 +182,19 @@ def _search(fv, args):
 def _rerank(fv, args):
     from cotjax import prm, rerank
 
+    if fv.headroom:
+        _need(fv, "samples", "out")
+        given = [f"--{n}" for n in ("prm", "orm", "combine") if getattr(fv, n)]
+        if given:
+            raise UsageError(f"--headroom simulates the verifier; drop {', '.join(given)}")
+        try:
+            aurocs = [float(a) for a in fv.headroom.split(",")]
+        except ValueError:
+            raise UsageError(f"--headroom={fv.headroom}: give AUROCs like 0.6,0.7,0.8") from None
+        result = rerank.write_headroom(fv.samples, aurocs, fv.out)
+        print(json.dumps({"majority": result["majority"], **{
+            a: v["prm_weighted"]["mean"] for a, v in result["by_auroc"].items()}}), flush=True)
+        return
     if fv.combine:
         _need(fv, "out")
         given = [f"--{n}" for n in ("samples", "prm", "orm") if getattr(fv, n)]
@@ -286,7 +302,7 @@ COMMANDS = {
     "rerank": Command("choose among N sampled chains with a PRM / ORM (or only the step "
                       "checker): every selector, paired",
                       _rerank, ("samples", "prm", "orm", "step", "aggregate", "max_problems",
-                                 "combine", "out")),
+                                 "combine", "headroom", "out")),
     "search": Command("step-level beam search guided by a PRM (eval.beam_* settings)", _search,
                       ("workdir", "step", "model", "prm", "aggregate", "task", "data", "out"),
                       "optional"),

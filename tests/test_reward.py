@@ -737,3 +737,26 @@ def test_combine_takes_each_selector_from_the_first_rerank_that_has_it(tmp_path)
     _rerank_dir(tmp_path / "other", {0: ["1", "7"]}, gold, {"orm": {0: [[0.2], [0.6]]}})
     with pytest.raises(ValueError, match="other: problem 0's samples differ from .*prm's"):
         rerank.combine([str(tmp_path / "prm"), str(tmp_path / "other")])
+
+
+def test_headroom_simulates_verifiers_of_the_asked_auroc():
+    """`cotjax rerank --headroom`: simulated verifiers order a right and a wrong sample of a
+    problem correctly at the asked rate; one that knows nothing gives the vote and the first
+    sample, a near-perfect one reaches pass@N; AUROCs outside [0.5, 1) are refused."""
+    rng = np.random.default_rng(0)
+    groups = {}
+    for p in range(60):
+        right = rng.random(8) < 0.3
+        answers = ["7" if r else str(int(rng.integers(1, 4))) for r in right]
+        groups[p] = [{"problem": p, "sample": s, "extracted": a, "correct": bool(r), "gold": "7"}
+                     for s, (a, r) in enumerate(zip(answers, right))]
+    got = rerank.headroom(groups, [0.5, 0.8, 0.9999], draws=3)
+    first = sum(g[0]["correct"] for g in groups.values()) / len(groups)
+    assert got["by_auroc"]["0.5"]["prm_best"]["mean"] == round(first, 4)
+    assert got["by_auroc"]["0.5"]["prm_weighted"]["max"] == got["majority"]
+    assert abs(got["by_auroc"]["0.8"]["realised_auroc"] - 0.8) < 0.03
+    assert got["by_auroc"]["0.9999"]["prm_best"]["min"] == got["pass_at_n"]
+    assert got["by_auroc"]["0.9999"]["goal_met"] == 3 and got["by_auroc"]["0.5"]["goal_met"] == 0
+    assert rerank.headroom(groups, [0.8], draws=3)["by_auroc"] == {"0.8": got["by_auroc"]["0.8"]}
+    with pytest.raises(ValueError, match=r"AUROCs must be in \[0.5, 1\), got \[0.4\]"):
+        rerank.headroom(groups, [0.4])
