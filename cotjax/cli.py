@@ -86,6 +86,13 @@ def _need(fv, *names):
         raise UsageError(f"needs {' and '.join(missing)}")
 
 
+def _refuse(fv, why: str, *names):
+    """A usage error naming the flags (set to other than their defaults) that `why` ignores."""
+    given = [f"--{n}" for n in names if getattr(fv, n) not in (None, "", FLAG_SPECS[n][1])]
+    if given:
+        raise UsageError(f"{why}; drop {', '.join(given)}")
+
+
 # ----------------------------------------------------------------------------------------------
 # The subcommands: thin glue over the stage modules (imported when run, so --help stays fast).
 
@@ -184,9 +191,8 @@ def _rerank(fv, args):
 
     if fv.headroom:
         _need(fv, "samples", "out")
-        given = [f"--{n}" for n in ("prm", "orm", "combine") if getattr(fv, n)]
-        if given:
-            raise UsageError(f"--headroom simulates the verifier; drop {', '.join(given)}")
+        _refuse(fv, "--headroom simulates the verifier", "prm", "orm", "combine", "step",
+                "aggregate", "max_problems")
         try:
             aurocs = [float(a) for a in fv.headroom.split(",")]
         except ValueError:
@@ -197,9 +203,8 @@ def _rerank(fv, args):
         return
     if fv.combine:
         _need(fv, "out")
-        given = [f"--{n}" for n in ("samples", "prm", "orm") if getattr(fv, n)]
-        if given:
-            raise UsageError(f"--combine reads earlier reranks' scores; drop {', '.join(given)}")
+        _refuse(fv, "--combine reads earlier reranks' scores (each with its own aggregate)",
+                "samples", "prm", "orm", "step", "aggregate", "max_problems")
         result = rerank.write_combined(fv.combine.split(","), fv.out)
         print(json.dumps({s: result[s] for s in result["source"]} | {
             "mcnemar_p": result.get("mcnemar_p")}), flush=True)

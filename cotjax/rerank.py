@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from collections.abc import Sequence
 
@@ -430,22 +431,26 @@ def combine(outs: Sequence[str]) -> dict:
     """One comparison from several reranks of the same samples (say a PRM's over every problem
     and an ORM's over the first half): each selector, its paired test against the majority and
     its accuracy-vs-N row come from the first OUT that has it, with that OUT's problems as its n
-    (`source` says which). Scoring runs are long, so each reward model is scored once and the
-    comparison is assembled from the saved scores; no model loads."""
+    (`source` says which); so do the AUROCs and `by_aggregate`. The first OUT must hold every
+    problem of the others, so the model-free selectors cover them all. Scoring runs are long,
+    so each reward model is scored once and the comparison is assembled from the saved scores;
+    no model loads."""
     if not outs:
         raise ValueError("combine: no rerank directories")
     runs = {out: read_rerank(out) for out in outs}
-    first_seen: dict = {}
+    first, (first_groups, _, first_sel) = outs[0], runs[outs[0]]
     for out, (groups, _, sel) in runs.items():
+        if set(groups) - set(first_groups):
+            raise ValueError(f"{out}: problems the first run ({first}) lacks; give the run "
+                             "with every problem first")
+        if {len(g) for g in groups.values()} != {len(g) for g in first_groups.values()} or \
+                sel.get("task", "gsm8k") != first_sel.get("task", "gsm8k"):
+            raise ValueError(f"{out}: another task or number of samples per problem than "
+                             f"{first}")
         for p, rows in groups.items():
-            seen = [(r["sample"], r["extracted"], r["correct"], r["gold"]) for r in rows]
-            where, before = first_seen.setdefault(p, (out, seen))
-            if before != seen:
-                raise ValueError(f"{out}: problem {p}'s samples differ from {where}'s; combine "
-                                 "reranks of one sample set")
-    ns = {sel["samples_per_problem"] for _, _, sel in runs.values()}
-    if len(ns) > 1:
-        raise ValueError(f"{', '.join(outs)}: different samples per problem ({sorted(ns)})")
+            if _sample_keys(rows) != _sample_keys(first_groups[p]):
+                raise ValueError(f"{out}: problem {p}'s samples differ from {first}'s; "
+                                 "combine reranks of one sample set")
     result, source, by_n = {}, {}, {}
     for out, (groups, scores, sel) in runs.items():
         again, _ = select_all(groups, scores, sel["aggregate"], sel.get("task", "gsm8k"))
@@ -456,13 +461,24 @@ def combine(outs: Sequence[str]) -> dict:
                     result.setdefault("paired_vs_majority", {})[s] = again["paired_vs_majority"][s]
                 for n, row in again["by_n"].items():
                     by_n.setdefault(n, {})[s] = row[s]
+        for key in ("sample_auroc", "within_problem_auroc"):
+            for name, v in again[key].items():
+                result.setdefault(key, {}).setdefault(name, v)
+        if "by_aggregate" in again:
+            result.setdefault("by_aggregate", again["by_aggregate"])
     if "prm_weighted" in result:
         result["mcnemar_p"] = result["paired_vs_majority"]["prm_weighted"]["mcnemar_p"]
         result["aggregate"] = runs[source["prm_weighted"]][2]["aggregate"]
-    result.update({"samples_per_problem": ns.pop(), "source": source, "by_n": by_n,
+    result.update({"task": first_sel.get("task", "gsm8k"), "problems": len(first_groups),
+                   "samples_per_problem": len(next(iter(first_groups.values()))),
+                   "source": source, "by_n": by_n,
                    "runs": {out: {k: sel.get(k) for k in ("problems", "samples", "prm", "orm")}
                             for out, (_, _, sel) in runs.items()}})
     return result
+
+
+def _sample_keys(rows: Sequence[dict]) -> list[tuple]:
+    return [(r["sample"], r["extracted"], r["correct"], r["gold"]) for r in rows]
 
 
 def write_combined(outs: Sequence[str], out: str) -> dict:
@@ -492,6 +508,20 @@ def _verifier_scores(rng, correct: np.ndarray, d: float, base_rate: float) -> np
     return 1 / (1 + np.exp(-log_odds))
 
 
+def _simulated_draw(groups: dict, d: float, base_rate: float, rng, task: str
+                    ) -> tuple[dict, list[float]]:
+    """({problem: selections}, within-problem AUROCs) of one simulated verifier."""
+    scores, within = {}, []
+    for p, g in groups.items():
+        correct = np.array([r["correct"] for r in g], dtype=float)
+        drawn = _verifier_scores(rng, correct, d, base_rate)
+        scores.update({(p, r["sample"]): [float(v)] for r, v in zip(g, drawn)})
+        within.append(prm.auroc(drawn.tolist(), correct.astype(bool).tolist()))
+    n = len(next(iter(groups.values())))
+    return selection_table(groups, scores, None, n, "min", task), \
+        [w for w in within if w is not None]
+
+
 def headroom(groups: dict, aurocs: Sequence[float], task: str = "gsm8k", goal: float = 0.03,
              draws: int = HEADROOM_DRAWS) -> dict:
     """What a verifier that tells a problem's right samples from its wrong ones with the given
@@ -506,36 +536,31 @@ def headroom(groups: dict, aurocs: Sequence[float], task: str = "gsm8k", goal: f
         raise ValueError(f"headroom: AUROCs must be in [0.5, 1), got {list(aurocs)}")
     rows = [r for g in groups.values() for r in g]
     base_rate = min(max(sum(r["correct"] for r in rows) / len(rows), 1e-3), 1 - 1e-3)
-    plain = {p: prm.select_answers([r["extracted"] for r in g], g[0]["gold"], task)
-             for p, g in groups.items()}
+    plain = selection_table(groups, None, None, len(next(iter(groups.values()))), "min", task)
     majority = {p: t["majority"]["correct"] for p, t in plain.items()}
+    need = math.ceil(goal * len(groups) - 1e-9)  # problems over the vote that the goal asks
     out = {"problems": len(groups), "samples_per_problem": len(next(iter(groups.values()))),
            "sample_accuracy": round(base_rate, 4), "draws": draws, "goal": goal,
-           "majority": round(sum(majority.values()) / len(groups), 4),
-           "pass_at_n": round(sum(t["pass_at_n"]["correct"] for t in plain.values())
-                              / len(groups), 4), "by_auroc": {}}
+           **{s: v["accuracy"] for s, v in accuracies(plain).items()
+              if s in ("majority", "pass_at_n")}, "by_auroc": {}}
     for a in aurocs:
         d = 2**0.5 * NormalDist().inv_cdf(a)
         acc, met, realised = {"prm_best": [], "prm_weighted": []}, 0, []
         for k in range(draws):
-            rng = np.random.default_rng([k, round(a * 10_000)])
-            picks, within = {}, []
-            for p, g in groups.items():
-                correct = np.array([r["correct"] for r in g], dtype=float)
-                scores = _verifier_scores(rng, correct, d, base_rate)
-                picks[p] = prm.select_answers([r["extracted"] for r in g], g[0]["gold"], task,
-                                              step_scores=[[float(s)] for s in scores])
-                within.append(prm.auroc(scores.tolist(), correct.astype(bool).tolist()))
+            # a stream per (draw, AUROC): each column of the table is its own experiment
+            table, within = _simulated_draw(groups, d, base_rate,
+                                            np.random.default_rng([k, round(a * 10_000)]), task)
             for s in acc:
-                acc[s].append(sum(t[s]["correct"] for t in picks.values()) / len(groups))
-            test = paired_comparison({p: t["prm_weighted"]["correct"] for p, t in picks.items()},
+                acc[s].append(sum(t[s]["correct"] for t in table.values()) / len(groups))
+            test = paired_comparison({p: t["prm_weighted"]["correct"] for p, t in table.items()},
                                      majority)
-            met += acc["prm_weighted"][-1] >= out["majority"] + goal and test["mcnemar_p"] < 0.05
-            realised += [w for w in within if w is not None]
+            met += test["only_a"] - test["only_b"] >= need and test["mcnemar_p"] < 0.05
+            realised += within
         out["by_auroc"][str(a)] = {
             **{s: {"mean": round(sum(v) / draws, 4), "min": round(min(v), 4),
                    "max": round(max(v), 4)} for s, v in acc.items()},
-            "goal_met": met, "realised_auroc": round(sum(realised) / len(realised), 4)}
+            "goal_met": met,
+            "realised_auroc": round(sum(realised) / len(realised), 4) if realised else None}
     return out
 
 

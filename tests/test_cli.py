@@ -52,13 +52,14 @@ def test_top_level_help_lists_every_subcommand(capsys):
     (["export", "--workdir=x"], "needs --out"),
     (["generate"], "needs --prompt"),
     (["search", "--out=/tmp/x"], "needs --prm"),
-    (["rerank", "--combine=a,b", "--prm=p", "--out=/tmp/x"],
-     "--combine reads earlier reranks' scores; drop --prm"),
+    (["rerank", "--combine=a,b", "--prm=p", "--aggregate=prod", "--out=/tmp/x"],
+     "--combine reads earlier reranks' scores (each with its own aggregate); drop --prm, "
+     "--aggregate"),
     (["rerank", "--combine=a,b"], "needs --out"),
     (["rerank", "--headroom=0.6,x", "--samples=s", "--out=/tmp/x"],
      "--headroom=0.6,x: give AUROCs like 0.6,0.7,0.8"),
-    (["rerank", "--headroom=0.6", "--samples=s", "--prm=p", "--out=/tmp/x"],
-     "--headroom simulates the verifier; drop --prm"),
+    (["rerank", "--headroom=0.6", "--samples=s", "--prm=p", "--max_problems=5", "--out=/tmp/x"],
+     "--headroom simulates the verifier; drop --prm, --max_problems"),
     (["data-stats", BASE, "extra"], "takes no positional arguments"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):

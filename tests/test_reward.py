@@ -715,28 +715,38 @@ def _rerank_dir(out, answers, gold, scores):
                         {**result, "task": "gsm8k", "prm": None, "orm": None})
 
 
-def test_combine_takes_each_selector_from_the_first_rerank_that_has_it(tmp_path):
+def test_combine_takes_each_selector_from_the_first_rerank_that_has_it(tmp_path, capsys):
     """`cotjax rerank --combine`: a PRM rerank of three problems and an ORM rerank of the
-    first two become one comparison, each selector with its own problems as n; reranks of
-    different samples are refused, naming the directory and the problem."""
+    first two become one comparison, each selector with its own problems as n; a first run
+    missing problems, and reranks of different samples, are refused with the directory."""
+    from cotjax import cli
+
     answers = {0: ["1", "2"], 1: ["3", "3"], 2: ["5", "6"]}
     gold = {0: "2", 1: "4", 2: "5"}
     _rerank_dir(tmp_path / "prm", answers, gold,
                 {"prm": {0: [[0.9, 0.2], [0.3, 0.8]], 1: [[0.5], [0.4]], 2: [[0.1], [0.7]]}})
     _rerank_dir(tmp_path / "orm", {p: answers[p] for p in (0, 1)}, gold,
                 {"orm": {0: [[0.2], [0.6]], 1: [[0.5], [0.4]]}})
-    got = rerank.write_combined([str(tmp_path / "prm"), str(tmp_path / "orm")],
-                                str(tmp_path / "both"))
-    assert got["prm_best"] == {"accuracy": round(1 / 3, 4), "n": 3}  # 0.3 > 0.2; 0.1 < 0.7
+    cli.main(["cotjax", "rerank", f"--combine={tmp_path / 'prm'},{tmp_path / 'orm'}",
+              f"--out={tmp_path / 'both'}"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    got = json.loads((tmp_path / "both" / "selection.json").read_text())
+    assert got["prm_best"] == printed["prm_best"] == {"accuracy": round(1 / 3, 4), "n": 3}
     assert got["orm_best"] == {"accuracy": 0.5, "n": 2}  # problem 0's "2" (0.6)
     assert got["majority"]["n"] == 3 and got["source"]["orm_best"] == str(tmp_path / "orm")
-    assert got["paired_vs_majority"]["orm_best"]["n"] == 2
-    assert got["mcnemar_p"] == got["paired_vs_majority"]["prm_weighted"]["mcnemar_p"]
+    orm_alone = json.loads((tmp_path / "orm" / "selection.json").read_text())
+    assert got["paired_vs_majority"]["orm_best"] == orm_alone["paired_vs_majority"]["orm_best"]
+    assert got["within_problem_auroc"]["orm"] == orm_alone["within_problem_auroc"]["orm"]
     assert set(got["by_n"]["2"]) == set(got["source"]) and got["samples_per_problem"] == 2
-    assert json.loads((tmp_path / "both" / "selection.json").read_text()) == got
+    assert (tmp_path / "both" / "accuracy_vs_n.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="prm: problems the first run .*orm. lacks"):
+        rerank.combine([str(tmp_path / "orm"), str(tmp_path / "prm")])
     _rerank_dir(tmp_path / "other", {0: ["1", "7"]}, gold, {"orm": {0: [[0.2], [0.6]]}})
     with pytest.raises(ValueError, match="other: problem 0's samples differ from .*prm's"):
         rerank.combine([str(tmp_path / "prm"), str(tmp_path / "other")])
+    _rerank_dir(tmp_path / "three", {0: ["1", "2", "2"]}, gold, {"orm": {0: [[0.2], [0.6], [0.1]]}})
+    with pytest.raises(ValueError, match="three: another task or number of samples"):
+        rerank.combine([str(tmp_path / "prm"), str(tmp_path / "three")])
 
 
 def test_headroom_simulates_verifiers_of_the_asked_auroc():
@@ -760,3 +770,19 @@ def test_headroom_simulates_verifiers_of_the_asked_auroc():
     assert rerank.headroom(groups, [0.8], draws=3)["by_auroc"] == {"0.8": got["by_auroc"]["0.8"]}
     with pytest.raises(ValueError, match=r"AUROCs must be in \[0.5, 1\), got \[0.4\]"):
         rerank.headroom(groups, [0.4])
+
+
+def test_headroom_reads_an_earlier_reranks_samples(tmp_path, capsys):
+    """`cotjax rerank --headroom=... --samples=OUT`: headroom.json and its plot from the
+    predictions an earlier rerank wrote; no model."""
+    from cotjax import cli
+
+    _rerank_dir(tmp_path / "free", {0: ["1", "2", "2"], 1: ["4", "3", "4"]}, {0: "1", 1: "4"}, {})
+    cli.main(["cotjax", "rerank", "--headroom=0.5,0.9", f"--samples={tmp_path / 'free'}",
+              f"--out={tmp_path / 'h'}"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((tmp_path / "h" / "headroom.json").read_text())
+    assert saved["majority"] == printed["majority"] == 0.5 and saved["pass_at_n"] == 1.0
+    assert printed["0.5"] == 0.5 and saved["samples"] == str(tmp_path / "free")
+    assert saved["by_auroc"]["0.5"]["prm_best"]["mean"] == 1.0  # both first samples are right
+    assert (tmp_path / "h" / "headroom.png").stat().st_size > 1000

@@ -3,6 +3,7 @@ docs/sample_distill.md and docs/calculator.md quote from them."""
 
 import gzip
 import json
+import math
 import pathlib
 import re
 import statistics
@@ -470,8 +471,23 @@ def test_verifier_headroom_is_the_committed_simulation(name, label):
         assert (round(min(means), 2), round(max(means), 2)) == (0.47, 0.56)
         assert ("meet it from a within-problem AUROC of about 0.65-0.70, and the models trained "
                 "here reach 0.47-0.56") in _readme()
+        sel = [json.loads((ROOT / f"results/prm/{r}/selection.json").read_text())
+               for r in ("gsm8k_free", "gsm8k_mc")]
+        pairs = [(d["within_problem_auroc"][f"prm_{how}"]["mean"],
+                  d["by_aggregate"][how]["prm_weighted"]) for d in sel for how in ("prod", "step_min")]
+        quote = (f"GSM8K PRM-weighted {min(w for _, w in pairs):.3f}-{max(w for _, w in pairs):.3f} "
+                 "with the `prod` and `step_min` scores, whose within-problem AUROC is "
+                 f"{min(a for a, _ in pairs):.2f}-{max(a for a, _ in pairs):.2f}")
+        assert quote in doc, quote
     else:
         assert (b["0.75"]["goal_met"], b["0.8"]["goal_met"]) == (9, 17)
+        means = [v["mean"] for r in ("synthetic", "synthetic_e6", "synthetic_x3",
+                                     "synthetic_x3_checker")
+                 for v in json.loads((ROOT / f"results/prm/{r}/selection.json").read_text())
+                 ["within_problem_auroc"].values()]
+        assert "AUROC 0.47-0.56 on GSM8K, 0.51-0.66 on the synthetic task" in doc
+        assert (round(min(means), 2), round(max(means), 2)) == (0.51, 0.66)
+        assert f"3 points there are under {math.ceil(0.03 * saved['problems'])} of 120" in doc
         assert f"{b['0.65']['prm_weighted']['mean']:.3f} at 0.65" in doc
 
 
