@@ -197,7 +197,9 @@ def _rerank(fv, args):
             aurocs = [float(a) for a in fv.headroom.split(",")]
         except ValueError:
             raise UsageError(f"--headroom={fv.headroom}: give AUROCs like 0.6,0.7,0.8") from None
-        result = rerank.write_headroom(fv.samples, aurocs, fv.out)
+        from cotjax import headroom
+
+        result = headroom.write_headroom(fv.samples, aurocs, fv.out)
         print(json.dumps({"majority": result["majority"], **{
             a: v["prm_weighted"]["mean"] for a, v in result["by_auroc"].items()}}), flush=True)
         return

@@ -753,6 +753,8 @@ def test_headroom_simulates_verifiers_of_the_asked_auroc():
     """`cotjax rerank --headroom`: simulated verifiers order a right and a wrong sample of a
     problem correctly at the asked rate; one that knows nothing gives the vote and the first
     sample, a near-perfect one reaches pass@N; AUROCs outside [0.5, 1) are refused."""
+    from cotjax import headroom
+
     rng = np.random.default_rng(0)
     groups = {}
     for p in range(60):
@@ -760,16 +762,16 @@ def test_headroom_simulates_verifiers_of_the_asked_auroc():
         answers = ["7" if r else str(int(rng.integers(1, 4))) for r in right]
         groups[p] = [{"problem": p, "sample": s, "extracted": a, "correct": bool(r), "gold": "7"}
                      for s, (a, r) in enumerate(zip(answers, right))]
-    got = rerank.headroom(groups, [0.5, 0.8, 0.9999], draws=3)
+    got = headroom.headroom(groups, [0.5, 0.8, 0.9999], draws=3)
     first = sum(g[0]["correct"] for g in groups.values()) / len(groups)
     assert got["by_auroc"]["0.5"]["prm_best"]["mean"] == round(first, 4)
     assert got["by_auroc"]["0.5"]["prm_weighted"]["max"] == got["majority"]
     assert abs(got["by_auroc"]["0.8"]["realised_auroc"] - 0.8) < 0.03
     assert got["by_auroc"]["0.9999"]["prm_best"]["min"] == got["pass_at_n"]
     assert got["by_auroc"]["0.9999"]["goal_met"] == 3 and got["by_auroc"]["0.5"]["goal_met"] == 0
-    assert rerank.headroom(groups, [0.8], draws=3)["by_auroc"] == {"0.8": got["by_auroc"]["0.8"]}
+    assert headroom.headroom(groups, [0.8], draws=3)["by_auroc"] == {"0.8": got["by_auroc"]["0.8"]}
     with pytest.raises(ValueError, match=r"AUROCs must be in \[0.5, 1\), got \[0.4\]"):
-        rerank.headroom(groups, [0.4])
+        headroom.headroom(groups, [0.4])
 
 
 def test_headroom_reads_an_earlier_reranks_samples(tmp_path, capsys):

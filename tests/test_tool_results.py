@@ -437,6 +437,9 @@ def test_the_issue_selection_file_combines_the_mc_prm_and_orm_reranks():
                 f"| PRM-weighted | {saved['prm_weighted']['accuracy']:.3f} | 500 | "
                 f"+{w['only_a']} / -{w['only_b']}, p = {w['mcnemar_p']:.2f} |"):
         assert row in doc, row
+    weighted = [json.loads((ROOT / f"results/prm/{r}/selection.json").read_text())
+                ["prm_weighted"]["accuracy"] for r in ("gsm8k_free", "gsm8k_mc", "gsm8k_mc_base6")]
+    assert f"PRM-weighted@16 {min(weighted):.3f} to {max(weighted):.3f};" in _readme()
     assert (f"ORM-best@16 {saved['orm_best']['accuracy']:.3f} on the first 250 problems; all "
             "selectors in `results/prm/selection.json`") in _readme()
 
@@ -446,12 +449,12 @@ def test_verifier_headroom_is_the_committed_simulation(name, label):
     """results/prm/headroom/<run>: the simulated verifiers give the committed figures again
     (seeded draws), and the doc's table rows and prose are those figures; the real reward
     models' within-problem AUROCs the doc compares them with are the committed ones."""
-    from cotjax import rerank
+    from cotjax import headroom, rerank
 
     saved = json.loads((ROOT / f"results/prm/headroom/{name}/headroom.json").read_text())
     assert saved["samples"] == f"results/prm/{name}" and saved["draws"] == 20
     groups, _, _ = rerank.read_rerank(str(ROOT / saved["samples"]))
-    again = rerank.headroom(groups, [float(a) for a in saved["by_auroc"]])
+    again = headroom.headroom(groups, [float(a) for a in saved["by_auroc"]])
     assert {"samples": saved["samples"], **again} == saved
     b = saved["by_auroc"]
     doc = _doc("process_supervision.md")
@@ -466,13 +469,14 @@ def test_verifier_headroom_is_the_committed_simulation(name, label):
         assert (b["0.65"]["goal_met"], b["0.7"]["goal_met"], b["0.55"]["goal_met"]) == (10, 18, 0)
         assert round(b["0.55"]["prm_weighted"]["mean"] - saved["majority"], 4) <= 0.005
         within = [json.loads((ROOT / f"results/prm/{r}/selection.json").read_text())
-                  ["within_problem_auroc"] for r in ("gsm8k_free", "gsm8k_mc", "gsm8k_orm_250")]
+                  ["within_problem_auroc"] for r in ("gsm8k_free", "gsm8k_mc", "gsm8k_mc_base6",
+                                                     "gsm8k_orm_250")]
         means = [v["mean"] for w in within for v in w.values()]
         assert (round(min(means), 2), round(max(means), 2)) == (0.47, 0.56)
         assert ("meet it from a within-problem AUROC of about 0.65-0.70, and the models trained "
                 "here reach 0.47-0.56") in _readme()
         sel = [json.loads((ROOT / f"results/prm/{r}/selection.json").read_text())
-               for r in ("gsm8k_free", "gsm8k_mc")]
+               for r in ("gsm8k_free", "gsm8k_mc", "gsm8k_mc_base6")]
         pairs = [(d["within_problem_auroc"][f"prm_{how}"]["mean"],
                   d["by_aggregate"][how]["prm_weighted"]) for d in sel for how in ("prod", "step_min")]
         quote = (f"GSM8K PRM-weighted {min(w for _, w in pairs):.3f}-{max(w for _, w in pairs):.3f} "
@@ -561,6 +565,52 @@ def test_gsm8k_mc_label_prm_rerank_is_the_committed_run():
     assert (f"held-out label AUROC {trained['val/auroc']:.2f}, label accuracy "
             f"{trained['val/label_acc']:.2f} against {trained['val/label_pos_frac']:.2f} positive"
             ) in doc
+
+
+def test_gsm8k_mc_label_prm_from_the_base_model_is_the_committed_run():
+    """results/prm/gsm8k_mc_base6: the same Monte Carlo labels, a PRM from the base model for 6
+    epochs at lr 1e-4 with held-out metrics every 23 steps, reranking the committed samples:
+    the config, the held-out curve, the selection (three aggregates) from the predictions, and
+    every figure the doc and the README quote."""
+    from cotjax import rerank
+
+    root = ROOT / "results/prm/gsm8k_mc_base6"
+    config = json.loads((root / "prm_config.json").read_text())
+    assert (config["model"], config["train"]["objective"], config["train"]["reward_labels"],
+            config["data"]["labels"], config["data"]["num_epochs"], config["train"]["lr"]) == (
+        "smollm2-135m-instruct", "prm", "hard", "runs/prm_gsm8k/labels", 6, 1e-4)
+    trained = json.loads((root / "prm_train.json").read_text())
+    assert (trained["step"], trained["data/read"]) == (133, 512)
+    val = _jsonl(root / "prm_val.jsonl")
+    assert [v["step"] for v in val] == [23, 46, 69, 92, 115, 133]
+    assert val[-1]["val/auroc"] == trained["val/auroc"]
+    doc = _doc("process_supervision.md")
+    for row in ("| step (about an epoch each) | " + " | ".join(str(v["step"]) for v in val) + " |",
+                "| held-out label AUROC (52 chains) | "
+                + " | ".join(f"{v['val/auroc']:.2f}" for v in val) + " |",
+                "| held-out loss | " + " | ".join(f"{v['val/loss']:.3f}" for v in val) + " |"):
+        assert row in doc, row
+    seconds = dict(line.split() for line in (root / "stage_seconds.txt").read_text().splitlines()
+                   if not line.startswith("#"))
+    saved, preds = _gsm8k_prm_rerank(root)
+    assert round(saved["score_seconds"]["prm"]) == int(seconds["rerank_scoring"])
+    assert (f"training {int(seconds['prm']):,} s (133 steps; test runs shared the cores for a few "
+            f"minutes), then the same rerank ({int(seconds['rerank_scoring']):,} s of scoring)") in doc
+    for how in ("min", "step_min", "prod"):
+        d = rerank.reselect(str(root), how)
+        w = d["paired_vs_majority"]["prm_weighted"]
+        p = "p < 0.001" if w["mcnemar_p"] < 0.001 else f"p = {w['mcnemar_p']:.2f}"
+        row = (f"`{how}` | {d['prm_best']['accuracy']:.3f} | {d['prm_weighted']['accuracy']:.3f} | "
+               f"+{w['only_a']} / -{w['only_b']}, {p} | "
+               f"{d['within_problem_auroc'][f'prm_{how}']['mean']:.2f} |")
+        assert row in doc, row
+    samples = [s for p in preds for s in p["samples"]]
+    right = [s["prm"][-1] for s in samples if s["correct"]]
+    wrong = [s["prm"][-1] for s in samples if not s["correct"]]
+    assert (f"(AUROC {saved['sample_auroc']['prm_last']:.2f}; mean {statistics.mean(right):.3f} "
+            f"on right samples, {statistics.mean(wrong):.3f} on wrong)") in doc
+    assert (f"learnt to held-out AUROC {trained['val/auroc']:.2f} in 6 epochs, yet "
+            f"{saved['within_problem_auroc']['prm_min']['mean']:.2f} within a problem") in _readme()
 
 
 def test_synthetic_prm_experiment_reran_identically_on_the_xeon():
