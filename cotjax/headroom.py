@@ -33,7 +33,7 @@ def _verifier_scores(rng, correct: np.ndarray, d: float, base_rate: float) -> np
     return 1 / (1 + np.exp(-log_odds))
 
 
-def _simulated_draw(groups: dict, d: float, base_rate: float, rng, task: str
+def _simulated_draw(groups: dict, n: int, d: float, base_rate: float, rng, task: str
                     ) -> tuple[dict, list[float]]:
     """({problem: selections}, within-problem AUROCs) of one simulated verifier."""
     scores, within = {}, []
@@ -42,7 +42,6 @@ def _simulated_draw(groups: dict, d: float, base_rate: float, rng, task: str
         drawn = _verifier_scores(rng, correct, d, base_rate)
         scores.update({(p, r["sample"]): [float(v)] for r, v in zip(g, drawn)})
         within.append(prm.auroc(drawn.tolist(), correct.astype(bool).tolist()))
-    n = len(next(iter(groups.values())))
     return selection_table(groups, scores, None, n, "min", task), \
         [w for w in within if w is not None]
 
@@ -61,10 +60,11 @@ def headroom(groups: dict, aurocs: Sequence[float], task: str = "gsm8k", goal: f
         raise ValueError(f"headroom: AUROCs must be in [0.5, 1), got {list(aurocs)}")
     rows = [r for g in groups.values() for r in g]
     base_rate = min(max(sum(r["correct"] for r in rows) / len(rows), 1e-3), 1 - 1e-3)
-    plain = selection_table(groups, None, None, len(next(iter(groups.values()))), "min", task)
+    n = len(next(iter(groups.values())))  # samples per problem (every group holds n)
+    plain = selection_table(groups, None, None, n, "min", task)
     majority = {p: t["majority"]["correct"] for p, t in plain.items()}
     need = math.ceil(goal * len(groups) - 1e-9)  # problems over the vote that the goal asks
-    out = {"problems": len(groups), "samples_per_problem": len(next(iter(groups.values()))),
+    out = {"problems": len(groups), "samples_per_problem": n,
            "sample_accuracy": round(base_rate, 4), "draws": draws, "goal": goal,
            **{s: v["accuracy"] for s, v in accuracies(plain).items()
               if s in ("majority", "pass_at_n")}, "by_auroc": {}}
@@ -73,7 +73,7 @@ def headroom(groups: dict, aurocs: Sequence[float], task: str = "gsm8k", goal: f
         acc, met, realised = {"prm_best": [], "prm_weighted": []}, 0, []
         for k in range(draws):
             # a stream per (draw, AUROC): each column of the table is its own experiment
-            table, within = _simulated_draw(groups, d, base_rate,
+            table, within = _simulated_draw(groups, n, d, base_rate,
                                             np.random.default_rng([k, round(a * 10_000)]), task)
             for s in acc:
                 acc[s].append(sum(t[s]["correct"] for t in table.values()) / len(groups))
