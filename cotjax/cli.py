@@ -55,7 +55,7 @@ FLAG_SPECS = {
     "orm": ("string", None, "rerank: an outcome reward model run (train.objective=orm)"),
     "aggregate": ("string", "min", "rerank, search: a chain's PRM score from its steps' (min | prod | "
                                    "last | step_min)"),
-    "max_problems": ("integer", -1, "rerank: the first P problems only (-1: all)"),
+    "max_problems": ("integer", -1, "rerank, distill: the first P problems only (-1: all)"),
     "headroom": ("string", None, "rerank: within-problem AUROCs, comma-separated, of simulated "
                                  "verifiers to choose among the samples of an earlier rerank "
                                  "(--samples=its OUT): OUT/headroom.json; no model loads"),
@@ -301,7 +301,7 @@ COMMANDS = {
                                 "overwrite"), "optional"),
     "distill": Command("verified, distinct sampled chains as training records (with a funnel)",
                        _distill, ("out", "filters", "max_per_problem", "human", "task",
-                                  "first_samples"),
+                                  "first_samples", "max_problems"),
                        "optional", usage="SAMPLE_DIR ... --out=FILE.jsonl [--flag=value ...]"),
     "label-steps": Command("Monte Carlo step labels of sampled chains (and the checker's)",
                            _label_steps, ("workdir", "step", "model", "samples", "rollouts",

@@ -180,17 +180,21 @@ def load_human(data: str, config) -> list[CoTRecord]:
 
 def main(flags, dirs: Sequence[str]) -> dict:
     """`cotjax distill SAMPLE_DIR ... --out=FILE [--filters=a,b] [--max_per_problem=M]
-    [--human=train|FILE --config=C] [--first_samples=N]`."""
+    [--human=train|FILE --config=C] [--first_samples=N] [--max_problems=P]`."""
     if not dirs:
         raise ValueError("give one or more sample directories (cotjax sample --out)")
     rows = read_sample_dirs(dirs)
-    if flags.first_samples != -1:
-        if flags.first_samples < 1:
-            raise ValueError(
-                f"--first_samples must be >= 1 (or -1: all), got {flags.first_samples}")
+    # Sub-runs from one sampling run: a smaller K (first_samples) or a smaller problem set
+    # (max_problems, e.g. a CPU student trained on the teacher's first P problems).
+    for flag, field in (("first_samples", "sample"), ("max_problems", "problem")):
+        limit = getattr(flags, flag)
+        if limit == -1:
+            continue
+        if limit < 1:
+            raise ValueError(f"--{flag} must be >= 1 (or -1: all), got {limit}")
         n = len(rows)
-        rows = [r for r in rows if r["sample"] < flags.first_samples]
-        print(f"--first_samples={flags.first_samples}: {len(rows)} of {n} sample lines used")
+        rows = [r for r in rows if r[field] < limit]
+        print(f"--{flag}={limit}: {len(rows)} of {n} sample lines used")
     filters = [f for f in flags.filters.split(",") if f] if flags.filters != "none" else []
     human = load_human(flags.human, flags.config) if flags.human else ()
     records, summary = select(rows, filters=filters, max_per_problem=flags.max_per_problem,

@@ -61,7 +61,9 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
   fi
   t_select=$((SECONDS - start - t_sample))
   student=$dir/student
-  $cotjax train --config="$config:train=$dir/kept.jsonl" --workdir="$student" \
+  # The config's argument list gains train=: after a ':' (none yet) or a ',' (CONFIG has one)
+  case $config in *:*) sep=, ;; *) sep=: ;; esac
+  $cotjax train --config="$config${sep}train=$dir/kept.jsonl" --workdir="$student" \
     --config.train.lr="${LR:-2e-4}" --config.data.num_epochs="${EPOCHS:-2}" \
     --config.train.checkpoint_every=20 --config.train.keep=2 --config.train.keep_best=0 \
     --config.train.progress=False ${EXTRA:-} >"$student.train.log" 2>&1

@@ -124,6 +124,21 @@ def test_first_samples_keeps_what_a_smaller_k_would_have(tmp_path, capsys):
     assert "--first_samples must be >= 1" in capsys.readouterr().err
 
 
+def test_max_problems_keeps_what_a_run_on_the_first_problems_would_have(tmp_path, capsys):
+    d = _sample_dir(tmp_path)
+    out = tmp_path / "kept.jsonl"
+    cli_main(["cotjax", "distill", str(d), f"--out={out}", "--max_problems=1"])
+    printed = capsys.readouterr().out
+    assert "--max_problems=1: 7 of 9 sample lines used" in printed
+    want, _ = distill.select([r for r in ROWS if r["problem"] < 1])
+    got = [json.loads(line) for line in open(out)]
+    assert [r["chain"] for r in got] == [r["chain"] for r in want] and want
+    assert {r["id"] for r in got} == {"p0"}
+    with pytest.raises(SystemExit):
+        cli_main(["cotjax", "distill", str(d), f"--out={out}", "--max_problems=0"])
+    assert "--max_problems must be >= 1" in capsys.readouterr().err
+
+
 def test_train_path_drops_validation_questions(tmp_path, capsys):
     from cotjax import defaults
 
