@@ -11,6 +11,8 @@
 # Environment (defaults in brackets):
 #   CONFIG [configs/gsm8k.py]   the student's config family (its data.path is the problem pool;
 #                               model=... for another family: sampling and selection are text)
+#   TEACHER_CONFIG [CONFIG]     round 1's sampling config: the teacher's family (its model and
+#                               template) when the student is of another one
 #   ROUNDS [1]  K [4]  PROBLEMS [-1: every training problem; N: the first N, for a CPU subset]
 #   LR [2e-4]  EPOCHS [2]        the student's schedule (the chosen SmolLM2 CoT recipe)
 #   MAX_PER_PROBLEM [4]  HUMAN [1]  HINT [0]: 1 adds STaR rationalisation (problems without a
@@ -37,11 +39,12 @@ mkdir -p "$runs" "$out"
 sample_flags=(--data=train "--k=$k" "--config.eval.batch_size=${BATCH:-64}"
               "--config.eval.max_examples=${PROBLEMS:--1}" "--config.eval.temperature=0.7")
 model=$teacher
+sample_config=${TEACHER_CONFIG:-$config}
 for round in $(seq 1 "${ROUNDS:-1}"); do
   dir=$runs/round$round
   mkdir -p "$dir"
   start=$SECONDS
-  $cotjax sample --config="$config" --workdir="$model" "${sample_flags[@]}" \
+  $cotjax sample --config="$sample_config" --workdir="$model" "${sample_flags[@]}" \
     --out="$dir/samples" ${EXTRA:-} ${SAMPLE_EXTRA:-} 2>&1 | tail -n 3
   t_sample=$((SECONDS - start))
   dirs=("$dir/samples")
@@ -52,7 +55,7 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
   $cotjax distill "${dirs[@]}" --out="$dir/kept.jsonl" \
     --max_per_problem="${MAX_PER_PROBLEM:-4}" "${human[@]}"
   if [ "${HINT:-0}" = 1 ] && [ -s "$dir/kept.jsonl.unsolved.jsonl" ]; then
-    $cotjax sample --config="$config" --workdir="$model" "${sample_flags[@]}" --hint \
+    $cotjax sample --config="$sample_config" --workdir="$model" "${sample_flags[@]}" --hint \
       --data="$dir/kept.jsonl.unsolved.jsonl" --out="$dir/samples_hint" ${EXTRA:-} ${SAMPLE_EXTRA:-} \
       2>&1 | tail -n 3
     dirs+=("$dir/samples_hint")
@@ -95,6 +98,7 @@ with open(f"{out}/rounds.jsonl", "a") as fh:
 EOF
   echo "round $round: $(python3 -c "import json;print(json.load(open('$out/round${round}_summary.json'))['accuracy'])") greedy accuracy"
   model=$student
+  sample_config=$config  # later rounds sample from a student
 done
 teacher_eval=${TEACHER_EVAL:-results/gsm8k/sweep/cot_lr2e-4_ep2_predictions.jsonl}
 for f in "$out"/round*_predictions.jsonl; do

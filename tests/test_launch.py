@@ -196,18 +196,20 @@ def test_rft_rounds_joins_the_human_chains_of_the_teachers_subset(tmp_path):
 
 def test_rft_rounds_student_config_keeps_the_config_argument(tmp_path):
     """CONFIG with its own argument (a student of another family: model=gemma3-270m) gains
-    train= after a ',' and still loads as that config; a bare CONFIG gains it after a ':'."""
+    train= after a ',' and still loads as that config; a bare CONFIG gains it after a ':'.
+    The teacher samples with TEACHER_CONFIG (its own family's template), CONFIG by default."""
     from cotjax import defaults
 
     fake = tmp_path / "cotjax"
     fake.write_text(f'#!/bin/bash\necho "$@" >> {tmp_path / "calls"}\n'
                     'echo \'{"step": 5, "stopped_by_signal": true}\'\n')
     fake.chmod(0o755)
-    for config, model in (("configs/gsm8k.py:model=gemma3-270m", "gemma3-270m"),
-                          ("configs/gsm8k.py", "smollm2-135m-instruct")):
+    for config, model, teacher in (
+            ("configs/gsm8k.py:model=gemma3-270m", "gemma3-270m", "configs/gsm8k.py"),
+            ("configs/gsm8k.py", "smollm2-135m-instruct", None)):
         (tmp_path / "calls").unlink(missing_ok=True)
         env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake), "OUT": str(tmp_path / "out"),
-               "CONFIG": config}
+               "CONFIG": config, **({"TEACHER_CONFIG": teacher} if teacher else {})}
         subprocess.run(["bash", "launch/rft_rounds.sh", str(tmp_path / "teacher"),
                         str(tmp_path / "runs")], capture_output=True, text=True, timeout=60,
                        env=env)
@@ -216,6 +218,8 @@ def test_rft_rounds_student_config_keeps_the_config_argument(tmp_path):
         c = defaults.load_config(spec.removeprefix("--config="))
         assert c.model == model
         assert c.data.train_path == str(tmp_path / "runs" / "round1" / "kept.jsonl")
+        assert f"--config={teacher or config}" in calls["sample"].split()
+        assert f"--config={config}" in calls["distill"].split()
 
 
 def test_rft_rounds_needs_a_teacher():
