@@ -958,15 +958,12 @@ def test_cpu_rft_round_figures(name):
             f"({p['correct_b']}) | {p['only_a']} / {p['only_b']} | {c['mcnemar_p']:.2f} |") in doc
 
 
-def test_h200_rft_round_figures(tmp_path):
-    """results/distill/gpu_round1, issue 22's experiment on the H200: the funnel is what `cotjax
-    distill` makes of the committed (gzipped) samples with all the human chains, the committed
-    training records are those, comparison.json is the paired test of the committed teacher and
-    student predictions, and docs/sample_distill.md and the README quote them."""
+def _h200_round_samples(tmp_path):
+    """The H200 round's committed (gzipped) samples, read as `cotjax distill` reads them."""
     import gzip
     import shutil
 
-    from cotjax import defaults, distill, report
+    from cotjax import report
 
     root = ROOT / "results/distill/gpu_round1"
     samples = tmp_path / "samples"
@@ -975,7 +972,20 @@ def test_h200_rft_round_figures(tmp_path):
     with gzip.open(root / "samples/samples-00000-of-00001.jsonl.gz", "rb") as f, \
             open(samples / "samples-00000-of-00001.jsonl", "wb") as g:
         shutil.copyfileobj(f, g)
-    rows = report.read_sample_dirs([str(samples)])
+    return report.read_sample_dirs([str(samples)])
+
+
+def test_h200_rft_round_figures(tmp_path):
+    """results/distill/gpu_round1, issue 22's experiment on the H200: the funnel is what `cotjax
+    distill` makes of the committed (gzipped) samples with all the human chains, the committed
+    training records are those, comparison.json is the paired test of the committed teacher and
+    student predictions, and docs/sample_distill.md and the README quote them."""
+    import gzip
+
+    from cotjax import defaults, distill, report
+
+    root = ROOT / "results/distill/gpu_round1"
+    rows = _h200_round_samples(tmp_path)
     assert len(rows) == 6973 * 4
     human = distill.load_human("train", defaults.load_config("configs/gsm8k.py"))
     records, funnel = distill.select(rows, human=human)
@@ -1017,6 +1027,58 @@ def test_h200_rft_round_figures(tmp_path):
     solved = {r["problem"] for r in rows if r["correct"]}
     assert f"{len(solved):,} problems have at least one right sample" in doc
     assert f"{f['distinct'] - f['kept']} of the {f['distinct']:,} distinct right paths" in doc
+
+
+def test_cpu_cross_family_gemma_student_figures(tmp_path):
+    """results/distill/cpu_xfam_gemma, issue 22's experiment 2 at CPU scale: the kept chains are
+    what `cotjax distill --max_problems=1000` makes of the H200 round's committed samples, the
+    student trained on them with the first 1,000 human chains, and comparison.json is the paired
+    test of the committed predictions that docs/sample_distill.md quotes."""
+    from cotjax import defaults, distill, report
+
+    root = ROOT / "results/distill/cpu_xfam_gemma"
+    rows = [r for r in _h200_round_samples(tmp_path) if r["problem"] < 1000]
+    config = defaults.load_config("configs/gsm8k.py")
+    config.data.max_examples = 1000
+    records, funnel = distill.select(rows, human=distill.load_human("train", config))
+    committed = json.loads((root / "kept_funnel.json").read_text())
+    assert funnel["funnel"] == committed["funnel"] and funnel["problems"] == 1000
+    sampled = [r for r in records if r["source"] == "sampled"]
+    assert [(r["problem"], r["sample"], r["chain"]) for r in sampled] == \
+        [(r["problem"], r["sample"], r["chain"]) for r in _jsonl(root / "kept_sampled.jsonl")]
+    assert all(r["model"] == "runs/sweep/cot_lr2e-4_ep2 step 688" for r in sampled)
+    student = json.loads((root / "student_config.json").read_text())
+    assert (student["model"], student["data"]["template"], student["train"]["lr"],
+            student["data"]["num_epochs"]) == ("gemma3-270m", "plain", 2e-4, 1)
+    last = _jsonl(root / "student_metrics.jsonl")[-2]
+    assert last["step"] == 48
+    assert '"data/examples": 1211' in (root / "student_train.log").read_text()
+    c = json.loads((root / "comparison.json").read_text())
+    assert (c["kept_chains"], c["records_trained"]) == (len(sampled), len(records)) == (211, 1211)
+    t = report.paired_from_files(ROOT / c["teacher_predictions"], root / "student_predictions.jsonl")
+    b = report.paired_from_files(ROOT / c["baseline_predictions"], root / "student_predictions.jsonl")
+    assert (t["n"], t["correct_a"] / 500, t["correct_b"] / 500, t["mcnemar_p"], t["only_a"],
+            t["only_b"]) == (c["n"], c["teacher_accuracy"], c["student_accuracy"],
+                             c["mcnemar_p"], c["only_teacher"], c["only_student"])
+    assert (b["correct_a"] / 500, b["mcnemar_p"], b["only_a"], b["only_b"]) == \
+        (c["baseline_accuracy"], c["baseline_mcnemar_p"], c["only_baseline"],
+         c["only_student_vs_baseline"])
+    f, doc = funnel["funnel"], _doc("sample_distill.md")
+    assert (f"| {f['sampled']} | {f['correct']} | {f['steps_valid']} | {f['consistent']} | "
+            f"{f['finished']} | {f['distinct']} | {f['kept']} | {funnel['problems_with_kept_chain']} |") in doc
+    summaries = [json.loads(p.read_text()) for p in (
+        ROOT / "results/gsm8k/sweep_gpu/cot_lr2e-4_ep2_summary.json",
+        CALC / "gemma_cot_1k/without/summary.json", root / "student_summary.json")]
+    assert "| accuracy, greedy | " + " | ".join(
+        f"{s['accuracy']:.3f} ({s['correct']})" for s in summaries) + " |" in doc
+    assert "| steps valid | " + " | ".join(f"{s['step_validity']:.1%}" for s in summaries) + " |" in doc
+    assert "| chains with every step valid | " + " | ".join(
+        f"{s['chains_all_steps_valid']:.1%}" for s in summaries) + " |" in doc
+    assert "| cut by the 256-token limit | " + " | ".join(
+        str(s["finished_length"]) for s in summaries) + " |" in doc
+    assert (f"{b['only_b']} problems right only for the student against {b['only_a']} only for "
+            f"the baseline, McNemar p = {b['mcnemar_p']:.3f}") in doc
+    assert (f"{t['only_a']} / {t['only_b']}, p = {t['mcnemar_p']:.0e}") in doc
 
 
 def test_host_round_figures():
