@@ -958,21 +958,78 @@ def test_cpu_rft_round_figures(name):
             f"({p['correct_b']}) | {p['only_a']} / {p['only_b']} | {c['mcnemar_p']:.2f} |") in doc
 
 
-def _h200_round_samples(tmp_path):
-    """The H200 round's committed (gzipped) samples, read as `cotjax distill` reads them."""
+def _gunzipped_samples(src, dst):
+    """A committed sample directory (manifest and gzipped shards) as `cotjax distill` reads it."""
     import gzip
     import shutil
 
     from cotjax import report
 
-    root = ROOT / "results/distill/gpu_round1"
-    samples = tmp_path / "samples"
-    samples.mkdir()
-    shutil.copy(root / "samples/manifest.json", samples)
-    with gzip.open(root / "samples/samples-00000-of-00001.jsonl.gz", "rb") as f, \
-            open(samples / "samples-00000-of-00001.jsonl", "wb") as g:
-        shutil.copyfileobj(f, g)
-    return report.read_sample_dirs([str(samples)])
+    dst.mkdir(parents=True)
+    shutil.copy(src / "manifest.json", dst)
+    for shard in src.glob("*.jsonl.gz"):
+        with gzip.open(shard, "rb") as f, open(dst / shard.name.removesuffix(".gz"), "wb") as g:
+            shutil.copyfileobj(f, g)
+    return report.read_sample_dirs([str(dst)])
+
+
+def test_cpu_star_round_figures(tmp_path):
+    """results/distill/cpu_cot_1k_star, issue 22's experiment 3 at CPU scale: the retrained
+    stand-in teacher drew the committed CPU round's samples (up to near-ties), the hinted pass
+    sampled exactly the problems left without a kept chain, both funnels are what `cotjax
+    distill` makes of the committed samples, hinted chains are stored without the hint, and
+    comparison.json and docs/sample_distill.md are the paired tests of the committed predictions."""
+    from cotjax import defaults, distill, report
+
+    root = ROOT / "results/distill/cpu_cot_1k_star"
+    rows = _gunzipped_samples(root / "samples", tmp_path / "samples")
+    hinted = _gunzipped_samples(root / "samples_hint", tmp_path / "samples_hint")
+    before = {(r["problem"], r["sample"]): r for r in _jsonl(
+        ROOT / "results/distill/cpu_cot_1k/samples/samples-00000-of-00001.jsonl")}
+    same = sum(before[(r["problem"], r["sample"])]["generation"] == r["generation"] for r in rows)
+    assert len(rows) == 1200 and all(before[(r["problem"], r["sample"])]["correct"] == r["correct"]
+                                     for r in rows)
+    config = defaults.load_config("configs/gsm8k.py")
+    config.data.max_examples = 1000
+    human = distill.load_human("train", config)
+    _, plain = distill.select(rows, human=human)
+    assert plain["funnel"] == json.loads((root / "round1_funnel_without_hint.json").read_text())["funnel"]
+    solved = {i for i, q in plain["per_problem"].items() if q["kept"]}
+    records, funnel = distill.select(rows + hinted, human=human)
+    assert funnel["funnel"] == json.loads((root / "round1_funnel.json").read_text())["funnel"]
+    assert all(r["hint"] for r in hinted) and len(hinted) == 4 * (300 - plain["problems_with_kept_chain"])
+    assert {r["id"] for r in hinted} == set(plain["per_problem"]) - solved
+    sampled = [r for r in records if r["source"] == "sampled"]
+    assert [(r["problem"], r["sample"], r["hint"]) for r in sampled] == \
+        [(r["problem"], r["sample"], r["hint"]) for r in _jsonl(root / "round1_kept_sampled.jsonl")]
+    assert all("Hint" not in r["question"] for r in sampled)
+    _, only_hinted = distill.select(hinted)
+    c = json.loads((root / "comparison.json").read_text())
+    teacher = ROOT / "results/calculator/cot_1k/without/predictions.jsonl"
+    p = report.paired_from_files(teacher, root / "round1_predictions.jsonl")
+    assert (p["n"], p["correct_a"] / p["n"], p["correct_b"] / p["n"], p["mcnemar_p"]) == \
+        (c["n"], c["teacher_accuracy"], c["student_accuracy"], c["mcnemar_p"])
+    assert (c["kept_chains"], c["records_trained"]) == (funnel["funnel"]["kept"], len(records))
+    q = report.paired_from_files(ROOT / "results/distill/cpu_cot_1k/round1_predictions.jsonl",
+                                 root / "round1_predictions.jsonl")
+    doc = _doc("sample_distill.md")
+    assert f"{same} of the 1,200 samples are the committed round's text for text" in doc
+    for name, f in (("without the hint", plain), ("the hinted pass alone", only_hinted),
+                    ("with the hinted pass", funnel)):
+        g = f["funnel"]
+        assert (f"| {name} | {g['sampled']} | {g['correct']} | {g['steps_valid']} | "
+                f"{g['consistent']} | {g['finished']} | {g['distinct']} | {g['kept']} | "
+                f"{f['problems_with_kept_chain']} |") in doc
+    s = json.loads((root / "round1_summary.json").read_text())
+    assert (f"| {c['teacher_accuracy']:.3f} ({p['correct_a']}) | {c['student_accuracy']:.3f} "
+            f"({p['correct_b']}) | {p['only_a']} / {p['only_b']} | {c['mcnemar_p']:.2f} | "
+            f"{q['correct_a'] / 500:.3f} ({q['correct_a']}) | {q['only_a']} / {q['only_b']} | "
+            f"{q['mcnemar_p']:.2f} | {s['chains_all_steps_valid']:.1%} |") in doc
+
+
+def _h200_round_samples(tmp_path):
+    """The H200 round's committed (gzipped) samples, read as `cotjax distill` reads them."""
+    return _gunzipped_samples(ROOT / "results/distill/gpu_round1/samples", tmp_path / "samples")
 
 
 def test_h200_rft_round_figures(tmp_path):
