@@ -1025,6 +1025,9 @@ def test_cpu_star_round_figures(tmp_path):
             f"({p['correct_b']}) | {p['only_a']} / {p['only_b']} | {c['mcnemar_p']:.2f} | "
             f"{q['correct_a'] / 500:.3f} ({q['correct_a']}) | {q['only_a']} / {q['only_b']} | "
             f"{q['mcnemar_p']:.2f} | {s['chains_all_steps_valid']:.1%} |") in doc
+    assert (f"one STaR round with rationalisation keeps {only_hinted['funnel']['kept']} hinted "
+            f"chains, 6 of them post-hoc, and moves nothing ({c['student_accuracy']:.3f} against "
+            f"{c['teacher_accuracy']:.3f}, p = {c['mcnemar_p']:.2f})") in _readme()
 
 
 def _h200_round_samples(tmp_path):
@@ -1136,6 +1139,9 @@ def test_cpu_cross_family_gemma_student_figures(tmp_path):
     assert (f"{b['only_b']} problems right only for the student against {b['only_a']} only for "
             f"the baseline, McNemar p = {b['mcnemar_p']:.3f}") in doc
     assert (f"{t['only_a']} / {t['only_b']}, p = {t['mcnemar_p']:.0e}") in doc
+    assert (f"{len(sampled)} verified chains of the first 1,000 problems take a Gemma 3 270M "
+            f"student from {b['correct_a']} to {b['correct_b']} of 500 right (p = "
+            f"{b['mcnemar_p']:.3f})") in _readme()
 
 
 def test_host_round_figures():
