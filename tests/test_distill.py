@@ -111,32 +111,23 @@ def test_cli_writes_a_training_source(tmp_path, capsys):
         ("3 * 4 = 12 apples.\n12 - 2 = 10 left.", "10"), ("5 * $2 = $10.", "10")}
 
 
-def test_first_samples_keeps_what_a_smaller_k_would_have(tmp_path, capsys):
+@pytest.mark.parametrize("flag, field, limit, used", [("first_samples", "sample", 2, 4),
+                                                      ("max_problems", "problem", 1, 7)])
+def test_sub_run_flags_keep_what_the_smaller_run_would_have(tmp_path, capsys, flag, field, limit,
+                                                            used):
+    """--first_samples=N is a run with K = N, --max_problems=P one on the first P problems."""
     d = _sample_dir(tmp_path)
     out = tmp_path / "kept.jsonl"
-    cli_main(["cotjax", "distill", str(d), f"--out={out}", "--first_samples=2"])
+    cli_main(["cotjax", "distill", str(d), f"--out={out}", f"--{flag}={limit}"])
     printed = capsys.readouterr().out
-    assert "--first_samples=2: 4 of 9 sample lines used" in printed
-    want, _ = distill.select([r for r in ROWS if r["sample"] < 2])
-    assert [json.loads(line)["chain"] for line in open(out)] == [r["chain"] for r in want]
-    with pytest.raises(SystemExit):
-        cli_main(["cotjax", "distill", str(d), f"--out={out}", "--first_samples=0"])
-    assert "--first_samples must be >= 1" in capsys.readouterr().err
-
-
-def test_max_problems_keeps_what_a_run_on_the_first_problems_would_have(tmp_path, capsys):
-    d = _sample_dir(tmp_path)
-    out = tmp_path / "kept.jsonl"
-    cli_main(["cotjax", "distill", str(d), f"--out={out}", "--max_problems=1"])
-    printed = capsys.readouterr().out
-    assert "--max_problems=1: 7 of 9 sample lines used" in printed
-    want, _ = distill.select([r for r in ROWS if r["problem"] < 1])
+    assert f"--{flag}={limit}: {used} of 9 sample lines used" in printed
+    want, _ = distill.select([r for r in ROWS if r[field] < limit])
     got = [json.loads(line) for line in open(out)]
     assert [r["chain"] for r in got] == [r["chain"] for r in want] and want
-    assert {r["id"] for r in got} == {"p0"}
+    assert {r["id"] for r in got} == ({"p0"} if flag == "max_problems" else {"p0", "p1"})
     with pytest.raises(SystemExit):
-        cli_main(["cotjax", "distill", str(d), f"--out={out}", "--max_problems=0"])
-    assert "--max_problems must be >= 1" in capsys.readouterr().err
+        cli_main(["cotjax", "distill", str(d), f"--out={out}", f"--{flag}=0"])
+    assert f"--{flag} must be >= 1" in capsys.readouterr().err
 
 
 def test_train_path_drops_validation_questions(tmp_path, capsys):
