@@ -192,6 +192,11 @@ def main(flags, dirs: Sequence[str]) -> dict:
             continue
         if limit < 1:
             raise ValueError(f"--{flag} must be >= 1 (or -1: all), got {limit}")
+        if field == "problem" and any(r.get("hint") for r in rows):
+            # a --hint run numbers its problems within the unsolved file, not the split
+            raise ValueError("--max_problems counts problems of the split; a --hint sample "
+                             "directory numbers them within its unsolved file: give the plain "
+                             "sample directories only")
         n = len(rows)
         rows = [r for r in rows if r[field] < limit]
         print(f"--{flag}={limit}: {len(rows)} of {n} sample lines used")

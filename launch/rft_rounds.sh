@@ -11,8 +11,9 @@
 # Environment (defaults in brackets):
 #   CONFIG [configs/gsm8k.py]   the student's config family (its data.path is the problem pool;
 #                               model=... for another family: sampling and selection are text)
-#   TEACHER_CONFIG [CONFIG]     round 1's sampling config: the teacher's family (its model and
-#                               template) when the student is of another one
+#   TEACHER_CONFIG [CONFIG]     round 1's sampling config, its hinted pass included: the
+#                               teacher's family (its model and template) when the student is of
+#                               another one; its data must be CONFIG's (problems are matched by id)
 #   ROUNDS [1]  K [4]  PROBLEMS [-1: every training problem; N: the first N, for a CPU subset]
 #   LR [2e-4]  EPOCHS [2]        the student's schedule (the chosen SmolLM2 CoT recipe)
 #   MAX_PER_PROBLEM [4]  HUMAN [1]  HINT [0]: 1 adds STaR rationalisation (problems without a

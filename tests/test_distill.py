@@ -130,6 +130,18 @@ def test_sub_run_flags_keep_what_the_smaller_run_would_have(tmp_path, capsys, fl
     assert f"--{flag} must be >= 1" in capsys.readouterr().err
 
 
+def test_max_problems_refuses_hinted_samples(tmp_path, capsys):
+    """A --hint run numbers problems within its unsolved file, so problem < P would pick the
+    wrong ones: refused with a message, not a silently wrong selection."""
+    d = tmp_path / "hinted"
+    d.mkdir()
+    (d / "samples-00000-of-00001.jsonl").write_text(
+        "".join(json.dumps({**r, "hint": True}) + "\n" for r in ROWS))
+    with pytest.raises(SystemExit):
+        cli_main(["cotjax", "distill", str(d), f"--out={tmp_path / 'k.jsonl'}", "--max_problems=1"])
+    assert "a --hint sample directory numbers them within its unsolved file" in capsys.readouterr().err
+
+
 def test_train_path_drops_validation_questions(tmp_path, capsys):
     from cotjax import defaults
 

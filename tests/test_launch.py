@@ -222,6 +222,26 @@ def test_rft_rounds_student_config_keeps_the_config_argument(tmp_path):
         assert f"--config={config}" in calls["distill"].split()
 
 
+def test_rft_rounds_hinted_pass_samples_the_teacher_with_its_config(tmp_path):
+    """HINT=1: round 1's second sampling pass (the gold answer as a hint) also draws from the
+    teacher, so it too uses TEACHER_CONFIG."""
+    fake = tmp_path / "cotjax"
+    fake.write_text(f'#!/bin/bash\necho "$@" >> {tmp_path / "calls"}\n'
+                    'for a in "$@"; do case $a in --out=*kept.jsonl) '
+                    'echo "{}" > "${a#--out=}.unsolved.jsonl";; esac; done\n'
+                    'echo \'{"step": 5, "stopped_by_signal": true}\'\n')
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake), "OUT": str(tmp_path / "out"), "HINT": "1",
+           "CONFIG": "configs/gsm8k.py:model=gemma3-270m", "TEACHER_CONFIG": "configs/gsm8k.py"}
+    subprocess.run(["bash", "launch/rft_rounds.sh", str(tmp_path / "teacher"),
+                    str(tmp_path / "runs")], capture_output=True, text=True, timeout=60, env=env)
+    calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
+    assert [c[0] for c in calls] == ["sample", "distill", "sample", "distill", "train"]
+    assert "--hint" in calls[2]
+    for c in (calls[0], calls[2]):
+        assert "--config=configs/gsm8k.py" in c
+
+
 def test_rft_rounds_needs_a_teacher():
     out = subprocess.run(["bash", "launch/rft_rounds.sh"], capture_output=True, text=True,
                          timeout=30)

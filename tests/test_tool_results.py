@@ -989,6 +989,8 @@ def test_cpu_star_round_figures(tmp_path):
     same = sum(before[(r["problem"], r["sample"])]["generation"] == r["generation"] for r in rows)
     assert len(rows) == 1200 and all(before[(r["problem"], r["sample"])]["correct"] == r["correct"]
                                      for r in rows)
+    assert not any(r["correct"] for r in rows
+                   if before[(r["problem"], r["sample"])]["generation"] != r["generation"])
     config = defaults.load_config("configs/gsm8k.py")
     config.data.max_examples = 1000
     human = distill.load_human("train", config)
@@ -1004,6 +1006,16 @@ def test_cpu_star_round_figures(tmp_path):
         [(r["problem"], r["sample"], r["hint"]) for r in _jsonl(root / "round1_kept_sampled.jsonl")]
     assert all("Hint" not in r["question"] for r in sampled)
     _, only_hinted = distill.select(hinted)
+    # the round without the hint is the committed CPU round: same funnel, same kept chains
+    first = ROOT / "results/distill/cpu_cot_1k"
+    assert plain["per_problem"] == json.loads((first / "round1_funnel.json").read_text())["per_problem"]
+    assert [(r["problem"], r["sample"]) for r in sampled if not r["hint"]] == \
+        [(r["problem"], r["sample"]) for r in _jsonl(first / "round1_kept_sampled.jsonl")]
+    # the teacher retrained on this Xeon: the committed run's losses, step for step
+    runs = [_jsonl(ROOT / f"results/teachers/{t}/metrics.jsonl") for t in ("cot_1k", "cot_1k_xeon")]
+    assert [m["step"] for m in runs[0]] == [m["step"] for m in runs[1]]
+    gap = max(abs(a[k] - b[k]) for a, b in zip(*runs) for k in ("loss", "val/loss") if k in a)
+    assert gap < 6e-7
     c = json.loads((root / "comparison.json").read_text())
     teacher = ROOT / "results/calculator/cot_1k/without/predictions.jsonl"
     p = report.paired_from_files(teacher, root / "round1_predictions.jsonl")
@@ -1025,9 +1037,10 @@ def test_cpu_star_round_figures(tmp_path):
             f"({p['correct_b']}) | {p['only_a']} / {p['only_b']} | {c['mcnemar_p']:.2f} | "
             f"{q['correct_a'] / 500:.3f} ({q['correct_a']}) | {q['only_a']} / {q['only_b']} | "
             f"{q['mcnemar_p']:.2f} | {s['chains_all_steps_valid']:.1%} |") in doc
-    assert (f"one STaR round with rationalisation keeps {only_hinted['funnel']['kept']} hinted "
-            f"chains, 6 of them post-hoc, and moves nothing ({c['student_accuracy']:.3f} against "
-            f"{c['teacher_accuracy']:.3f}, p = {c['mcnemar_p']:.2f})") in _readme()
+    assert (f"One STaR round with rationalisation keeps {only_hinted['funnel']['kept']} hinted "
+            f"chains, only 2 of them sound by reading, and moves nothing "
+            f"({c['student_accuracy']:.3f} against {c['teacher_accuracy']:.3f}, p = "
+            f"{c['mcnemar_p']:.2f})") in _readme()
 
 
 def _h200_round_samples(tmp_path):
@@ -1113,6 +1126,8 @@ def test_cpu_cross_family_gemma_student_figures(tmp_path):
     last = _jsonl(root / "student_metrics.jsonl")[-2]
     assert last["step"] == 48
     assert '"data/examples": 1211' in (root / "student_train.log").read_text()
+    base_steps = _jsonl(ROOT / "results/teachers/gemma_cot_1k/metrics.jsonl")[-1]["step"]
+    assert (last["step"], base_steps) == (48, 41)
     c = json.loads((root / "comparison.json").read_text())
     assert (c["kept_chains"], c["records_trained"]) == (len(sampled), len(records)) == (211, 1211)
     t = report.paired_from_files(ROOT / c["teacher_predictions"], root / "student_predictions.jsonl")
@@ -1126,6 +1141,12 @@ def test_cpu_cross_family_gemma_student_figures(tmp_path):
     f, doc = funnel["funnel"], _doc("sample_distill.md")
     assert (f"| {f['sampled']} | {f['correct']} | {f['steps_valid']} | {f['consistent']} | "
             f"{f['finished']} | {f['distinct']} | {f['kept']} | {funnel['problems_with_kept_chain']} |") in doc
+    # without the cap of 4 the same chains are kept, so every distinct path not kept is the
+    # problem's human chain
+    _, uncapped = distill.select(rows, human=distill.load_human("train", config), max_per_problem=100)
+    assert uncapped["funnel"] == f
+    assert (f"{f['distinct'] - f['kept']} of the {f['distinct']} distinct right paths are the "
+            "problem's own human chain") in doc
     summaries = [json.loads(p.read_text()) for p in (
         ROOT / "results/gsm8k/sweep_gpu/cot_lr2e-4_ep2_summary.json",
         CALC / "gemma_cot_1k/without/summary.json", root / "student_summary.json")]
@@ -1139,9 +1160,10 @@ def test_cpu_cross_family_gemma_student_figures(tmp_path):
     assert (f"{b['only_b']} problems right only for the student against {b['only_a']} only for "
             f"the baseline, McNemar p = {b['mcnemar_p']:.3f}") in doc
     assert (f"{t['only_a']} / {t['only_b']}, p = {t['mcnemar_p']:.0e}") in doc
-    assert (f"{len(sampled)} verified chains of the first 1,000 problems take a Gemma 3 270M "
-            f"student from {b['correct_a']} to {b['correct_b']} of 500 right (p = "
-            f"{b['mcnemar_p']:.3f})") in _readme()
+    assert (f"a Gemma 3 270M student trained on that teacher's {len(sampled)} verified chains of "
+            f"the first 1,000 problems plus their human chains gets {b['correct_b']} of 500 right, "
+            f"against {b['correct_a']} for the human chains alone (p = {b['mcnemar_p']:.3f}, not "
+            f"significant; {last['step'] / base_steps - 1:.0%} more steps") in _readme()
 
 
 def test_host_round_figures():
