@@ -925,6 +925,19 @@ def test_calculator_comparison_is_the_chosen_models():
         assert top[key] == c[key], key
 
 
+def _assert_round_comparison(root, teacher, kept, records):
+    """A round's comparison.json is the paired test of the teacher's and the student's committed
+    predictions, with the kept chains and records trained it names; returns (comparison, test)."""
+    from cotjax import report
+
+    c = json.loads((root / "comparison.json").read_text())
+    p = report.paired_from_files(teacher, root / "round1_predictions.jsonl")
+    assert (p["n"], p["correct_a"] / p["n"], p["correct_b"] / p["n"], p["mcnemar_p"]) == \
+        (c["n"], c["teacher_accuracy"], c["student_accuracy"], c["mcnemar_p"])
+    assert (c["kept_chains"], c["records_trained"]) == (kept, records)
+    return c, p
+
+
 @pytest.mark.parametrize("name", ["cpu_cot_1k", "cpu_cot_1k_calc"])
 def test_cpu_rft_round_figures(name):
     """results/distill/<name>: the funnel is what `cotjax distill` makes of the committed samples
@@ -944,12 +957,8 @@ def test_cpu_rft_round_figures(name):
     sampled = [r for r in records if r["source"] == "sampled"]
     assert [(r["problem"], r["sample"]) for r in sampled] == \
         [(r["problem"], r["sample"]) for r in _jsonl(root / "round1_kept_sampled.jsonl")]
-    c = json.loads((root / "comparison.json").read_text())
-    teacher = ROOT / "results/calculator/cot_1k/without/predictions.jsonl"
-    p = report.paired_from_files(teacher, root / "round1_predictions.jsonl")
-    assert (p["n"], p["correct_a"] / p["n"], p["correct_b"] / p["n"], p["mcnemar_p"]) == \
-        (c["n"], c["teacher_accuracy"], c["student_accuracy"], c["mcnemar_p"])
-    assert c["kept_chains"] == funnel["funnel"]["kept"] and c["records_trained"] == 1000 + len(sampled)
+    c, p = _assert_round_comparison(root, ROOT / "results/calculator/cot_1k/without/predictions.jsonl",
+                                    funnel["funnel"]["kept"], 1000 + len(sampled))
     f = funnel["funnel"]
     doc = _doc("sample_distill.md")
     assert (f"| {f['sampled']} | {f['correct']} | {f['steps_valid']} | {f['consistent']} | "
@@ -1016,12 +1025,8 @@ def test_cpu_star_round_figures(tmp_path):
     assert [m["step"] for m in runs[0]] == [m["step"] for m in runs[1]]
     gap = max(abs(a[k] - b[k]) for a, b in zip(*runs) for k in ("loss", "val/loss") if k in a)
     assert gap < 6e-7
-    c = json.loads((root / "comparison.json").read_text())
-    teacher = ROOT / "results/calculator/cot_1k/without/predictions.jsonl"
-    p = report.paired_from_files(teacher, root / "round1_predictions.jsonl")
-    assert (p["n"], p["correct_a"] / p["n"], p["correct_b"] / p["n"], p["mcnemar_p"]) == \
-        (c["n"], c["teacher_accuracy"], c["student_accuracy"], c["mcnemar_p"])
-    assert (c["kept_chains"], c["records_trained"]) == (funnel["funnel"]["kept"], len(records))
+    c, p = _assert_round_comparison(root, ROOT / "results/calculator/cot_1k/without/predictions.jsonl",
+                                    funnel["funnel"]["kept"], len(records))
     q = report.paired_from_files(ROOT / "results/distill/cpu_cot_1k/round1_predictions.jsonl",
                                  root / "round1_predictions.jsonl")
     doc = _doc("sample_distill.md")
@@ -1069,12 +1074,8 @@ def test_h200_rft_round_figures(tmp_path):
         trained = [json.loads(line) for line in f]
     assert [(r["source"], r["question"], r["chain"]) for r in records] == \
         [(r["source"], r["question"], r["chain"]) for r in trained]
-    c = json.loads((root / "comparison.json").read_text())
     teacher = ROOT / "results/gsm8k/sweep_gpu/cot_lr2e-4_ep2_predictions.jsonl"
-    p = report.paired_from_files(teacher, root / "round1_predictions.jsonl")
-    assert (p["n"], p["correct_a"] / p["n"], p["correct_b"] / p["n"], p["mcnemar_p"]) == \
-        (c["n"], c["teacher_accuracy"], c["student_accuracy"], c["mcnemar_p"])
-    assert (c["kept_chains"], c["records_trained"]) == (funnel["funnel"]["kept"], len(records))
+    c, p = _assert_round_comparison(root, teacher, funnel["funnel"]["kept"], len(records))
     f = funnel["funnel"]
     doc = _doc("sample_distill.md")
     assert (f"| {f['sampled']} | {f['correct']} | {f['steps_valid']} | {f['consistent']} | "
