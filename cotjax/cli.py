@@ -64,6 +64,8 @@ FLAG_SPECS = {
                                 "first that has it; no model loads)"),
     "human": ("string", None, "distill: add the human chains of 'train' (the config's split) or "
                               "of a raw GSM8K file"),
+    "control": ("bool", False, "distill: also OUT.control.jsonl, the count-matched control: each "
+                               "kept chain replaced by its problem's human chain (needs --human)"),
 }
 
 
@@ -300,7 +302,7 @@ COMMANDS = {
                       _sample, ("workdir", "step", "model", "task", "data", "k", "out", "hint",
                                 "overwrite"), "optional"),
     "distill": Command("verified, distinct sampled chains as training records (with a funnel)",
-                       _distill, ("out", "filters", "max_per_problem", "human", "task",
+                       _distill, ("out", "filters", "max_per_problem", "human", "control", "task",
                                   "first_samples", "max_problems"),
                        "optional", usage="SAMPLE_DIR ... --out=FILE.jsonl [--flag=value ...]"),
     "label-steps": Command("Monte Carlo step labels of sampled chains (and the checker's)",

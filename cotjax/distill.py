@@ -158,6 +158,25 @@ def unsolved(rows: Sequence[dict], summary: dict) -> list[dict]:
             if summary["per_problem"][str(r["id"] or r["problem"])]["kept"] == 0]
 
 
+def matched_control(records: Sequence[dict]) -> list[dict]:
+    """The count-matched control of a distilled file: the human records, and for each kept
+    sampled chain a copy of its problem's human record instead. Same record count, problems
+    and per-problem weight, so the same steps at the same schedule: a student that beats this
+    control gains from the teacher's chains, not from more updates on the solved problems."""
+    human = {r["question"]: r for r in records if r["source"] == "human"}
+    if not human:
+        raise ValueError("--control needs --human (the human chains that replace the kept ones)")
+    out = list(human.values())
+    for r in records:
+        if r["source"] == "human":
+            continue
+        if r["question"] not in human:
+            raise ValueError(f"--control: kept chain of problem {r['id']!r} (sample "
+                             f"{r.get('sample')}) has no human record to stand in for it")
+        out.append({**human[r["question"]], "source": "human_copy", "replaces_sample": r.get("sample")})
+    return out
+
+
 def write(out: str, records: Sequence[dict], summary: dict, rest: Sequence[dict] = ()) -> None:
     """OUT (the records), OUT.funnel.json and OUT.unsolved.jsonl (see `unsolved`)."""
     paths.write_text(out, "".join(json.dumps(r) + "\n" for r in records))
@@ -180,9 +199,11 @@ def load_human(data: str, config) -> list[CoTRecord]:
 
 def main(flags, dirs: Sequence[str]) -> dict:
     """`cotjax distill SAMPLE_DIR ... --out=FILE [--filters=a,b] [--max_per_problem=M]
-    [--human=train|FILE --config=C] [--first_samples=N] [--max_problems=P]`."""
+    [--human=train|FILE --config=C [--control]] [--first_samples=N] [--max_problems=P]`."""
     if not dirs:
         raise ValueError("give one or more sample directories (cotjax sample --out)")
+    if flags.control and not flags.human:
+        raise ValueError("--control needs --human (the human chains that replace the kept ones)")
     rows = read_sample_dirs(dirs)
     # Sub-runs from one sampling run: a smaller K (first_samples) or a smaller problem set
     # (max_problems, e.g. a CPU student trained on the teacher's first P problems).
@@ -210,4 +231,9 @@ def main(flags, dirs: Sequence[str]) -> dict:
     print(funnel_text(summary))
     print(f"wrote {flags.out}, {flags.out}.funnel.json and {flags.out}.unsolved.jsonl "
           f"({len(rest)} problems without a kept chain)")
+    if flags.control:
+        control = matched_control(records)
+        paths.write_text(f"{flags.out}.control.jsonl", "".join(json.dumps(r) + "\n" for r in control))
+        print(f"wrote {flags.out}.control.jsonl ({len(control)} records: each kept chain "
+              f"replaced by its problem's human chain)")
     return summary

@@ -75,6 +75,33 @@ def test_cap_and_human_union():
     assert summary["human_records"] == 1
 
 
+def test_matched_control_swaps_each_kept_chain_for_its_human_chain():
+    """The count-matched control has the distilled file's record count and per-problem counts,
+    and only human chains: the student's extra updates without the teacher's text."""
+    human = [records_lib.CoTRecord(Q1, "3*4 = 12\n12-2 = 10", "10", id="h1"),
+             records_lib.CoTRecord(Q2, "5*2 = 10", "10", id="h2")]
+    records, _ = distill.select(ROWS, max_per_problem=4, human=human)
+    control = distill.matched_control(records)
+    # 2 human + 2 new paths: each problem's sample 0 has its human chain's path
+    assert len(control) == len(records) == 4
+    count = lambda rs: sorted((r["question"], r["answer"]) for r in rs)  # noqa: E731
+    assert count(control) == count(records)
+    assert {r["chain"] for r in control} == {"3*4 = 12\n12-2 = 10", "5*2 = 10"}
+    assert sorted(r["replaces_sample"] for r in control if r["source"] == "human_copy") == [1, 2]
+    with pytest.raises(ValueError, match="has no human record"):
+        distill.matched_control(records[1:])  # h1 missing: a kept Q1 chain has no stand-in
+    with pytest.raises(ValueError, match="--control needs --human"):
+        distill.matched_control([r for r in records if r["source"] == "sampled"])
+
+
+def test_cli_control_needs_human(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["cotjax", "distill", str(_sample_dir(tmp_path)), f"--out={tmp_path / 'k.jsonl'}",
+                  "--control"])
+    assert "--control needs --human" in capsys.readouterr().err
+    assert not (tmp_path / "k.jsonl").exists()
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="unknown filter 'corect'"):
         distill.select(ROWS, filters=["corect"])
