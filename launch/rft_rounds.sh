@@ -18,6 +18,9 @@
 #   LR [2e-4]  EPOCHS [2]        the student's schedule (the chosen SmolLM2 CoT recipe)
 #   MAX_PER_PROBLEM [4]  HUMAN [1]  HINT [0]: 1 adds STaR rationalisation (problems without a
 #                               kept chain are sampled again with the gold answer as a hint)
+#   CONTROL [0]: 1 also trains and evaluates each round's count-matched control (distill
+#                               --control: every kept chain replaced by its problem's human chain,
+#                               the same updates without the teacher's text; needs HUMAN=1)
 #   HUMAN_PROBLEMS [-1: all]    the human chains joined: the first N training problems (a CPU
 #                               subset: the teacher's own training problems)
 #   EVAL_SAMPLES [8]            samples per validation problem for maj@k (1: greedy only)
@@ -37,6 +40,28 @@ out=${OUT:-results/distill}
 cotjax=${COTJAX:-.venv/bin/cotjax}
 k=${K:-4}
 mkdir -p "$runs" "$out"
+control=()
+[ "${CONTROL:-0}" = 1 ] && control=(--control)
+# The config's argument list gains train=: after a ':' (none yet) or a ',' (CONFIG has one)
+case $config in *:*) sep=, ;; *) sep=: ;; esac
+
+train() {  # WORKDIR DATA: retrain from the base model on DATA; a stopped run exits for a rerun
+  $cotjax train --config="$config${sep}train=$2" --workdir="$1" \
+    --config.train.lr="${LR:-2e-4}" --config.data.num_epochs="${EPOCHS:-2}" \
+    --config.train.checkpoint_every=20 --config.train.keep=2 --config.train.keep_best=0 \
+    --config.train.progress=False ${EXTRA:-} >"$1.train.log" 2>&1
+  if grep -q '"stopped_by_signal": true' "$1.train.log"; then
+    echo "round $round: training stopped by a signal; rerun to resume it" >&2; exit 1
+  fi
+}
+
+evaluate() {  # WORKDIR OUT: greedy and maj@k on the validation slice; a finished one is kept
+  if [ ! -f "$2/summary.json" ]; then
+    $cotjax eval --config="$config" --workdir="$1" --data=validation --out="$2" \
+      --config.eval.num_samples="${EVAL_SAMPLES:-8}" --config.eval.batch_size="${BATCH:-64}" \
+      ${EXTRA:-} >"$2.log" 2>&1
+  fi
+}
 sample_flags=(--data=train "--k=$k" "--config.eval.batch_size=${BATCH:-64}"
               "--config.eval.max_examples=${PROBLEMS:--1}" "--config.eval.temperature=0.7")
 model=$teacher
@@ -54,33 +79,27 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
     human=(--human=train "--config=$config" "--config.data.max_examples=${HUMAN_PROBLEMS:--1}")
   fi
   $cotjax distill "${dirs[@]}" --out="$dir/kept.jsonl" \
-    --max_per_problem="${MAX_PER_PROBLEM:-4}" "${human[@]}"
+    --max_per_problem="${MAX_PER_PROBLEM:-4}" "${human[@]}" "${control[@]}"
   if [ "${HINT:-0}" = 1 ] && [ -s "$dir/kept.jsonl.unsolved.jsonl" ]; then
     $cotjax sample --config="$sample_config" --workdir="$model" "${sample_flags[@]}" --hint \
       --data="$dir/kept.jsonl.unsolved.jsonl" --out="$dir/samples_hint" ${EXTRA:-} ${SAMPLE_EXTRA:-} \
       2>&1 | tail -n 3
     dirs+=("$dir/samples_hint")
     $cotjax distill "${dirs[@]}" --out="$dir/kept.jsonl" \
-      --max_per_problem="${MAX_PER_PROBLEM:-4}" "${human[@]}"
+      --max_per_problem="${MAX_PER_PROBLEM:-4}" "${human[@]}" "${control[@]}"
   fi
   t_select=$((SECONDS - start - t_sample))
   student=$dir/student
-  # The config's argument list gains train=: after a ':' (none yet) or a ',' (CONFIG has one)
-  case $config in *:*) sep=, ;; *) sep=: ;; esac
-  $cotjax train --config="$config${sep}train=$dir/kept.jsonl" --workdir="$student" \
-    --config.train.lr="${LR:-2e-4}" --config.data.num_epochs="${EPOCHS:-2}" \
-    --config.train.checkpoint_every=20 --config.train.keep=2 --config.train.keep_best=0 \
-    --config.train.progress=False ${EXTRA:-} >"$student.train.log" 2>&1
-  if grep -q '"stopped_by_signal": true' "$student.train.log"; then
-    echo "round $round: training stopped by a signal; rerun to resume it" >&2; exit 1
-  fi
+  train "$student" "$dir/kept.jsonl"
   t_train=$((SECONDS - start - t_sample - t_select))
-  if [ ! -f "$dir/eval/summary.json" ]; then  # a finished evaluation is not run again
-    $cotjax eval --config="$config" --workdir="$student" --data=validation --out="$dir/eval" \
-      --config.eval.num_samples="${EVAL_SAMPLES:-8}" --config.eval.batch_size="${BATCH:-64}" \
-      ${EXTRA:-} >"$dir/eval.log" 2>&1
-  fi
+  evaluate "$student" "$dir/eval"
   t_eval=$((SECONDS - start - t_sample - t_select - t_train))
+  if [ ${#control[@]} -gt 0 ]; then
+    train "$dir/control" "$dir/kept.jsonl.control.jsonl"
+    evaluate "$dir/control" "$dir/control_eval"
+    cp "$dir/control_eval/predictions.jsonl" "$out/round${round}_control_predictions.jsonl"
+    cp "$dir/control_eval/summary.json" "$out/round${round}_control_summary.json"
+  fi
   cp "$dir/eval/predictions.jsonl" "$out/round${round}_predictions.jsonl"
   cp "$dir/eval/summary.json" "$out/round${round}_summary.json"
   cp "$dir/kept.jsonl.funnel.json" "$out/round${round}_funnel.json"
@@ -102,9 +121,16 @@ EOF
   sample_config=$config  # later rounds sample from a student
 done
 teacher_eval=${TEACHER_EVAL:-results/gsm8k/sweep/cot_lr2e-4_ep2_predictions.jsonl}
-for f in "$out"/round*_predictions.jsonl; do
-  echo "$(basename "$f") vs teacher: $($cotjax report paired "$teacher_eval" "$f" | tail -n 1)"
-done | tee "$out/rounds.md"
+{
+  for f in "$out"/round*_predictions.jsonl; do
+    echo "$(basename "$f") vs teacher: $($cotjax report paired "$teacher_eval" "$f" | tail -n 1)"
+  done
+  for f in "$out"/round*_control_predictions.jsonl; do
+    [ -f "$f" ] || continue
+    s=${f/_control_predictions/_predictions}
+    echo "$(basename "$s") vs its control: $($cotjax report paired "$f" "$s" | tail -n 1)"
+  done
+} | tee "$out/rounds.md"
 # The last round against the teacher, in the fields issue 22 names.
 $cotjax report paired "$teacher_eval" "$out/round${ROUNDS:-1}_predictions.jsonl" | tail -n 1 \
   | python3 -c '
@@ -118,4 +144,15 @@ print(json.dumps({"teacher": sys.argv[2], "teacher_predictions": p["a"],
                   "only_teacher": p["only_a"], "only_student": p["only_b"],
                   "kept_chains": f["funnel"]["kept"], "records_trained": f["records_written"]},
                  indent=1))' "$out/round${ROUNDS:-1}_funnel.json" "$teacher" > "$out/comparison.json"
+last_control=$out/round${ROUNDS:-1}_control_predictions.jsonl
+if [ -f "$last_control" ]; then  # the student against its count-matched control
+  $cotjax report paired "$last_control" "$out/round${ROUNDS:-1}_predictions.jsonl" | tail -n 1 \
+    | python3 -c '
+import json, sys
+p, c = json.loads(sys.stdin.read()), json.load(open(sys.argv[1]))
+c.update(control_predictions=p["a"], control_accuracy=p["correct_a"] / p["n"],
+         control_mcnemar_p=p["mcnemar_p"], only_control=p["only_a"],
+         only_student_vs_control=p["only_b"])
+open(sys.argv[1], "w").write(json.dumps(c, indent=1) + "\n")' "$out/comparison.json"
+fi
 cat "$out/comparison.json"

@@ -4,6 +4,7 @@ experiment scripts around a stand-in `cotjax`."""
 import os
 import shlex
 import signal
+import json
 import subprocess
 import sys
 import time
@@ -240,6 +241,46 @@ def test_rft_rounds_hinted_pass_samples_the_teacher_with_its_config(tmp_path):
     assert "--hint" in calls[2]
     for c in (calls[0], calls[2]):
         assert "--config=configs/gsm8k.py" in c
+
+
+def test_rft_rounds_control_trains_the_count_matched_control_and_pairs_it(tmp_path):
+    """CONTROL=1: distill writes the control file, the control trains on it with the student's
+    schedule and is evaluated the same way, and rounds.md and comparison.json pair it with the
+    student."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "cotjax"
+    fake.write_text(f"""#!/bin/bash
+echo "$*" >> {calls}
+case $1 in
+  eval) for a in "$@"; do case $a in --out=*) d=${{a#--out=}}; mkdir -p $d
+        echo '{{"accuracy": 0.1, "steps_valid": 1, "chains_all_steps_valid": 1}}' > $d/summary.json
+        echo '{{}}' > $d/predictions.jsonl;; esac; done;;
+  distill) for a in "$@"; do case $a in --out=*) o=${{a#--out=}}
+        echo '{{"funnel": {{"kept": 3}}, "problems": 2, "problems_with_kept_chain": 1, "records_written": 5}}' > $o.funnel.json;; esac; done;;
+  report) echo '{{"a": "A", "b": "B", "n": 10, "correct_a": 1, "correct_b": 2, "only_a": 0, "only_b": 1, "mcnemar_p": 1.0}}';;
+  train) echo '{{"step": 5, "stopped_by_signal": false}}';;
+esac
+""")
+    fake.chmod(0o755)
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake), "OUT": str(out), "CONTROL": "1",
+           "TEACHER_EVAL": "T"}
+    done = subprocess.run(["bash", "launch/rft_rounds.sh", str(tmp_path / "teacher"), str(runs)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    assert [c[0] for c in lines[:6]] == ["sample", "distill", "train", "eval", "train", "eval"]
+    assert "--control" in lines[1]
+    (student, control) = (next(a for a in c if a.startswith("--config=")) for c in (lines[2], lines[4]))
+    assert student.endswith(f"train={runs}/round1/kept.jsonl")
+    assert control.endswith(f"train={runs}/round1/kept.jsonl.control.jsonl")
+    assert f"--workdir={runs}/round1/control" in lines[4] and f"--out={runs}/round1/control_eval" in lines[5]
+    assert lines[2][3:] == lines[4][3:] and lines[3][5:] == lines[5][5:]  # the same schedule and eval
+    assert lines[-1] == ["report", "paired", f"{out}/round1_control_predictions.jsonl",
+                         f"{out}/round1_predictions.jsonl"]
+    assert "round1_predictions.jsonl vs its control:" in (out / "rounds.md").read_text()
+    c = json.loads((out / "comparison.json").read_text())
+    assert (c["control_accuracy"], c["only_student_vs_control"], c["kept_chains"]) == (0.1, 1, 3)
 
 
 def test_rft_rounds_needs_a_teacher():
