@@ -160,9 +160,10 @@ def unsolved(rows: Sequence[dict], summary: dict) -> list[dict]:
 
 def matched_control(records: Sequence[dict]) -> list[dict]:
     """The count-matched control of a distilled file: the human records, and for each kept
-    sampled chain a copy of its problem's human record instead. Same record count, problems
-    and per-problem weight, so the same steps at the same schedule: a student that beats this
-    control gains from the teacher's chains, not from more updates on the solved problems."""
+    sampled chain a copy of its problem's human record instead. The same records per problem,
+    so about the same steps (packing decides: chains of other lengths pack differently): a
+    student that beats this control gains from the teacher's chains, not from more updates on
+    the problems it solved."""
     human = {r["question"]: r for r in records if r["source"] == "human"}
     if not human:
         raise ValueError("--control needs --human (the human chains that replace the kept ones)")
@@ -227,12 +228,12 @@ def main(flags, dirs: Sequence[str]) -> dict:
                               human=human, task=flags.task or "gsm8k")
     summary["sources"] = [str(d) for d in dirs]
     rest = unsolved(rows, summary) if (flags.task or "gsm8k") == "gsm8k" else []
+    control = matched_control(records) if flags.control else None  # refused before any write
     write(flags.out, records, summary, rest)
     print(funnel_text(summary))
     print(f"wrote {flags.out}, {flags.out}.funnel.json and {flags.out}.unsolved.jsonl "
           f"({len(rest)} problems without a kept chain)")
-    if flags.control:
-        control = matched_control(records)
+    if control is not None:
         paths.write_text(f"{flags.out}.control.jsonl", "".join(json.dumps(r) + "\n" for r in control))
         print(f"wrote {flags.out}.control.jsonl ({len(control)} records: each kept chain "
               f"replaced by its problem's human chain)")

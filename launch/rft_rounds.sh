@@ -20,7 +20,8 @@
 #                               kept chain are sampled again with the gold answer as a hint)
 #   CONTROL [0]: 1 also trains and evaluates each round's count-matched control (distill
 #                               --control: every kept chain replaced by its problem's human chain,
-#                               the same updates without the teacher's text; needs HUMAN=1)
+#                               the same records without the teacher's text; needs HUMAN=1 and
+#                               HUMAN_PROBLEMS covering PROBLEMS)
 #   HUMAN_PROBLEMS [-1: all]    the human chains joined: the first N training problems (a CPU
 #                               subset: the teacher's own training problems)
 #   EVAL_SAMPLES [8]            samples per validation problem for maj@k (1: greedy only)
@@ -41,7 +42,15 @@ cotjax=${COTJAX:-.venv/bin/cotjax}
 k=${K:-4}
 mkdir -p "$runs" "$out"
 control=()
-[ "${CONTROL:-0}" = 1 ] && control=(--control)
+if [ "${CONTROL:-0}" = 1 ]; then  # refused before hours of sampling, not after
+  [ "${HUMAN:-1}" = 1 ] || { echo "CONTROL=1 needs HUMAN=1: the human chains stand in for the kept ones" >&2; exit 2; }
+  hp=${HUMAN_PROBLEMS:--1} np=${PROBLEMS:--1}
+  if [ "$hp" != -1 ] && { [ "$np" = -1 ] || [ "$np" -gt "$hp" ]; }; then
+    echo "CONTROL=1 needs a human chain for every sampled problem: HUMAN_PROBLEMS=$hp, PROBLEMS=$np" >&2
+    exit 2
+  fi
+  control=(--control)
+fi
 # The config's argument list gains train=: after a ':' (none yet) or a ',' (CONFIG has one)
 case $config in *:*) sep=, ;; *) sep=: ;; esac
 
@@ -51,7 +60,7 @@ train() {  # WORKDIR DATA: retrain from the base model on DATA; a stopped run ex
     --config.train.checkpoint_every=20 --config.train.keep=2 --config.train.keep_best=0 \
     --config.train.progress=False ${EXTRA:-} >"$1.train.log" 2>&1
   if grep -q '"stopped_by_signal": true' "$1.train.log"; then
-    echo "round $round: training stopped by a signal; rerun to resume it" >&2; exit 1
+    echo "round $round: training of $1 stopped by a signal; rerun to resume it" >&2; exit 1
   fi
 }
 
@@ -100,19 +109,23 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
     cp "$dir/control_eval/predictions.jsonl" "$out/round${round}_control_predictions.jsonl"
     cp "$dir/control_eval/summary.json" "$out/round${round}_control_summary.json"
   fi
+  t_control=$((SECONDS - start - t_sample - t_select - t_train - t_eval))
   cp "$dir/eval/predictions.jsonl" "$out/round${round}_predictions.jsonl"
   cp "$dir/eval/summary.json" "$out/round${round}_summary.json"
   cp "$dir/kept.jsonl.funnel.json" "$out/round${round}_funnel.json"
-  python3 - "$out" "$round" "$model" "$t_sample" "$t_select" "$t_train" "$t_eval" <<'EOF'
+  python3 - "$out" "$round" "$model" "${#control[@]}" "$t_sample" "$t_select" "$t_train" "$t_eval" \
+    "$t_control" <<'EOF'
 import json, sys
-out, rnd, teacher, *times = sys.argv[1:]
+out, rnd, teacher, control, *times = sys.argv[1:]
 s = json.load(open(f"{out}/round{rnd}_summary.json"))
 f = json.load(open(f"{out}/round{rnd}_funnel.json"))
 row = {"round": int(rnd), "teacher": teacher, "funnel": f["funnel"],
        "problems_with_kept_chain": f["problems_with_kept_chain"], "problems": f["problems"],
        "accuracy": s["accuracy"], "maj_accuracy": s.get("maj_accuracy"),
        "steps_valid": s["steps_valid"], "chains_all_steps_valid": s["chains_all_steps_valid"],
-       "seconds": dict(zip(["sample", "select", "train", "eval"], map(int, times)))}
+       "seconds": dict(zip(["sample", "select", "train", "eval", "control"], map(int, times)))}
+if control != "0":  # the count-matched control, trained and evaluated in "control" seconds
+    row["control_accuracy"] = json.load(open(f"{out}/round{rnd}_control_summary.json"))["accuracy"]
 with open(f"{out}/rounds.jsonl", "a") as fh:
     fh.write(json.dumps(row) + "\n")
 EOF
@@ -121,12 +134,13 @@ EOF
   sample_config=$config  # later rounds sample from a student
 done
 teacher_eval=${TEACHER_EVAL:-results/gsm8k/sweep/cot_lr2e-4_ep2_predictions.jsonl}
-{
+{  # controls only from a CONTROL=1 run: OUT may hold an earlier run's
   for f in "$out"/round*_predictions.jsonl; do
+    case $f in *_control_predictions.jsonl) [ ${#control[@]} -gt 0 ] || continue ;; esac
     echo "$(basename "$f") vs teacher: $($cotjax report paired "$teacher_eval" "$f" | tail -n 1)"
   done
   for f in "$out"/round*_control_predictions.jsonl; do
-    [ -f "$f" ] || continue
+    [ ${#control[@]} -gt 0 ] && [ -f "$f" ] || continue
     s=${f/_control_predictions/_predictions}
     echo "$(basename "$s") vs its control: $($cotjax report paired "$f" "$s" | tail -n 1)"
   done
@@ -145,7 +159,7 @@ print(json.dumps({"teacher": sys.argv[2], "teacher_predictions": p["a"],
                   "kept_chains": f["funnel"]["kept"], "records_trained": f["records_written"]},
                  indent=1))' "$out/round${ROUNDS:-1}_funnel.json" "$teacher" > "$out/comparison.json"
 last_control=$out/round${ROUNDS:-1}_control_predictions.jsonl
-if [ -f "$last_control" ]; then  # the student against its count-matched control
+if [ ${#control[@]} -gt 0 ]; then  # the student against its count-matched control
   $cotjax report paired "$last_control" "$out/round${ROUNDS:-1}_predictions.jsonl" | tail -n 1 \
     | python3 -c '
 import json, sys

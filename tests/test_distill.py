@@ -94,6 +94,33 @@ def test_matched_control_swaps_each_kept_chain_for_its_human_chain():
         distill.matched_control([r for r in records if r["source"] == "sampled"])
 
 
+def test_cli_control_file_matches_the_kept_file(tmp_path, capsys):
+    """--human=FILE --control: the control has the kept file's record count, only human chains;
+    a kept chain with no human record is refused before any file is written."""
+    d = _sample_dir(tmp_path)
+    human = tmp_path / "human.jsonl"
+    human.write_text("".join(json.dumps({"question": q, "answer": f"{c}\n#### 10"}) + "\n"
+                             for q, c in ((Q1, "3*4 = 12\n12-2 = 10"), (Q2, "5*2 = 10"))))
+    out = tmp_path / "kept.jsonl"
+    cli_main(["cotjax", "distill", str(d), f"--out={out}", f"--human={human}", "--control"])
+    assert "kept.jsonl.control.jsonl (4 records" in capsys.readouterr().out
+    kept, control = _jsonl_rows(out), _jsonl_rows(f"{out}.control.jsonl")
+    assert len(control) == len(kept) == json.loads(
+        (tmp_path / "kept.jsonl.funnel.json").read_text())["records_written"]
+    assert {r["source"] for r in control} == {"human", "human_copy"}
+    out2 = tmp_path / "k2.jsonl"
+    human.write_text(json.dumps({"question": Q2, "answer": "5*2 = 10\n#### 10"}) + "\n")
+    with pytest.raises(SystemExit):
+        cli_main(["cotjax", "distill", str(d), f"--out={out2}", f"--human={human}", "--control"])
+    assert "has no human record to stand in for it" in capsys.readouterr().err
+    assert not list(tmp_path.glob("k2.jsonl*"))
+
+
+def _jsonl_rows(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
 def test_cli_control_needs_human(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["cotjax", "distill", str(_sample_dir(tmp_path)), f"--out={tmp_path / 'k.jsonl'}",

@@ -171,7 +171,8 @@ def test_rft_rounds_never_evaluate_a_student_stopped_by_a_signal(tmp_path):
                          env=env)
     assert out.returncode == 1
     assert calls.read_text().split() == ["sample", "distill", "train"]
-    assert "round 1: training stopped by a signal; rerun to resume it" in out.stderr
+    assert (f"round 1: training of {tmp_path}/runs/round1/student stopped by a signal; rerun to "
+            "resume it") in out.stderr
     assert not list((tmp_path / "out").glob("*_summary.json"))
 
 
@@ -243,14 +244,12 @@ def test_rft_rounds_hinted_pass_samples_the_teacher_with_its_config(tmp_path):
         assert "--config=configs/gsm8k.py" in c
 
 
-def test_rft_rounds_control_trains_the_count_matched_control_and_pairs_it(tmp_path):
-    """CONTROL=1: distill writes the control file, the control trains on it with the student's
-    schedule and is evaluated the same way, and rounds.md and comparison.json pair it with the
-    student."""
-    calls = tmp_path / "calls"
+def _round_cotjax(tmp_path, stop_workdir="none"):
+    """A fake cotjax for whole rounds: eval and distill write what the script reads, report
+    pairs, and train is stopped by a signal for the workdir ending in `stop_workdir`."""
     fake = tmp_path / "cotjax"
     fake.write_text(f"""#!/bin/bash
-echo "$*" >> {calls}
+echo "$*" >> {tmp_path / "calls"}
 case $1 in
   eval) for a in "$@"; do case $a in --out=*) d=${{a#--out=}}; mkdir -p $d
         echo '{{"accuracy": 0.1, "steps_valid": 1, "chains_all_steps_valid": 1}}' > $d/summary.json
@@ -258,17 +257,30 @@ case $1 in
   distill) for a in "$@"; do case $a in --out=*) o=${{a#--out=}}
         echo '{{"funnel": {{"kept": 3}}, "problems": 2, "problems_with_kept_chain": 1, "records_written": 5}}' > $o.funnel.json;; esac; done;;
   report) echo '{{"a": "A", "b": "B", "n": 10, "correct_a": 1, "correct_b": 2, "only_a": 0, "only_b": 1, "mcnemar_p": 1.0}}';;
-  train) echo '{{"step": 5, "stopped_by_signal": false}}';;
+  train) case "$*" in *--workdir=*/{stop_workdir}\\ *) echo '{{"stopped_by_signal": true}}';;
+         *) echo '{{"step": 5, "stopped_by_signal": false}}';; esac;;
 esac
 """)
     fake.chmod(0o755)
+    return fake
+
+
+def _rounds(tmp_path, fake, **env_extra):
+    env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake), "OUT": str(tmp_path / "out"),
+           "TEACHER_EVAL": "T", **env_extra}
+    done = subprocess.run(["bash", "launch/rft_rounds.sh", str(tmp_path / "teacher"),
+                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=60, env=env)
+    calls = tmp_path / "calls"
+    return done, [line.split() for line in calls.read_text().splitlines()] if calls.exists() else []
+
+
+def test_rft_rounds_control_trains_the_count_matched_control_and_pairs_it(tmp_path):
+    """CONTROL=1: distill writes the control file, the control trains on it with the student's
+    schedule and is evaluated the same way, and rounds.md, rounds.jsonl and comparison.json
+    pair it with the student."""
     out, runs = tmp_path / "out", tmp_path / "runs"
-    env = {"PATH": "/usr/bin:/bin", "COTJAX": str(fake), "OUT": str(out), "CONTROL": "1",
-           "TEACHER_EVAL": "T"}
-    done = subprocess.run(["bash", "launch/rft_rounds.sh", str(tmp_path / "teacher"), str(runs)],
-                          capture_output=True, text=True, timeout=60, env=env)
+    done, lines = _rounds(tmp_path, _round_cotjax(tmp_path), CONTROL="1")
     assert done.returncode == 0, done.stderr
-    lines = [line.split() for line in calls.read_text().splitlines()]
     assert [c[0] for c in lines[:6]] == ["sample", "distill", "train", "eval", "train", "eval"]
     assert "--control" in lines[1]
     (student, control) = (next(a for a in c if a.startswith("--config=")) for c in (lines[2], lines[4]))
@@ -279,8 +291,42 @@ esac
     assert lines[-1] == ["report", "paired", f"{out}/round1_control_predictions.jsonl",
                          f"{out}/round1_predictions.jsonl"]
     assert "round1_predictions.jsonl vs its control:" in (out / "rounds.md").read_text()
+    row = json.loads((out / "rounds.jsonl").read_text())
+    assert row["control_accuracy"] == 0.1 and set(row["seconds"]) == {
+        "sample", "select", "train", "eval", "control"}
     c = json.loads((out / "comparison.json").read_text())
     assert (c["control_accuracy"], c["only_student_vs_control"], c["kept_chains"]) == (0.1, 1, 3)
+
+
+def test_rft_rounds_without_control_ignores_an_earlier_runs_control(tmp_path):
+    """OUT may hold an earlier CONTROL=1 run's files: a run without CONTROL neither trains a
+    control nor pairs the old one."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "round1_control_predictions.jsonl").write_text("{}\n")
+    done, lines = _rounds(tmp_path, _round_cotjax(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert [c[0] for c in lines[:4]] == ["sample", "distill", "train", "eval"]
+    assert not any("--control" in c or "control" in " ".join(c[:3]) for c in lines)
+    assert "control" not in (out / "rounds.md").read_text()
+    assert not any("control" in k for k in json.loads((out / "comparison.json").read_text()))
+    assert "control_accuracy" not in json.loads((out / "rounds.jsonl").read_text())
+
+
+def test_rft_rounds_control_stopped_by_a_signal_is_not_evaluated(tmp_path):
+    done, lines = _rounds(tmp_path, _round_cotjax(tmp_path, stop_workdir="control"), CONTROL="1")
+    assert done.returncode == 1
+    assert [c[0] for c in lines] == ["sample", "distill", "train", "eval", "train"]
+    assert f"training of {tmp_path}/runs/round1/control stopped by a signal" in done.stderr
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"HUMAN": "0"}, "CONTROL=1 needs HUMAN=1"),
+    ({"HUMAN_PROBLEMS": "1000"}, "HUMAN_PROBLEMS=1000, PROBLEMS=-1"),
+    ({"HUMAN_PROBLEMS": "1000", "PROBLEMS": "1200"}, "HUMAN_PROBLEMS=1000, PROBLEMS=1200")])
+def test_rft_rounds_control_refuses_missing_human_chains_before_sampling(tmp_path, env, message):
+    done, lines = _rounds(tmp_path, _round_cotjax(tmp_path), CONTROL="1", **env)
+    assert done.returncode == 2 and message in done.stderr and lines == []
 
 
 def test_rft_rounds_needs_a_teacher():
