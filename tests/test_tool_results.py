@@ -2,6 +2,7 @@
 docs/sample_distill.md and docs/calculator.md quote from them."""
 
 import gzip
+import hashlib
 import json
 import math
 import pathlib
@@ -1148,9 +1149,65 @@ def test_cpu_cross_family_gemma_student_figures(tmp_path):
     assert uncapped["funnel"] == f
     assert (f"{f['distinct'] - f['kept']} of the {f['distinct']} distinct right paths are the "
             "problem's own human chain") in doc
+    assert (f"{b['only_b']} problems right only for the student against {b['only_a']} only for "
+            f"the baseline, McNemar p = {b['mcnemar_p']:.3f}") in doc
+    assert (f"{t['only_a']} / {t['only_b']}, p = {t['mcnemar_p']:.0e}") in doc
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def test_cpu_cross_family_controls():
+    """results/distill/cpu_xfam_gemma's same-machine controls: the human-chain baseline retrained
+    on this Xeon, the count-matched control (`distill --control`: each kept chain replaced by its
+    problem's human chain) and the student in a second data order, each the student's recipe but
+    for its data; comparison.json's paired tests, the doc's table and lines and the README's
+    sentence recompute from the committed files."""
+    from cotjax import defaults, distill, report
+
+    root = ROOT / "results/distill/cpu_xfam_gemma"
+    config = defaults.load_config("configs/gsm8k.py")
+    config.data.max_examples = 1000
+    human, _ = distill.select([], human=distill.load_human("train", config))
+    control = distill.matched_control(human + _jsonl(root / "kept_sampled.jsonl"))
+    c = json.loads((root / "comparison.json").read_text())
+    # the control run's training file is what --control writes of the committed kept chains
+    assert hashlib.sha256("".join(json.dumps(r) + "\n" for r in control).encode()).hexdigest() \
+        == c["control_records_sha256"]
+    assert (len(control), sum(r["source"] == "human_copy" for r in control)) == (1211, 211)
+    student = _flat(json.loads((root / "student_config.json").read_text()))
+    want = {"baseline_xeon": {"data.max_examples": (-1, 1000), "data.train_path": (
+                "runs/xfam/kept.jsonl", ""), "train.progress": (False, True)},
+            "control": {"data.train_path": ("runs/xfam/kept.jsonl", "runs/xfam/kept.jsonl.control.jsonl"),
+                        "train.progress": (False, True)},
+            "student_seed1": {"seed": (0, 1), "train.progress": (False, True)}}
+    steps = {}
+    for arm, diff in want.items():
+        cfg = _flat(json.loads((root / f"{arm}_config.json").read_text()))
+        assert {k: (student.get(k), cfg.get(k)) for k in student.keys() | cfg.keys()
+                if student.get(k) != cfg.get(k)} == diff
+        steps[arm] = max(m["step"] for m in _jsonl(root / f"{arm}_metrics.jsonl"))
+    assert steps == {"baseline_xeon": 41, "control": 48, "student_seed1": 48}
+    # the retrain reproduces the committed Zen 5 baseline's losses
+    zen5 = {m["step"]: m["loss"] for m in _jsonl(ROOT / "results/teachers/gemma_cot_1k/metrics.jsonl")
+            if "loss" in m}
+    xeon = {m["step"]: m["loss"] for m in _jsonl(root / "baseline_xeon_metrics.jsonl") if "loss" in m}
+    assert xeon.keys() == zen5.keys() and max(abs(xeon[s] - zen5[s]) for s in xeon) < 3.3e-4
+    doc, pred = _doc("sample_distill.md"), lambda arm: root / f"{arm}_predictions.jsonl"
+    for row in c["controls"]:
+        for other, paired in ((k[3:], v) for k, v in row.items() if k.startswith("vs_")):
+            p = report.paired_from_files(pred(row["name"]), pred(other))
+            assert (row["correct"], paired["only_this"], paired[f"only_{other}"], paired["mcnemar_p"]) \
+                == (p["correct_a"], p["only_a"], p["only_b"], p["mcnemar_p"])
     summaries = [json.loads(p.read_text()) for p in (
         ROOT / "results/gsm8k/sweep_gpu/cot_lr2e-4_ep2_summary.json",
-        CALC / "gemma_cot_1k/without/summary.json", root / "student_summary.json")]
+        CALC / "gemma_cot_1k/without/summary.json", root / "baseline_xeon_summary.json",
+        root / "control_summary.json", root / "student_summary.json",
+        root / "student_seed1_summary.json")]
     assert "| accuracy, greedy | " + " | ".join(
         f"{s['accuracy']:.3f} ({s['correct']})" for s in summaries) + " |" in doc
     assert "| steps valid | " + " | ".join(f"{s['step_validity']:.1%}" for s in summaries) + " |" in doc
@@ -1158,13 +1215,31 @@ def test_cpu_cross_family_gemma_student_figures(tmp_path):
         f"{s['chains_all_steps_valid']:.1%}" for s in summaries) + " |" in doc
     assert "| cut by the 256-token limit | " + " | ".join(
         str(s["finished_length"]) for s in summaries) + " |" in doc
-    assert (f"{b['only_b']} problems right only for the student against {b['only_a']} only for "
-            f"the baseline, McNemar p = {b['mcnemar_p']:.3f}") in doc
-    assert (f"{t['only_a']} / {t['only_b']}, p = {t['mcnemar_p']:.0e}") in doc
-    assert (f"a Gemma 3 270M student trained on that teacher's {len(sampled)} verified chains of "
-            f"the first 1,000 problems plus their human chains gets {b['correct_b']} of 500 right, "
-            f"against {b['correct_a']} for the human chains alone (p = {b['mcnemar_p']:.3f}, not "
-            f"significant; {last['step'] / base_steps - 1:.0%} more steps") in _readme()
+    arm = {row["name"]: row for row in c["controls"]}
+    base, ctl, seed1 = arm["baseline_xeon"], arm["control"], arm["student_seed1"]
+    assert (f"{base['vs_student']['only_student']} / {base['vs_student']['only_this']}, p = "
+            f"{base['vs_student']['mcnemar_p']:.3f}") in doc
+    assert (f"gets {ctl['correct']} of 500 right: {ctl['vs_student']['only_this']} problems right "
+            f"only for the control against {ctl['vs_student']['only_student']} only for the "
+            f"student, McNemar p = {ctl['vs_student']['mcnemar_p']:.2f}") in doc
+    cb, sb = ctl["vs_baseline_xeon"], seed1["vs_baseline_xeon"]
+    assert (f"the control {cb['only_this']} / {cb['only_baseline_xeon']} (p = {cb['mcnemar_p']:.3f}) "
+            f"and the second student order {sb['only_this']} / {sb['only_baseline_xeon']} (p = "
+            f"{sb['mcnemar_p']:.3f}) against the baseline retrained here") in doc
+    ss, sc = seed1["vs_student"], seed1["vs_control"]
+    assert (f"In another data order the student gets {seed1['correct']} ({ss['only_this']} / "
+            f"{ss['only_student']} against the first order, p = {ss['mcnemar_p']:.2f}: the order "
+            f"alone moves {ss['only_this'] - ss['only_student']} problems here), and against the "
+            f"control {sc['only_this']} / {sc['only_control']}, p = {sc['mcnemar_p']:.2f}") in doc
+    validity = [s["step_validity"] for s in summaries[1:]]
+    assert f"(steps valid {min(validity):.1%} to {max(validity):.1%} in every Gemma arm)" in doc
+    assert (f"({summaries[3]['finished_length']} against {summaries[4]['finished_length']} and "
+            f"{summaries[5]['finished_length']})") in doc
+    readme = _readme()
+    assert (f"gets {summaries[4]['correct']} of 500 right ({seed1['correct']} in another data order), "
+            f"and a count-matched control (each SmolLM2 chain replaced by the "
+            f"problem's human chain: the same updates without the teacher's text) gets "
+            f"{ctl['correct']} (p = {ctl['vs_student']['mcnemar_p']:.2f})") in readme
 
 
 def test_host_round_figures():
