@@ -1223,23 +1223,39 @@ def test_cpu_cross_family_controls():
             f"only for the control against {ctl['vs_student']['only_student']} only for the "
             f"student, McNemar p = {ctl['vs_student']['mcnemar_p']:.2f}") in doc
     cb, sb = ctl["vs_baseline_xeon"], seed1["vs_baseline_xeon"]
-    assert (f"the control {cb['only_this']} / {cb['only_baseline_xeon']} (p = {cb['mcnemar_p']:.3f}) "
-            f"and the second student order {sb['only_this']} / {sb['only_baseline_xeon']} (p = "
-            f"{sb['mcnemar_p']:.3f}) against the baseline retrained here") in doc
+    b0 = base["vs_student"]
+    assert (f"against the baseline retrained here the control is {cb['only_this']} / "
+            f"{cb['only_baseline_xeon']} (p = {cb['mcnemar_p']:.3f}) and the student's two orders "
+            f"{b0['only_student']} / {b0['only_this']} (p = {b0['mcnemar_p']:.3f}) and "
+            f"{sb['only_this']} / {sb['only_baseline_xeon']} (p = {sb['mcnemar_p']:.3f})") in doc
     ss, sc = seed1["vs_student"], seed1["vs_control"]
     assert (f"In another data order the student gets {seed1['correct']} ({ss['only_this']} / "
             f"{ss['only_student']} against the first order, p = {ss['mcnemar_p']:.2f}: the order "
-            f"alone moves {ss['only_this'] - ss['only_student']} problems here), and against the "
-            f"control {sc['only_this']} / {sc['only_control']}, p = {sc['mcnemar_p']:.2f}") in doc
+            f"alone changes the outcome of {ss['only_this'] + ss['only_student']} problems, "
+            f"{ss['only_this'] - ss['only_student']} net), and against the control "
+            f"{sc['only_this']} / {sc['only_control']}, p = {sc['mcnemar_p']:.2f}") in doc
+    right = {arm: {r["id"] for r in _jsonl(pred(arm)) if r["correct"]}
+             for arm in ("baseline_xeon", "control", "student", "student_seed1")}
+    right["zen5"] = {r["id"] for r in _jsonl(CALC / "gemma_cot_1k/without/predictions.jsonl") if r["correct"]}
+    assert right["zen5"] < right["baseline_xeon"] and len(right["baseline_xeon"] - right["zen5"]) == 1
+    assert (f"the control shares {len(right['control'] & right['student'])} with each student order, "
+            f"the two orders share {len(right['student'] & right['student_seed1'])}") in doc
+    assert len(right["control"] & right["student_seed1"]) == 1
+    assert not (right["zen5"] | right["baseline_xeon"]) & (
+        right["control"] | right["student"] | right["student_seed1"])
+    tokens = [statistics.mean(r["new_tokens"] for r in _jsonl(p)) for p in (
+        pred("control"), pred("student"), pred("student_seed1"), pred("baseline_xeon"))]
+    assert (f"({tokens[0]:.0f} new tokens on average against {tokens[1]:.0f} and {tokens[2]:.0f}; "
+            f"the baseline {tokens[3]:.0f})") in doc
     validity = [s["step_validity"] for s in summaries[1:]]
     assert f"(steps valid {min(validity):.1%} to {max(validity):.1%} in every Gemma arm)" in doc
     assert (f"({summaries[3]['finished_length']} against {summaries[4]['finished_length']} and "
-            f"{summaries[5]['finished_length']})") in doc
+            f"{summaries[5]['finished_length']}; the baseline {summaries[2]['finished_length']})") in doc
     readme = _readme()
     assert (f"gets {summaries[4]['correct']} of 500 right ({seed1['correct']} in another data order), "
-            f"and a count-matched control (each SmolLM2 chain replaced by the "
-            f"problem's human chain: the same updates without the teacher's text) gets "
-            f"{ctl['correct']} (p = {ctl['vs_student']['mcnemar_p']:.2f})") in readme
+            f"and a count-matched control (each SmolLM2 chain replaced by the problem's human chain: "
+            f"the same records and steps without the teacher's text) gets {ctl['correct']} (p = "
+            f"{ctl['vs_student']['mcnemar_p']:.2f}): no measurable gain") in readme
 
 
 def test_host_round_figures():
