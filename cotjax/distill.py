@@ -163,7 +163,7 @@ def matched_control(records: Sequence[dict]) -> list[dict]:
     sampled chain a copy of its problem's human record instead. The same records per problem,
     so about the same steps (packing decides: chains of other lengths pack differently): a
     student that beats this control gains from the teacher's chains, not from more updates on
-    the problems it solved."""
+    the problems the teacher solved."""
     human = {r["question"]: r for r in records if r["source"] == "human"}
     if not human:
         raise ValueError("--control needs --human (the human chains that replace the kept ones)")
@@ -178,11 +178,15 @@ def matched_control(records: Sequence[dict]) -> list[dict]:
     return out
 
 
+def _jsonl(records: Sequence[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
 def write(out: str, records: Sequence[dict], summary: dict, rest: Sequence[dict] = ()) -> None:
     """OUT (the records), OUT.funnel.json and OUT.unsolved.jsonl (see `unsolved`)."""
-    paths.write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    paths.write_text(out, _jsonl(records))
     paths.write_text(str(out) + ".funnel.json", json.dumps(summary, indent=1) + "\n")
-    paths.write_text(str(out) + ".unsolved.jsonl", "".join(json.dumps(r) + "\n" for r in rest))
+    paths.write_text(str(out) + ".unsolved.jsonl", _jsonl(rest))
 
 
 def load_human(data: str, config) -> list[CoTRecord]:
@@ -234,7 +238,7 @@ def main(flags, dirs: Sequence[str]) -> dict:
     print(f"wrote {flags.out}, {flags.out}.funnel.json and {flags.out}.unsolved.jsonl "
           f"({len(rest)} problems without a kept chain)")
     if control is not None:
-        paths.write_text(f"{flags.out}.control.jsonl", "".join(json.dumps(r) + "\n" for r in control))
+        paths.write_text(f"{flags.out}.control.jsonl", _jsonl(control))
         print(f"wrote {flags.out}.control.jsonl ({len(control)} records: each kept chain "
               f"replaced by its problem's human chain)")
     return summary
