@@ -158,9 +158,8 @@ print(json.dumps({"teacher": sys.argv[2], "teacher_predictions": p["a"],
                   "only_teacher": p["only_a"], "only_student": p["only_b"],
                   "kept_chains": f["funnel"]["kept"], "records_trained": f["records_written"]},
                  indent=1))' "$out/round${ROUNDS:-1}_funnel.json" "$teacher" > "$out/comparison.json"
-last_control=$out/round${ROUNDS:-1}_control_predictions.jsonl
 if [ ${#control[@]} -gt 0 ]; then  # the student against its count-matched control
-  $cotjax report paired "$last_control" "$out/round${ROUNDS:-1}_predictions.jsonl" | tail -n 1 \
+  $cotjax report paired "$out/round${ROUNDS:-1}_control_predictions.jsonl" "$out/round${ROUNDS:-1}_predictions.jsonl" | tail -n 1 \
     | python3 -c '
 import json, sys
 p, c = json.loads(sys.stdin.read()), json.load(open(sys.argv[1]))
