@@ -87,29 +87,62 @@ def paired_comparison(a: dict[str, bool], b: dict[str, bool]) -> dict:
     """Two runs scored on the same questions: how many each alone got right, and the exact
     two-sided McNemar p-value (a binomial test on those discordant questions: the ones both
     runs got right, or both got wrong, say nothing about which run is better)."""
+    _same_questions(a, b)
+    only_a = sum(a[k] and not b[k] for k in a)
+    only_b = sum(b[k] and not a[k] for k in a)
+    both = sum(a[k] and b[k] for k in a)
+    return {"n": len(a), "correct_a": only_a + both, "correct_b": only_b + both, "both": both,
+            "only_a": only_a, "only_b": only_b, "neither": len(a) - both - only_a - only_b,
+            "mcnemar_p": sign_test_p(only_a, only_b)}
+
+
+def _same_questions(a: dict, b: dict) -> None:
     if set(a) != set(b):
         only = sorted(set(a) ^ set(b))
         raise ValueError(f"the runs scored different questions ({len(only)} not in both, "
                          f"e.g. {only[:3]}): compare runs on the same data (ids hold the data "
                          "path as given to --data)")
-    only_a = sum(a[k] and not b[k] for k in a)
-    only_b = sum(b[k] and not a[k] for k in a)
-    both = sum(a[k] and b[k] for k in a)
-    n, k = only_a + only_b, min(only_a, only_b)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-    return {"n": len(a), "correct_a": only_a + both, "correct_b": only_b + both, "both": both,
-            "only_a": only_a, "only_b": only_b, "neither": len(a) - both - n,
-            "mcnemar_p": p}
 
 
-def paired_from_files(a: str | pathlib.Path, b: str | pathlib.Path, field_a: str = "correct",
-                      field_b: str | None = None) -> dict:
+def sign_test_p(x: int, y: int) -> float:
+    """The exact two-sided binomial (sign) test of x successes against y at one half."""
+    n, k = x + y, min(x, y)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+
+
+def replicate_comparison(a_runs: Sequence[dict[str, bool]],
+                         b_runs: Sequence[dict[str, bool]]) -> dict:
+    """Two arms, each trained more than once (other seeds or data orders), on the same
+    questions: per question the share of A's runs that got it right against B's share, and the
+    exact sign test over the questions where the shares differ. One run a side is McNemar's
+    test. The runs are taken as given: the test says whether A is right on more questions than
+    B run for run, not how far another seed would move either arm; compare the arms' spread
+    (`correct_a`, `correct_b`) with their difference for that."""
+    for run in [*a_runs[1:], *b_runs]:
+        _same_questions(a_runs[0], run)
+    # A's share of right runs minus B's, times both run counts: integers, so ties are exact
+    diff = [sum(r[q] for r in a_runs) * len(b_runs) - sum(r[q] for r in b_runs) * len(a_runs)
+            for q in a_runs[0]]
+    more_a, more_b = sum(d > 0 for d in diff), sum(d < 0 for d in diff)
+    return {"n": len(diff), "runs_a": len(a_runs), "runs_b": len(b_runs),
+            "correct_a": [sum(run.values()) for run in a_runs],
+            "correct_b": [sum(run.values()) for run in b_runs],
+            "more_a": more_a, "more_b": more_b, "sign_p": sign_test_p(more_a, more_b)}
+
+
+def paired_from_files(a, b, field_a: str = "correct", field_b: str | None = None) -> dict:
     """`cotjax report paired A B FIELD_A FIELD_B` as a dict: the two predictions files' paths
     and fields, and `paired_comparison` of A's `field_a` against B's `field_b` (default:
-    `field_a`), e.g. a maj@k vote (`maj_correct`) against greedy answers (`correct`)."""
+    `field_a`), e.g. a maj@k vote (`maj_correct`) against greedy answers (`correct`). A or B a
+    list of several runs' files: `replicate_comparison` of the two arms."""
     field_b = field_b or field_a
-    return {"a": str(a), "b": str(b), "field_a": field_a, "field_b": field_b,
-            **paired_comparison(read_correct(a, field_a), read_correct(b, field_b))}
+    if isinstance(a, (str, os.PathLike)) and isinstance(b, (str, os.PathLike)):
+        return {"a": str(a), "b": str(b), "field_a": field_a, "field_b": field_b,
+                **paired_comparison(read_correct(a, field_a), read_correct(b, field_b))}
+    a, b = ([p] if isinstance(p, (str, os.PathLike)) else list(p) for p in (a, b))
+    return {"a": [str(p) for p in a], "b": [str(p) for p in b], "field_a": field_a,
+            "field_b": field_b, **replicate_comparison([read_correct(p, field_a) for p in a],
+                                                       [read_correct(p, field_b) for p in b])}
 
 
 ERROR_KINDS = ("cut", "no_answer", "no_claims", "arithmetic", "answer_not_from_chain", "setup")
@@ -451,7 +484,9 @@ def main(args) -> None:
     question and McNemar's exact p-value, as one JSON line (A or B a `cotjax sample` directory:
     a problem counts as right when any of its samples is, pass@k). FIELD (default correct; or
     correct_flexible, or maj_correct for a self-consistency run) is read from A, and from B too
-    unless FIELD_B is given (e.g. a maj@k vote against greedy answers).
+    unless FIELD_B is given (e.g. a maj@k vote against greedy answers). A or B a comma-separated
+    list of an arm's runs (other seeds): per question the share of runs right, and the sign
+    test over the questions where the arms' shares differ.
     `cotjax report by-steps OUT_PREFIX LABEL=PREDICTIONS.jsonl ...`: accuracy by the number of
     operations of synthetic problems, printed and written to OUT_PREFIX.json and .png.
     `cotjax report rescore PATH ...`: every predictions.jsonl / *_predictions.jsonl (PATH a
@@ -469,7 +504,8 @@ def main(args) -> None:
     if args[:1] == ["paired"] and len(args) in (3, 4, 5):
         field_a = args[3] if len(args) > 3 else "correct"
         field_b = args[4] if len(args) > 4 else field_a
-        print(json.dumps(paired_from_files(args[1], args[2], field_a, field_b)))
+        runs = [arm.split(",") if "," in arm else arm for arm in args[1:3]]
+        print(json.dumps(paired_from_files(*runs, field_a, field_b)))
     elif args[:1] == ["by-steps"] and len(args) >= 3:
         prefix = pathlib.Path(args[1])
         tables = {}

@@ -9,6 +9,8 @@ import json
 import pathlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cotjax import report
 from cotjax.records import RecordError
@@ -222,3 +224,46 @@ def test_paired_sample_directories_compare_pass_at_k(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no samples-\\*.jsonl shards"):
         report.read_correct(tmp_path / "empty")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=40))
+def test_one_run_a_side_is_mcnemar(pairs):
+    a = {f"q{i}": x for i, (x, _) in enumerate(pairs)}
+    b = {f"q{i}": y for i, (_, y) in enumerate(pairs)}
+    single, pooled = report.paired_comparison(a, b), report.replicate_comparison([a], [b])
+    assert (pooled["more_a"], pooled["more_b"], pooled["sign_p"]) == (
+        single["only_a"], single["only_b"], single["mcnemar_p"])
+    assert (pooled["correct_a"], pooled["correct_b"]) == ([single["correct_a"]], [single["correct_b"]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.lists(st.integers(0, 2**6 - 1), min_size=1,
+                                                       max_size=30))
+def test_replicates_swap_with_the_arms_and_ignore_their_order(runs_a, runs_b, questions):
+    """Each question's bits say which of the (up to 6) runs got it right."""
+    run = lambda i: {f"q{j}": bool(bits >> i & 1) for j, bits in enumerate(questions)}  # noqa: E731
+    a, b = [run(i) for i in range(runs_a)], [run(3 + i) for i in range(runs_b)]
+    got = report.replicate_comparison(a, b)
+    back = report.replicate_comparison(b[::-1], a[::-1])
+    assert (back["more_a"], back["more_b"], back["sign_p"]) == (got["more_b"], got["more_a"], got["sign_p"])
+    assert got["more_a"] + got["more_b"] <= got["n"] == len(questions)
+    assert report.replicate_comparison(a, a)["more_a"] == 0
+
+
+def test_replicate_shares_decide_each_question(tmp_path, capsys):
+    a = [{"q1": True, "q2": True, "q3": False}, {"q1": True, "q2": False, "q3": False}]
+    b = [{"q1": False, "q2": True, "q3": False}, {"q1": False, "q2": True, "q3": True}]
+    files = []
+    for name, run in zip(("a0", "a1", "b0", "b1"), a + b):
+        files.append(tmp_path / f"{name}_predictions.jsonl")
+        files[-1].write_text("".join(json.dumps({"id": q, "correct": c}) + "\n" for q, c in run.items()))
+    got = report.paired_from_files(files[:2], files[2:])
+    # q1: A 2 of 2 against B 0 of 2; q2: 1 of 2 against 2 of 2; q3: 0 of 2 against 1 of 2
+    assert (got["correct_a"], got["correct_b"], got["more_a"], got["more_b"], got["sign_p"]) == (
+        [2, 1], [1, 2], 1, 2, 1.0)
+    report.main(["paired", f"{files[0]},{files[1]}", f"{files[2]},{files[3]}"])
+    assert json.loads(capsys.readouterr().out) == got
+    files[3].write_text(json.dumps({"id": "q9", "correct": True}) + "\n")
+    with pytest.raises(ValueError, match="the runs scored different questions"):
+        report.paired_from_files(files[:2], files[2:])
