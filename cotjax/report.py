@@ -117,12 +117,16 @@ def replicate_comparison(a_runs: Sequence[dict[str, bool]],
     exact sign test over the questions where the shares differ. One run a side is McNemar's
     test. The runs are taken as given: the test says whether A is right on more questions than
     B run for run, not how far another seed would move either arm; compare the arms' spread
-    (`correct_a`, `correct_b`) with their difference for that."""
+    (`correct_a`, `correct_b`) with their difference for that. Both arms need the same number
+    of runs: an arm with more runs is more often right in some of them on a hard question, so
+    the test would lean its way even when every run came from the same recipe."""
+    if len(a_runs) != len(b_runs) or not a_runs:
+        raise ValueError(f"compare arms with the same number of runs (got {len(a_runs)} and "
+                         f"{len(b_runs)}): otherwise the arm with more runs is favoured")
     for run in [*a_runs[1:], *b_runs]:
         _same_questions(a_runs[0], run)
-    # A's share of right runs minus B's, times both run counts: integers, so ties are exact
-    diff = [sum(r[q] for r in a_runs) * len(b_runs) - sum(r[q] for r in b_runs) * len(a_runs)
-            for q in a_runs[0]]
+    # the same number of runs a side: the runs right per question compare as the shares do
+    diff = [sum(r[q] for r in a_runs) - sum(r[q] for r in b_runs) for q in a_runs[0]]
     more_a, more_b = sum(d > 0 for d in diff), sum(d < 0 for d in diff)
     return {"n": len(diff), "runs_a": len(a_runs), "runs_b": len(b_runs),
             "correct_a": [sum(run.values()) for run in a_runs],

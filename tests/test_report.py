@@ -6,6 +6,7 @@ Pure Python, no JAX.
 from __future__ import annotations
 
 import json
+import random
 import pathlib
 
 import pytest
@@ -238,12 +239,11 @@ def test_one_run_a_side_is_mcnemar(pairs):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 3), st.integers(1, 3), st.lists(st.integers(0, 2**6 - 1), min_size=1,
-                                                       max_size=30))
-def test_replicates_swap_with_the_arms_and_ignore_their_order(runs_a, runs_b, questions):
+@given(st.integers(1, 3), st.lists(st.integers(0, 2**6 - 1), min_size=1, max_size=30))
+def test_replicates_swap_with_the_arms_and_ignore_their_order(runs, questions):
     """Each question's bits say which of the (up to 6) runs got it right."""
     run = lambda i: {f"q{j}": bool(bits >> i & 1) for j, bits in enumerate(questions)}  # noqa: E731
-    a, b = [run(i) for i in range(runs_a)], [run(3 + i) for i in range(runs_b)]
+    a, b = [run(i) for i in range(runs)], [run(3 + i) for i in range(runs)]
     got = report.replicate_comparison(a, b)
     back = report.replicate_comparison(b[::-1], a[::-1])
     assert (back["more_a"], back["more_b"], back["sign_p"]) == (got["more_b"], got["more_a"], got["sign_p"])
@@ -264,6 +264,23 @@ def test_replicate_shares_decide_each_question(tmp_path, capsys):
         [2, 1], [1, 2], 1, 2, 1.0)
     report.main(["paired", f"{files[0]},{files[1]}", f"{files[2]},{files[3]}"])
     assert json.loads(capsys.readouterr().out) == got
+    with pytest.raises(ValueError, match="the same number of runs .got 2 and 1."):
+        report.paired_from_files(files[:2], files[2])
     files[3].write_text(json.dumps({"id": "q9", "correct": True}) + "\n")
     with pytest.raises(ValueError, match="the runs scored different questions"):
         report.paired_from_files(files[:2], files[2:])
+
+
+def test_runs_of_one_recipe_do_not_lean_either_way():
+    """Every run drawn alike (a hard question: right 5% of the time): with two runs a side the
+    sign test finds nothing, while counting 'right in more of its runs' with 2 runs against 1
+    would favour the 2 (why unequal counts are refused)."""
+    rng = random.Random(0)
+    p = [rng.choice((0.05, 0.3)) for _ in range(4000)]
+    runs = [{f"q{i}": rng.random() < pi for i, pi in enumerate(p)} for _ in range(4)]
+    got = report.replicate_comparison(runs[:2], runs[2:])
+    assert got["sign_p"] > 0.05
+    two, one = runs[:2], runs[2]
+    more_two = sum(sum(r[q] for r in two) > 0 and not one[q] for q in one)
+    more_one = sum(one[q] and sum(r[q] for r in two) < 2 for q in one)
+    assert report.sign_test_p(more_two, more_one) < 1e-4
