@@ -1184,14 +1184,20 @@ def test_cpu_cross_family_controls():
                 "runs/xfam/kept.jsonl", ""), "train.progress": (False, True)},
             "control": {"data.train_path": ("runs/xfam/kept.jsonl", "runs/xfam/kept.jsonl.control.jsonl"),
                         "train.progress": (False, True)},
-            "student_seed1": {"seed": (0, 1), "train.progress": (False, True)}}
+            "student_seed1": {"seed": (0, 1), "train.progress": (False, True)},
+            "control_seed1": {"data.train_path": ("runs/xfam/kept.jsonl",
+                                                  "runs/xfam/kept.jsonl.control.jsonl"),
+                              "seed": (0, 1), "train.progress": (False, True)},
+            "baseline_xeon_seed1": {"data.max_examples": (-1, 1000), "data.train_path": (
+                "runs/xfam/kept.jsonl", ""), "seed": (0, 1), "train.progress": (False, True)}}
     steps = {}
     for arm, diff in want.items():
         cfg = _flat(json.loads((root / f"{arm}_config.json").read_text()))
         assert {k: (student.get(k), cfg.get(k)) for k in student.keys() | cfg.keys()
                 if student.get(k) != cfg.get(k)} == diff
         steps[arm] = max(m["step"] for m in _jsonl(root / f"{arm}_metrics.jsonl"))
-    assert steps == {"baseline_xeon": 41, "control": 48, "student_seed1": 48}
+    assert steps == {"baseline_xeon": 41, "control": 48, "student_seed1": 48, "control_seed1": 48,
+                     "baseline_xeon_seed1": 41}
     # the retrain reproduces the committed Zen 5 baseline's losses
     zen5 = {m["step"]: m["loss"] for m in _jsonl(ROOT / "results/teachers/gemma_cot_1k/metrics.jsonl")
             if "loss" in m}
@@ -1203,11 +1209,12 @@ def test_cpu_cross_family_controls():
             p = report.paired_from_files(pred(row["name"]), pred(other))
             assert (row["correct"], paired["only_this"], paired[f"only_{other}"], paired["mcnemar_p"]) \
                 == (p["correct_a"], p["only_a"], p["only_b"], p["mcnemar_p"])
+    arms = ("baseline_xeon", "baseline_xeon_seed1", "control", "control_seed1", "student",
+            "student_seed1")
     summaries = [json.loads(p.read_text()) for p in (
         ROOT / "results/gsm8k/sweep_gpu/cot_lr2e-4_ep2_summary.json",
-        CALC / "gemma_cot_1k/without/summary.json", root / "baseline_xeon_summary.json",
-        root / "control_summary.json", root / "student_summary.json",
-        root / "student_seed1_summary.json")]
+        CALC / "gemma_cot_1k/without/summary.json", *(root / f"{a}_summary.json" for a in arms))]
+    by_arm = dict(zip(("teacher", "zen5", *arms), summaries))
     assert "| accuracy, greedy | " + " | ".join(
         f"{s['accuracy']:.3f} ({s['correct']})" for s in summaries) + " |" in doc
     assert "| steps valid | " + " | ".join(f"{s['step_validity']:.1%}" for s in summaries) + " |" in doc
@@ -1247,15 +1254,53 @@ def test_cpu_cross_family_controls():
         pred("control"), pred("student"), pred("student_seed1"), pred("baseline_xeon"))]
     assert (f"({tokens[0]:.0f} new tokens on average against {tokens[1]:.0f} and {tokens[2]:.0f}; "
             f"the baseline {tokens[3]:.0f})") in doc
-    validity = [s["step_validity"] for s in summaries[1:]]
+    validity = [by_arm[a]["step_validity"] for a in ("zen5", "baseline_xeon", "control", "student",
+                                                 "student_seed1")]
     assert f"(steps valid {min(validity):.1%} to {max(validity):.1%} in every Gemma arm)" in doc
-    assert (f"({summaries[3]['finished_length']} against {summaries[4]['finished_length']} and "
-            f"{summaries[5]['finished_length']}; the baseline {summaries[2]['finished_length']})") in doc
+    assert (f"({by_arm['control']['finished_length']} against {by_arm['student']['finished_length']} and "
+            f"{by_arm['student_seed1']['finished_length']}; the baseline "
+            f"{by_arm['baseline_xeon']['finished_length']})") in doc
+    # every arm in two orders: the replicate sign tests recompute and the doc quotes them
+    two = {"student": ["student", "student_seed1"], "control": ["control", "control_seed1"],
+           "baseline_xeon": ["baseline_xeon", "baseline_xeon_seed1"]}
+    rep = {(r["a"], r["b"]): r for r in c["replicates"]}
+    assert set(rep) == {("student", "control"), ("control", "baseline_xeon"), ("student", "baseline_xeon")}
+    for (a, b), r in rep.items():
+        got = report.paired_from_files([pred(x) for x in two[a]], [pred(x) for x in two[b]])
+        assert (r["runs_a"], r["runs_b"]) == (two[a], two[b])
+        assert {k: r[k] for k in ("correct_a", "correct_b", "more_a", "more_b", "sign_p")} == {
+            k: got[k] for k in ("correct_a", "correct_b", "more_a", "more_b", "sign_p")}
+    sc, cb, sb = rep["student", "control"], rep["control", "baseline_xeon"], rep["student", "baseline_xeon"]
+    c2, b2 = arm["control_seed1"], arm["baseline_xeon_seed1"]
+    assert (f"The control's second order gets {c2['correct']} of 500 (its first "
+            f"{ctl['correct']}: {c2['vs_control']['only_this']} / {c2['vs_control']['only_control']} "
+            f"discordant, p = {c2['vs_control']['mcnemar_p']:.2f}) and the baseline's {b2['correct']} "
+            f"(its first {base['correct']})") in doc
+    assert (f"the student ({sc['correct_a'][0]} and {sc['correct_a'][1]}) is ahead of the control "
+            f"({sc['correct_b'][0]} and {sc['correct_b'][1]}) on {sc['more_a']} problems and behind "
+            f"on {sc['more_b']}, p = {sc['sign_p']:.2f}") in doc
+    assert (f"the student is ahead of the baseline ({sb['correct_b'][0]} and {sb['correct_b'][1]}) "
+            f"on {sb['more_a']} problems and behind on {sb['more_b']} (p = {sb['sign_p']:.3f}), but "
+            f"the control only on {cb['more_a']} against {cb['more_b']} (p = {cb['sign_p']:.3f})") in doc
+    level = b2["vs_control_seed1"]
+    assert (f"level ({c2['correct']} against {b2['correct']}; {level['only_control_seed1']} problems "
+            f"only for the control, {level['only_this']} only for the baseline, p = "
+            f"{level['mcnemar_p']:.1f})") in doc
+    second = (by_arm["control_seed1"], by_arm["baseline_xeon_seed1"])
+    assert max(s["step_validity"] for s in summaries[1:]) == second[0]["step_validity"]
+    assert (f"({second[0]['step_validity']:.1%}; chains all valid "
+            f"{second[0]['chains_all_steps_valid']:.1%})") in doc
+    assert f"evaluation 647 s and 879 s (decoding {second[0]['decode_seconds']:.0f} and " \
+           f"{second[1]['decode_seconds']:.0f} s)" in doc
+    for name, wall in (("control_seed1", "1998"), ("baseline_xeon_seed1", "2016")):
+        assert f"wall: {wall} s" in (root / f"{name}.log").read_text()
     readme = _readme()
-    assert (f"gets {summaries[4]['correct']} of 500 right ({seed1['correct']} in another data order), "
+    assert (f"with two data orders an arm, {sc['correct_a'][0]} and {sc['correct_a'][1]} against "
+            f"{sc['correct_b'][0]} and {sc['correct_b'][1]}, sign test p = {sc['sign_p']:.2f}") in readme
+    assert (f"gets {by_arm['student']['correct']} of 500 right ({seed1['correct']} in another data order), "
             f"and a count-matched control (each SmolLM2 chain replaced by the problem's human chain: "
             f"the same records and steps without the teacher's text) gets {ctl['correct']} (p = "
-            f"{ctl['vs_student']['mcnemar_p']:.2f}): no measurable gain") in readme
+            f"{ctl['vs_student']['mcnemar_p']:.2f};") in readme
 
 
 def test_host_round_figures():
