@@ -118,11 +118,13 @@ def replicate_comparison(a_runs: Sequence[dict[str, bool]],
     test. The runs are taken as given: the test says whether A is right on more questions than
     B run for run, not how far another seed would move either arm; compare the arms' spread
     (`correct_a`, `correct_b`) with their difference for that. Both arms need the same number
-    of runs: an arm with more runs is more often right in some of them on a hard question, so
-    the test would lean its way even when every run came from the same recipe."""
-    if len(a_runs) != len(b_runs) or not a_runs:
+    of runs: with unequal counts the sign is not symmetric even when every run came from the
+    same recipe (hard questions favour the arm with more runs, easy ones the other)."""
+    if not a_runs or not b_runs:
+        raise ValueError("replicate_comparison: no runs given for an arm")
+    if len(a_runs) != len(b_runs):
         raise ValueError(f"compare arms with the same number of runs (got {len(a_runs)} and "
-                         f"{len(b_runs)}): otherwise the arm with more runs is favoured")
+                         f"{len(b_runs)}): with unequal counts the sign test leans one way")
     for run in [*a_runs[1:], *b_runs]:
         _same_questions(a_runs[0], run)
     # the same number of runs a side: the runs right per question compare as the shares do
@@ -134,7 +136,9 @@ def replicate_comparison(a_runs: Sequence[dict[str, bool]],
             "more_a": more_a, "more_b": more_b, "sign_p": sign_test_p(more_a, more_b)}
 
 
-def paired_from_files(a, b, field_a: str = "correct", field_b: str | None = None) -> dict:
+def paired_from_files(a: str | os.PathLike | Sequence[str | os.PathLike],
+                      b: str | os.PathLike | Sequence[str | os.PathLike],
+                      field_a: str = "correct", field_b: str | None = None) -> dict:
     """`cotjax report paired A B FIELD_A FIELD_B` as a dict: the two predictions files' paths
     and fields, and `paired_comparison` of A's `field_a` against B's `field_b` (default:
     `field_a`), e.g. a maj@k vote (`maj_correct`) against greedy answers (`correct`). A or B a
@@ -508,7 +512,7 @@ def main(args) -> None:
     if args[:1] == ["paired"] and len(args) in (3, 4, 5):
         field_a = args[3] if len(args) > 3 else "correct"
         field_b = args[4] if len(args) > 4 else field_a
-        runs = [arm.split(",") if "," in arm else arm for arm in args[1:3]]
+        runs = [[p for p in arm.split(",") if p] if "," in arm else arm for arm in args[1:3]]
         print(json.dumps(paired_from_files(*runs, field_a, field_b)))
     elif args[:1] == ["by-steps"] and len(args) >= 3:
         prefix = pathlib.Path(args[1])

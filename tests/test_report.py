@@ -266,6 +266,10 @@ def test_replicate_shares_decide_each_question(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == got
     with pytest.raises(ValueError, match="the same number of runs .got 2 and 1."):
         report.paired_from_files(files[:2], files[2])
+    with pytest.raises(ValueError, match="no runs given"):
+        report.replicate_comparison([], [])
+    report.main(["paired", f"{files[0]},{files[1]},", f"{files[2]},{files[3]}"])  # a stray comma
+    assert json.loads(capsys.readouterr().out) == got
     files[3].write_text(json.dumps({"id": "q9", "correct": True}) + "\n")
     with pytest.raises(ValueError, match="the runs scored different questions"):
         report.paired_from_files(files[:2], files[2:])

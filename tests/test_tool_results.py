@@ -1254,9 +1254,12 @@ def test_cpu_cross_family_controls():
         pred("control"), pred("student"), pred("student_seed1"), pred("baseline_xeon"))]
     assert (f"({tokens[0]:.0f} new tokens on average against {tokens[1]:.0f} and {tokens[2]:.0f}; "
             f"the baseline {tokens[3]:.0f})") in doc
-    validity = [by_arm[a]["step_validity"] for a in ("zen5", "baseline_xeon", "control", "student",
-                                                 "student_seed1")]
-    assert f"(steps valid {min(validity):.1%} to {max(validity):.1%} in every Gemma arm)" in doc
+    validity = sorted(by_arm[a]["step_validity"] for a in ("zen5", *arms))
+    assert f"(steps valid {validity[0]:.1%} to {validity[-1]:.1%} in every Gemma arm" in doc
+    assert (f"{validity[-1]:.1%} in every Gemma arm: the student's orders "
+            f"{by_arm['student']['step_validity']:.1%} and {by_arm['student_seed1']['step_validity']:.1%}, "
+            f"the control's {by_arm['control']['step_validity']:.1%} and "
+            f"{by_arm['control_seed1']['step_validity']:.1%})") in doc
     assert (f"({by_arm['control']['finished_length']} against {by_arm['student']['finished_length']} and "
             f"{by_arm['student_seed1']['finished_length']}; the baseline "
             f"{by_arm['baseline_xeon']['finished_length']})") in doc
@@ -1267,7 +1270,7 @@ def test_cpu_cross_family_controls():
     assert set(rep) == {("student", "control"), ("control", "baseline_xeon"), ("student", "baseline_xeon")}
     for (a, b), r in rep.items():
         got = report.paired_from_files([pred(x) for x in two[a]], [pred(x) for x in two[b]])
-        assert (r["runs_a"], r["runs_b"]) == (two[a], two[b])
+        assert (r["names_a"], r["names_b"]) == (two[a], two[b])
         assert {k: r[k] for k in ("correct_a", "correct_b", "more_a", "more_b", "sign_p")} == {
             k: got[k] for k in ("correct_a", "correct_b", "more_a", "more_b", "sign_p")}
     sc, cb, sb = rep["student", "control"], rep["control", "baseline_xeon"], rep["student", "baseline_xeon"]
@@ -1282,6 +1285,8 @@ def test_cpu_cross_family_controls():
     assert (f"the student is ahead of the baseline ({sb['correct_b'][0]} and {sb['correct_b'][1]}) "
             f"on {sb['more_a']} problems and behind on {sb['more_b']} (p = {sb['sign_p']:.3f}), but "
             f"the control only on {cb['more_a']} against {cb['more_b']} (p = {cb['sign_p']:.3f})") in doc
+    assert (f"(Bonferroni would make {sb['sign_p']:.3f} {3 * sb['sign_p']:.3f} and {cb['sign_p']:.3f} "
+            f"{3 * cb['sign_p']:.2f})") in doc
     level = b2["vs_control_seed1"]
     assert (f"level ({c2['correct']} against {b2['correct']}; {level['only_control_seed1']} problems "
             f"only for the control, {level['only_this']} only for the baseline, p = "
